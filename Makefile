@@ -1,0 +1,30 @@
+# PiTe: `make annotate` (set up, then annotate the embedded demo) and `make test` are the two commands to know.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp-setup
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k video"`.
+PYTEST_ARGS ?=
+
+.PHONY: setup test lock clean-venv
+
+# Idempotent: the stamp is rebuilt only when the dependency files change.
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements/lock.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
+	@touch $@
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# Re-resolve the pinned versions after changing pyproject.toml's dependencies.
+lock: setup
+	$(PY) -m pip freeze --exclude-editable | grep -v '^-e' > requirements/lock.txt
+
+clean-venv:
+	rm -rf $(VENV)

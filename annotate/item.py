@@ -1,0 +1,88 @@
+"""The record one clip carries through the stages.
+
+Each stage reads the fields its predecessors filled and fills its own. Pixel coordinates inside an item are in
+the *decoded* frames (`item.clip`, longer side at most `max_side`); `annotate.assemble` normalises them for the
+sample. An object that a stage cannot annotate leaves through `drop_object`, with its reason, so nothing is silent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+
+@dataclass
+class Phrase:
+    """A noun chunk of the caption; `start`/`end` are a [start, end) char span into it."""
+
+    text: str
+    start: int
+    end: int
+    head: str = ""
+    lemma: str = ""
+    plural: bool = False
+
+
+@dataclass
+class Grounding:
+    """One object: a phrase placed in one frame by a box."""
+
+    phrase_index: int  # index into ClipItem.phrases
+    track_frame: int  # index into clip.track_indices / clip.track_frames
+    source_frame: int  # source frame index of that frame
+    box: np.ndarray  # (4,) float xyxy in decoded-frame pixels
+    score: float = 1.0
+    note: str = ""  # e.g. "plural: kept its best box"
+
+
+@dataclass
+class ClipItem:
+    # --- the manifest row ---
+    row: int
+    video_id: str
+    video: str
+    caption: str
+    start: Optional[float] = None
+    end: Optional[float] = None
+    events: Optional[list[dict]] = None
+    boxes: Optional[list[dict]] = None  # given boxes: {phrase, frame (source index), box [x0,y0,x1,y1] source px}
+    gt: Optional[str] = None
+    seed: int = 0  # per-row seed, hash(seed, video_id)
+    # --- filled by the stages ---
+    clip: Any = None  # annotate.video.DecodedClip
+    phrases: list[Phrase] = field(default_factory=list)
+    groundings: list[Grounding] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)  # bool (h, w) per grounding, in its track frame
+    points: Optional[np.ndarray] = None  # (N, K, 2) float pixels in each object's grounding frame
+    tracks: Optional[np.ndarray] = None  # (N, K, F, 2) float pixels on the tracking frames
+    track_vis: Optional[np.ndarray] = None  # (N, K, F) bool
+    feat: Optional[np.ndarray] = None  # (T, D) float32
+    dropped: list[dict] = field(default_factory=list)  # {phrase, char_span, reason}
+    unmatched: list[dict] = field(default_factory=list)  # given boxes that matched no phrase
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    versions: dict[str, str] = field(default_factory=dict)  # backend name -> version, for provenance
+    error: Optional[tuple[str, str]] = None  # (stage, message) once rejected
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def reject(self, stage: str, message: str) -> None:
+        if self.error is None:
+            self.error = (stage, message)
+
+    def drop_phrase(self, phrase: Phrase, reason: str) -> None:
+        self.dropped.append({"phrase": phrase.text, "char_span": [phrase.start, phrase.end], "reason": reason})
+
+    def drop_object(self, index: int, reason: str) -> None:
+        """Remove grounding `index` (and its mask/points/tracks when present), recording why."""
+        g = self.groundings.pop(index)
+        self.drop_phrase(self.phrases[g.phrase_index], reason)
+        if index < len(self.masks):
+            self.masks.pop(index)
+        for name in ("points", "tracks", "track_vis"):
+            arr = getattr(self, name)
+            if arr is not None and len(arr) > index:
+                setattr(self, name, np.delete(arr, index, axis=0))

@@ -1,0 +1,1 @@
+"""The PiTe network: frame features -> adapter -> LLM (LoRA) -> localisation / trajectory heads."""
