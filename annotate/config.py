@@ -27,6 +27,7 @@ class NounsConfig:
     stop_nouns: list[str] = field(default_factory=lambda: list(DEFAULT_STOP_NOUNS))
     max_phrases: int = 16  # phrases beyond this (in caption order) are dropped with reason "too many phrases"
     batch_size: int = 64  # captions per nlp.pipe call
+    max_chars: int = 2000  # longer captions are parsed up to here (cut at a space); the rest is recorded as dropped
 
 
 @dataclass

@@ -35,6 +35,7 @@ class Grounding:
     box: np.ndarray  # (4,) float xyxy in decoded-frame pixels
     score: float = 1.0
     note: str = ""  # e.g. "plural: kept its best box"
+    mask_area: Optional[float] = None  # set by the segment stage: mask pixels / frame pixels (scale-free, in [0, 1])
 
 
 @dataclass
@@ -49,6 +50,7 @@ class ClipItem:
     events: Optional[list[dict]] = None
     boxes: Optional[list[dict]] = None  # given boxes: {phrase, frame (source index), box [x0,y0,x1,y1] source px}
     gt: Optional[str] = None
+    tar_member: Optional[str] = None  # set when `video` is a WebDataset tar holding the clip
     seed: int = 0  # per-row seed, hash(seed, video_id)
     # --- filled by the stages ---
     clip: Any = None  # annotate.video.DecodedClip

@@ -1,0 +1,114 @@
+"""The stages in order, and a plain in-process runner for one clip or a notebook.
+
+The Ray job (`pipelines.annotate`) runs the same stage objects as actors; `ClipAnnotator` runs them in a loop.
+Both end with `annotate.assemble.assemble`, so a clip gives the same sample either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+from annotate.config import AnnotateConfig
+from annotate.item import ClipItem
+from annotate.stage import Resources, Stage
+
+STAGE_NAMES = ("decode", "nouns", "ground", "segment", "points", "track", "features")
+
+
+def build_stage(name: str, cfg: AnnotateConfig) -> Stage:
+    """One stage by name, with the backend its config section selects (imports stay lazy: GPU libs are heavy)."""
+    if name == "decode":
+        from annotate.decode import DecodeStage
+
+        return DecodeStage(cfg)
+    if name == "nouns":
+        from annotate.nouns import NounStage
+
+        return NounStage(cfg)
+    if name == "ground":
+        from annotate.ground import make_grounder
+
+        return make_grounder(cfg)
+    if name == "segment":
+        from annotate.segment import make_segmenter
+
+        return make_segmenter(cfg)
+    if name == "points":
+        from annotate.points import PointsStage
+
+        return PointsStage(cfg)
+    if name == "track":
+        from annotate.track import make_tracker
+
+        return make_tracker(cfg)
+    if name == "features":
+        from annotate.features import make_feature_extractor
+
+        return make_feature_extractor(cfg)
+    raise ValueError(f"unknown stage {name!r} (stages: {', '.join(STAGE_NAMES)})")
+
+
+def build_stages(cfg: AnnotateConfig) -> list[Stage]:
+    return [build_stage(name, cfg) for name in STAGE_NAMES]
+
+
+def group_stages(stages: list[Stage]) -> list[list[Stage]]:
+    """Consecutive stages that want the same kind of device share one actor: no hop between them.
+
+    The embedded CPU path becomes a single group (one process does decode..features, as a plain loop would);
+    with GPU backends the CPU stages between GPU ones form their own groups.
+    """
+    groups: list[list[Stage]] = []
+    for stage in stages:
+        gpu = stage.resources().num_gpus > 0
+        if groups and (groups[-1][0].resources().num_gpus > 0) == gpu:
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
+def group_resources(group: list[Stage]) -> Resources:
+    res = [s.resources() for s in group]
+    return Resources(
+        num_cpus=max(r.num_cpus for r in res),
+        num_gpus=max(r.num_gpus for r in res),
+        memory_gb=max(r.memory_gb for r in res),
+    )
+
+
+def row_seed(seed: int, video_id: str) -> int:
+    """Per-row seed from hash(seed, video_id): independent of the row's position and of the worker."""
+    digest = hashlib.sha256(f"{seed}:{video_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def make_item(
+    row: int, video_id: str, video: str, caption: str, seed: int = 0, *, start: Optional[float] = None,
+    end: Optional[float] = None, events: Optional[list] = None, boxes: Optional[list] = None,
+    gt: Optional[str] = None, tar_member: Optional[str] = None,
+) -> ClipItem:
+    return ClipItem(
+        row=row, video_id=video_id, video=video, caption=caption, start=start, end=end, events=events,
+        boxes=boxes, gt=gt, tar_member=tar_member, seed=row_seed(seed, video_id),
+    )
+
+
+class ClipAnnotator:
+    """All stages in one process: `annotate([...items])` fills them (or rejects them) in place."""
+
+    def __init__(self, cfg: AnnotateConfig, stages: Optional[list[Stage]] = None):
+        self.cfg = cfg
+        self.stages = stages if stages is not None else build_stages(cfg)
+
+    def setup(self) -> "ClipAnnotator":
+        for stage in self.stages:
+            stage.setup()
+            stage._ready = True
+        return self
+
+    def annotate(self, items: list[ClipItem]) -> list[ClipItem]:
+        for stage in self.stages:
+            stage.process(items)
+        return items

@@ -1,0 +1,358 @@
+"""Track stage: follow each object's K points over the tracking frames, then read the T samples off the tracks.
+
+Two backends (DESIGN.md's table), one output: `item.tracks` (N, K, F, 2) float32 continuous pixel coordinates on
+`item.clip.track_frames` and `item.track_vis` (N, K, F) bool. Each object's points are queries at its own grounding
+frame and are tracked forward to the end and backward to the start. A point is visible only if the tracker says so
+and it lies inside the frame (0 <= x < w, 0 <= y < h).
+
+- `lk`: OpenCV's pyramidal Lucas-Kanade, frame to frame, with a forward-backward check and an appearance check
+  (see `track_lk`). CPU, no weights.
+- `cotracker`: CoTracker3 offline through the `cotracker` package (installed from its checkout; CC-BY-NC) and a
+  checkpoint path (`track.weights`).
+
+Coordinates: ours are continuous (pixel (i, j) covers [i, i+1) x [j, j+1), centre (i + 0.5, j + 0.5)). OpenCV's
+LK and CoTracker both put pixel centres on integers (CoTracker rescales with align_corners=True), so we subtract 0.5
+going in and add it back coming out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from annotate.config import AnnotateConfig, TrackConfig
+from annotate.errors import ConfigError, StageError
+from annotate.item import ClipItem
+from annotate.stage import Resources, Stage
+
+# Patch side (px) of the appearance check; small enough to sit inside an object, big enough to be distinctive.
+NCC_PATCH = 9
+# A followed point whose patch correlates less than this with its look at the query frame is lost (covered);
+# a lost point comes back when a re-acquired position correlates at least this much.
+MIN_NCC = 0.6
+_LK_CRITERIA = (3, 30, 0.01)  # cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30 iterations, 0.01 px
+
+
+def make_tracker(cfg: AnnotateConfig, predictor=None) -> "TrackStage":
+    """The track stage for `cfg.track.backend`. `predictor` stands in for CoTracker's (tests inject a double)."""
+    backend = cfg.track.backend
+    if backend == "lk":
+        return LKTracker(cfg)
+    if backend == "cotracker":
+        return CoTrackerTracker(cfg, predictor=predictor)
+    raise ConfigError(f"track.backend: unknown backend {backend!r} (expected lk or cotracker)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the T samples off the tracks
+
+
+def inside_frame(xy: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(..., 2) continuous pixel coords -> (...) bool: the point lies on the image."""
+    x, y = xy[..., 0], xy[..., 1]
+    return (x >= 0) & (x < width) & (y >= 0) & (y < height)
+
+
+def read_off_samples(tracks: np.ndarray, vis: np.ndarray, track_times: np.ndarray, sample_times: np.ndarray,
+                     size: tuple[int, int] | None = None, atol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Tracks on the F tracking frames -> the T samples.
+
+    tracks (N, K, F, 2), vis (N, K, F), track_times (F,) increasing seconds, sample_times (T,) seconds.
+    A sample whose time equals a tracking time (within `atol`) takes that frame exactly; one between two tracking
+    frames is interpolated linearly and is visible only if both neighbours are; one before the first / after the
+    last tracking frame holds that frame's value (the decoder includes the clip's first and last frame, so this only
+    absorbs rounding). With `size=(w, h)`, a sample outside the frame is not visible.
+    Returns traj (N, K, T, 2) float32 and vis (N, K, T) bool.
+    """
+    tracks = np.asarray(tracks, dtype=np.float64)
+    vis = np.asarray(vis, dtype=bool)
+    tt = np.asarray(track_times, dtype=np.float64)
+    st = np.asarray(sample_times, dtype=np.float64)
+    if tracks.ndim != 4 or tracks.shape[-1] != 2 or vis.shape != tracks.shape[:-1] or tt.shape != tracks.shape[2:3]:
+        raise ValueError(f"read_off_samples: tracks {tracks.shape}, vis {vis.shape}, track_times {tt.shape} disagree")
+    if len(tt) == 0:
+        raise ValueError("read_off_samples: no tracking frames")
+    if np.any(np.diff(tt) <= 0):
+        raise ValueError("read_off_samples: track_times must be strictly increasing")
+    st = np.clip(st, tt[0], tt[-1])
+    # Left neighbour i, right neighbour j, and the weight w of j.
+    i = np.clip(np.searchsorted(tt, st, side="right") - 1, 0, len(tt) - 1)
+    j = np.minimum(i + 1, len(tt) - 1)
+    span = tt[j] - tt[i]
+    w = (st - tt[i]) / np.where(span > 0, span, 1.0)
+    w = np.where(np.abs(st - tt[i]) <= atol, 0.0, np.where(np.abs(tt[j] - st) <= atol, 1.0, w))
+    traj = tracks[:, :, i] * (1.0 - w)[:, None] + tracks[:, :, j] * w[:, None]
+    between = vis[:, :, i] & vis[:, :, j]
+    out_vis = np.where(w == 0.0, vis[:, :, i], np.where(w == 1.0, vis[:, :, j], between))
+    if size is not None:
+        out_vis &= inside_frame(traj, *size)
+    return traj.astype(np.float32), out_vis
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+class TrackStage(Stage):
+    """Common plumbing: check the inputs, run the backend, apply the inside-frame rule."""
+
+    name = "track"
+
+    def track(self, frames: np.ndarray, points: np.ndarray, query_frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """frames (F, h, w, 3) uint8 RGB, points (N, K, 2) continuous px at query_frames (N,) -> (N,K,F,2), (N,K,F)."""
+        raise NotImplementedError
+
+    def process_item(self, item: ClipItem) -> None:
+        clip = item.clip
+        if clip is None:
+            raise StageError(self.name, "no decoded clip (run decode first)")
+        if item.points is None or len(item.points) != len(item.groundings):
+            raise StageError(self.name, "points missing or not one row per grounding (run points first)")
+        frames = clip.track_frames
+        num_frames = len(frames)
+        query_frames = np.array([g.track_frame for g in item.groundings], dtype=np.int64)
+        if np.any((query_frames < 0) | (query_frames >= num_frames)):
+            raise StageError(self.name, f"grounding frame outside the {num_frames} tracking frames")
+        points = np.asarray(item.points, dtype=np.float64)
+        n, k = points.shape[:2]
+        if n == 0:
+            tracks, vis = np.zeros((0, k, num_frames, 2)), np.zeros((0, k, num_frames), dtype=bool)
+        else:
+            tracks, vis = self.track(frames, points, query_frames)
+        w, h = clip.size
+        item.tracks = np.asarray(tracks, dtype=np.float32)
+        item.track_vis = np.asarray(vis, dtype=bool) & inside_frame(item.tracks, w, h)
+
+
+class LKTracker(TrackStage):
+    def version(self) -> str:
+        import cv2
+
+        return f"lk/opencv-{cv2.__version__}"
+
+    def track(self, frames, points, query_frames):
+        import cv2
+
+        gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+        t = self.cfg.track
+        return track_lk(gray, points, query_frames, win_size=t.win_size, max_level=t.max_level,
+                        fb_threshold=t.fb_threshold_px)
+
+
+def track_lk(gray: np.ndarray, points: np.ndarray, query_frames: np.ndarray, *, win_size: int = 21,
+             max_level: int = 3, fb_threshold: float = 1.5, min_ncc: float = MIN_NCC) -> tuple[np.ndarray, np.ndarray]:
+    """Pyramidal Lucas-Kanade from each object's query frame forward to the end and backward to the start.
+
+    gray (F, h, w) uint8; points (N, K, 2) continuous px at query_frames (N,). Returns tracks (N, K, F, 2) float64
+    continuous px and vis (N, K, F) bool. Objects that share a query frame are tracked in one call per step.
+
+    Per step a followed point stays visible only if LK finds it forward and back (status 1), the forward-backward
+    error is <= fb_threshold, it is inside the frame, and its patch still looks like it did at the query frame
+    (NCC >= min_ncc): a textured occluder sliding over a point moves coherently, so LK follows it with a small
+    forward-backward error and only the appearance check notices the point is gone.
+    After loss the position keeps moving with the median step of the object's points still followed (rigid
+    objects), else with the point's last step (constant velocity), and visible is False. Every later frame tries to
+    re-acquire it: LK from the last frame where it was seen to this one, starting at the predicted position, with
+    the same forward-backward and appearance checks; on success it is visible again at the found position.
+    """
+    gray = np.asarray(gray)
+    points = np.asarray(points, dtype=np.float64)
+    query_frames = np.asarray(query_frames, dtype=np.int64)
+    n, k = points.shape[:2]
+    num_frames = len(gray)
+    tracks = np.zeros((n, k, num_frames, 2))
+    vis = np.zeros((n, k, num_frames), dtype=bool)
+    lk = _LK(win_size, max_level, fb_threshold, min_ncc)
+    for q in np.unique(query_frames):
+        objs = np.flatnonzero(query_frames == q)
+        pts = points[objs].reshape(-1, 2) - 0.5  # OpenCV: pixel centres on integers
+        groups = np.repeat(np.arange(len(objs)), k)
+        fwd_pos, fwd_vis = lk.propagate(gray, list(range(q, num_frames)), pts, groups)
+        bwd_pos, bwd_vis = lk.propagate(gray, list(range(q, -1, -1)), pts, groups)
+        pos = np.concatenate([bwd_pos[::-1], fwd_pos[1:]])  # (F, M, 2), the query frame once
+        v = np.concatenate([bwd_vis[::-1], fwd_vis[1:]])
+        tracks[objs] = (pos + 0.5).transpose(1, 0, 2).reshape(len(objs), k, num_frames, 2)
+        vis[objs] = v.T.reshape(len(objs), k, num_frames)
+    return tracks, vis
+
+
+class _LK:
+    """One direction of pyramidal LK with loss and re-acquisition (positions in OpenCV pixel-centre coords)."""
+
+    def __init__(self, win_size: int, max_level: int, fb_threshold: float, min_ncc: float):
+        self.win = (int(win_size), int(win_size))
+        self.max_level = int(max_level)
+        self.fb_threshold = float(fb_threshold)
+        self.min_ncc = float(min_ncc)
+
+    def flow(self, a: np.ndarray, b: np.ndarray, pts: np.ndarray, init: np.ndarray | None = None):
+        """LK a -> b and back; returns (position in b, ok status both ways, forward-backward error)."""
+        import cv2
+
+        p0 = np.ascontiguousarray(pts, dtype=np.float32).reshape(-1, 1, 2)
+        kw = dict(winSize=self.win, maxLevel=self.max_level, criteria=_LK_CRITERIA)
+        if init is None:
+            p1, st1, _ = cv2.calcOpticalFlowPyrLK(a, b, p0, None, **kw)
+        else:
+            p1 = np.ascontiguousarray(init, dtype=np.float32).reshape(-1, 1, 2).copy()
+            p1, st1, _ = cv2.calcOpticalFlowPyrLK(a, b, p0, p1, flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **kw)
+        back, st2, _ = cv2.calcOpticalFlowPyrLK(b, a, p1, p0.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **kw)
+        p1, back = p1.reshape(-1, 2).astype(np.float64), back.reshape(-1, 2).astype(np.float64)
+        ok = (st1.reshape(-1) == 1) & (st2.reshape(-1) == 1) & np.all(np.isfinite(p1), axis=1)
+        fb = np.linalg.norm(back - pts, axis=1)
+        return p1, ok & (fb <= self.fb_threshold), fb
+
+    def propagate(self, gray: np.ndarray, order: list[int], pts0: np.ndarray, groups: np.ndarray):
+        """Track pts0 (M, 2) given at frame order[0] through the frames `order`; returns (len(order), M, 2), (.., M)."""
+        h, w = gray.shape[1:]
+        m = len(pts0)
+        out_pos = np.zeros((len(order), m, 2))
+        out_vis = np.zeros((len(order), m), dtype=bool)
+        pos = pts0.astype(np.float64).copy()
+        seen = _inside_cv(pos, w, h)
+        template = _patches(gray[order[0]], pos)
+        last_frame = np.full(m, order[0])  # where each point was last seen, and where
+        last_pos = pos.copy()
+        step = np.zeros_like(pos)  # each point's last step while seen
+        out_pos[0], out_vis[0] = pos, seen
+        for t in range(1, len(order)):
+            a, b = gray[order[t - 1]], gray[order[t]]
+            nxt, ok, _ = self.flow(a, b, pos)
+            ok &= _inside_cv(nxt, w, h) & (_ncc(template, _patches(b, nxt)) >= self.min_ncc)
+            followed = seen & ok
+            new = pos.copy()
+            new[followed] = nxt[followed]
+            lost = ~followed
+            if lost.any():
+                new[lost] = pos[lost] + self._predicted_step(nxt - pos, followed, lost, groups, step)
+                back = self._reacquire(gray, order[t], lost, last_frame, last_pos, new, template, w, h)
+                new[back] = self._found[back]
+                followed |= back
+            step[followed] = new[followed] - pos[followed]
+            last_frame[followed], last_pos[followed] = order[t], new[followed]
+            pos, seen = new, followed
+            out_pos[t], out_vis[t] = pos, seen
+        return out_pos, out_vis
+
+    @staticmethod
+    def _predicted_step(disp, followed, lost, groups, step):
+        """Step of each lost point: the median step of its object's followed points, else its own last step."""
+        pred = step[lost].copy()
+        for g in np.unique(groups[lost]):
+            siblings = followed & (groups == g)
+            if siblings.any():
+                pred[groups[lost] == g] = np.median(disp[siblings], axis=0)
+        return pred
+
+    def _reacquire(self, gray, frame, lost, last_frame, last_pos, guess, template, w, h):
+        """LK from where each lost point was last seen to `frame`, from the guessed position; returns who came back."""
+        back = np.zeros(len(lost), dtype=bool)
+        self._found = guess.copy()
+        for f in np.unique(last_frame[lost]):
+            idx = np.flatnonzero(lost & (last_frame == f))
+            found, ok, _ = self.flow(gray[f], gray[frame], last_pos[idx], init=guess[idx])
+            ok &= _inside_cv(found, w, h)
+            ok &= _ncc(template[idx], _patches(gray[frame], found)) >= self.min_ncc
+            back[idx] = ok
+            self._found[idx[ok]] = found[ok]
+        return back
+
+
+def _inside_cv(pos: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Inside the frame, for OpenCV coords (continuous minus 0.5)."""
+    return inside_frame(pos + 0.5, w, h)
+
+
+def _patches(img: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """(M, NCC_PATCH, NCC_PATCH) float32 sub-pixel patches of img around pos (OpenCV coords); borders replicate."""
+    import cv2
+
+    out = np.zeros((len(pos), NCC_PATCH, NCC_PATCH), dtype=np.float32)
+    for i, (x, y) in enumerate(pos):
+        if np.isfinite(x) and np.isfinite(y):
+            out[i] = cv2.getRectSubPix(img, (NCC_PATCH, NCC_PATCH), (float(x), float(y)), patchType=cv2.CV_32F)
+    return out
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Normalised cross-correlation of matching patches (M, p, p) -> (M,); a flat patch correlates 0."""
+    a = a.reshape(len(a), -1) - a.reshape(len(a), -1).mean(axis=1, keepdims=True)
+    b = b.reshape(len(b), -1) - b.reshape(len(b), -1).mean(axis=1, keepdims=True)
+    den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    return np.where(den > 1e-6, (a * b).sum(axis=1) / np.maximum(den, 1e-6), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CoTracker3
+
+
+class CoTrackerTracker(TrackStage):
+    """CoTracker3 offline: all points of the clip in one call, queries (t, x, y) at each object's grounding frame.
+
+    The package's predictor (cotracker/predictor.py, CoTrackerPredictor.forward) takes video (B, T, 3, H, W) float
+    0-255 and queries (B, N, 3) as (t, x, y) pixels with pixel centres on integers; with backward_tracking=True it
+    tracks before the query frame too; it returns tracks (B, T, N, 2) and visibility (B, T, N) bool.
+    """
+
+    def __init__(self, cfg: AnnotateConfig, predictor=None):
+        super().__init__(cfg)
+        self.predictor = predictor
+
+    def resources(self) -> Resources:
+        gpu = self.cfg.track.device.startswith("cuda")
+        return Resources(num_cpus=1.0, num_gpus=1.0 if gpu else 0.0, memory_gb=4.0)
+
+    def version(self) -> str:
+        try:
+            from cotracker.version import __version__
+        except ImportError:
+            __version__ = "unknown"
+        return f"cotracker/{__version__}"
+
+    def setup(self) -> None:
+        if self.predictor is None:
+            self.predictor = load_cotracker(self.cfg.track)
+
+    def track(self, frames, points, query_frames):
+        import torch
+
+        if self.predictor is None:
+            self.setup()
+        device = self.cfg.track.device
+        n, k = points.shape[:2]
+        video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)[None].float().to(device)
+        t = np.repeat(query_frames, k).astype(np.float32)[:, None]
+        xy = (points.reshape(-1, 2) - 0.5).astype(np.float32)  # CoTracker: pixel centres on integers
+        queries = torch.from_numpy(np.concatenate([t, xy], axis=1))[None].to(device)
+        with torch.no_grad():
+            pred_tracks, pred_vis = self.predictor(video, queries=queries, backward_tracking=True)
+        pred_tracks = pred_tracks[0].float().cpu().numpy()  # (F, N*K, 2)
+        pred_vis = pred_vis[0].cpu().numpy()
+        if pred_vis.ndim == 3:  # some versions return (B, T, N, 1)
+            pred_vis = pred_vis[..., 0]
+        num_frames = len(frames)
+        if pred_tracks.shape != (num_frames, n * k, 2) or pred_vis.shape != (num_frames, n * k):
+            raise StageError(self.name, f"cotracker returned tracks {pred_tracks.shape} / visibility "
+                                        f"{pred_vis.shape}, expected ({num_frames}, {n * k}, 2)")
+        tracks = (pred_tracks.astype(np.float64) + 0.5).transpose(1, 0, 2).reshape(n, k, num_frames, 2)
+        vis = pred_vis.astype(bool).T.reshape(n, k, num_frames)
+        return tracks, vis
+
+
+def load_cotracker(cfg: TrackConfig):
+    """CoTracker3 offline predictor from `track.weights`, on `track.device`; one-line ConfigError if unavailable."""
+    import os
+
+    try:
+        from cotracker.predictor import CoTrackerPredictor
+    except ImportError as exc:
+        raise ConfigError("track.backend=cotracker needs the `cotracker` package: install it from a checkout of "
+                          "facebookresearch/co-tracker with `pip install -e .` (CC-BY-NC 4.0), or set "
+                          "track.backend=lk") from exc
+    if not cfg.weights:
+        raise ConfigError("track.weights: set it to a CoTracker3 checkpoint (scaled_offline.pth) for "
+                          "track.backend=cotracker")
+    if not os.path.isfile(cfg.weights):
+        raise ConfigError(f"track.weights: {cfg.weights} is not a file (expected a CoTracker3 checkpoint, "
+                          "scaled_offline.pth)")
+    predictor = CoTrackerPredictor(checkpoint=cfg.weights, offline=True, window_len=60)
+    return predictor.to(cfg.device).eval()

@@ -1,0 +1,260 @@
+"""Read an input manifest (DESIGN.md "Input manifest") row by row, never dying on a bad row.
+
+Sources: JSONL, CSV or Parquet files, or video WebDataset shards as video2dataset writes them
+(`DIR/{00000..00099}.tar`: members `mp4` + `txt` + `json`). Every source row comes out as a `ManifestRow` with its
+manifest position; a row that cannot be parsed or breaks the contract carries `error` and becomes a reject
+(stage "manifest") rather than stopping the job. Rows stream: memory does not grow with the manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import braceexpand
+
+from annotate.errors import ConfigError
+
+VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "gif")
+REQUIRED = ("video_id", "video", "caption")
+
+
+@dataclass
+class ManifestRow:
+    row: int
+    video_id: str = ""
+    video: str = ""  # absolute path of the file (or of the tar holding it)
+    caption: str = ""
+    start: Optional[float] = None
+    end: Optional[float] = None
+    events: Optional[list] = None
+    boxes: Optional[list] = None
+    gt: Optional[str] = None
+    tar_member: Optional[str] = None  # member name when the video lies inside a WebDataset tar
+    error: Optional[str] = None  # why this row is a reject before any stage ran
+
+    def to_record(self) -> dict[str, Any]:
+        """Flat, Arrow-friendly: nested lists as JSON text (Arrow would otherwise infer clashing struct types)."""
+        return {
+            "row": self.row, "video_id": self.video_id, "video": self.video, "caption": self.caption,
+            "start": self.start, "end": self.end,
+            "events": None if self.events is None else json.dumps(self.events, ensure_ascii=False),
+            "boxes": None if self.boxes is None else json.dumps(self.boxes, ensure_ascii=False),
+            "gt": self.gt, "tar_member": self.tar_member, "error": self.error,
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> "ManifestRow":
+        rec = dict(rec)
+        for key in ("events", "boxes"):
+            if rec.get(key) is not None:
+                rec[key] = json.loads(rec[key])
+        for key in ("start", "end"):
+            if rec.get(key) is not None and isinstance(rec[key], float) and math.isnan(rec[key]):
+                rec[key] = None
+        return cls(**{k: rec.get(k) for k in cls.__dataclass_fields__})
+
+
+RECORD_SCHEMA_FIELDS = [
+    ("row", "int64"), ("video_id", "string"), ("video", "string"), ("caption", "string"), ("start", "float64"),
+    ("end", "float64"), ("events", "string"), ("boxes", "string"), ("gt", "string"), ("tar_member", "string"),
+    ("error", "string"),
+]
+
+
+def expand_inputs(spec: str) -> list[Path]:
+    """A path, or a brace pattern of WebDataset tars (`data/{00000..00009}.tar`)."""
+    if not spec:
+        raise ConfigError("input: no manifest given (set input=MANIFEST.jsonl|csv|parquet or input=DIR/{0..9}.tar)")
+    paths = [Path(p) for p in braceexpand.braceexpand(spec)]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ConfigError(f"input: {missing[0]} not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return paths
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """Identifies the manifest for resume: content hash of manifest files, name+size+mtime of (large) tars."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(str(p.resolve()).encode())
+        if p.suffix == ".tar":
+            st = p.stat()
+            h.update(f"{st.st_size}:{int(st.st_mtime)}".encode())
+        else:
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def iter_manifest(spec: str) -> Iterator[ManifestRow]:
+    """All rows of the input in manifest order, numbered from 0, duplicates rejected (the first one wins)."""
+    paths = expand_inputs(spec)
+    seen: dict[str, int] = {}
+    row = 0
+    for path in paths:
+        for raw in _iter_source(path):
+            item = _validate(row, raw, path.parent)
+            if item.error is None:
+                if item.video_id in seen:
+                    item.error = f"duplicate video_id {item.video_id!r} (first at row {seen[item.video_id]})"
+                else:
+                    seen[item.video_id] = row
+            yield item
+            row += 1
+
+
+def _iter_source(path: Path) -> Iterator[dict | str]:
+    """Raw rows: a dict, or a string saying why the row could not be read at all."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield f"{path.name} line {lineno}: invalid JSON ({exc.msg})"
+                    continue
+                yield obj if isinstance(obj, dict) else f"{path.name} line {lineno}: expected a JSON object"
+    elif suffix == ".csv":
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            for rec in csv.DictReader(f):
+                yield {k: _csv_value(k, v) for k, v in rec.items() if k is not None}
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+    elif suffix == ".tar":
+        yield from _iter_wds(path)
+    else:
+        raise ConfigError(f"input: {path} has an unknown format (expected .jsonl, .csv, .parquet or .tar)")
+
+
+def _csv_value(key: str, value: Optional[str]):
+    if value is None or value == "":
+        return None
+    if key in ("events", "boxes"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value  # _validate says it is not a list
+    return value
+
+
+def _iter_wds(path: Path) -> Iterator[dict | str]:
+    """video2dataset shards: members grouped by key (the name before the first dot), in tar order."""
+    try:
+        tar = tarfile.open(path)
+    except (tarfile.TarError, OSError) as exc:
+        yield f"{path.name}: not a readable tar ({exc})"
+        return
+    with tar:
+        group: dict[str, Any] = {}
+        key = None
+        for member in tar:
+            if not member.isfile():
+                continue
+            base = os.path.basename(member.name)
+            k, _, ext = base.partition(".")
+            if key is not None and k != key:
+                yield _wds_row(path, key, group)
+                group = {}
+            key = k
+            ext = ext.lower()
+            if ext in VIDEO_EXTS:
+                group["__video__"] = member.name
+            elif ext in ("txt", "json"):
+                data = tar.extractfile(member).read().decode("utf-8", errors="replace")
+                group[ext] = data
+        if key is not None:
+            yield _wds_row(path, key, group)
+
+
+def _wds_row(path: Path, key: str, group: dict) -> dict | str:
+    meta: dict = {}
+    if "json" in group:
+        try:
+            meta = json.loads(group["json"])
+        except json.JSONDecodeError as exc:
+            return f"{path.name} sample {key}: invalid json member ({exc.msg})"
+    if "__video__" not in group:
+        return f"{path.name} sample {key}: no video member ({'/'.join(VIDEO_EXTS)})"
+    row = {k: meta[k] for k in ("start", "end", "events", "boxes", "gt") if k in meta}
+    row.update(video_id=key, video=str(path.resolve()), tar_member=group["__video__"],
+               caption=group.get("txt", meta.get("caption")))
+    return row
+
+
+def _validate(row: int, raw: dict | str, base: Path) -> ManifestRow:
+    if isinstance(raw, str):
+        return ManifestRow(row=row, error=raw)
+    item = ManifestRow(row=row, video_id=str(raw.get("video_id") or ""))
+    for key in REQUIRED:
+        if raw.get(key) is None:
+            item.error = f"missing required column {key!r}"
+            return item
+        if not isinstance(raw[key], str):
+            item.error = f"column {key!r} must be a string, got {type(raw[key]).__name__}"
+            return item
+    if not raw["video_id"].strip():
+        item.error = "empty video_id"
+        return item
+    item.caption = raw["caption"]
+    video = raw["video"]
+    item.tar_member = raw.get("tar_member")
+    item.video = video if item.tar_member or os.path.isabs(video) else str((base / video).resolve())
+    try:
+        for key in ("start", "end"):
+            value = raw.get(key)
+            if value is not None:
+                value = float(value)
+                if not math.isfinite(value) or value < 0:
+                    raise ValueError(f"{key} must be a finite number >= 0")
+                setattr(item, key, value)
+        if item.start is not None and item.end is not None and item.end <= item.start:
+            raise ValueError(f"end ({item.end}) must be after start ({item.start})")
+        item.events = _check_list(raw.get("events"), "events", {"start": float, "end": float, "text": str})
+        item.boxes = _check_list(raw.get("boxes"), "boxes", {"phrase": str, "frame": int, "box": list})
+        if item.boxes is not None:
+            for b in item.boxes:
+                if len(b["box"]) != 4:
+                    raise ValueError("boxes: box must be [x0, y0, x1, y1]")
+        gt = raw.get("gt")
+        if gt is not None:
+            item.gt = gt if os.path.isabs(gt) else str((base / gt).resolve())
+    except (ValueError, TypeError) as exc:
+        item.error = str(exc)
+    return item
+
+
+def _check_list(value, name: str, fields: dict[str, type]) -> Optional[list]:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ValueError(f"{name} must be a list of objects")
+    out = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{name}[{i}] must be an object")
+        clean = dict(entry)
+        for key, typ in fields.items():
+            if key not in entry:
+                raise ValueError(f"{name}[{i}] lacks {key!r}")
+            try:
+                clean[key] = typ(entry[key]) if typ is not list else list(entry[key])
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}[{i}].{key} must be {typ.__name__}") from None
+        out.append(clean)
+    return out
+
