@@ -1,0 +1,195 @@
+"""Features stage: one vector per sampled frame, item.feat (T, D) float32 (stored as float16 in the sample).
+
+Backends (`features.backend`):
+- `clip`: transformers' CLIPVisionModelWithProjection `image_embeds` (768-d for ViT-L/14, as the PiTe release),
+  from a local weights dir. `features.crop` = `center`: CLIP's processor (shortest side to 224, centre crop), which
+  on a 16:9 frame sees only the middle 56 % of its width; `pad`: the frame padded to a square with the processor's
+  mean colour first (LLaVA's expand2square), so the whole frame is seen.
+- `thumbnail`: the frame resized to 16x16 RGB with area averaging, flattened in (row, column, channel) order and
+  divided by 255: 768 values in [0, 1]. Runs anywhere, needs nothing.
+
+`extract_features(frames, cfg.features)` is the same computation as a plain function, for inference.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from annotate.config import AnnotateConfig, FeaturesConfig
+from annotate.errors import ConfigError, StageError
+from annotate.item import ClipItem
+from annotate.stage import Resources, Stage
+
+THUMB_SIDE = 16  # 16 * 16 * 3 = 768, CLIP ViT-L/14's projection size, so the two backends are interchangeable
+CROPS = ("center", "pad")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def thumbnail_features(frames: np.ndarray) -> np.ndarray:
+    """(T, h, w, 3) uint8 RGB -> (T, 768) float32 in [0, 1]: each frame area-averaged to 16x16, flattened."""
+    frames = _check_frames(frames)
+    out = np.empty((len(frames), THUMB_SIDE * THUMB_SIDE * 3), np.float32)
+    for t, frame in enumerate(frames):
+        # Resize in float so the averages are not rounded back to bytes.
+        small = cv2.resize(frame.astype(np.float32), (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+        out[t] = small.reshape(-1) / 255.0
+    return out
+
+
+def pad_to_square(frame: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    """LLaVA's expand2square: the frame centred on a square canvas of its longer side, filled with `colour`."""
+    h, w = frame.shape[:2]
+    side = max(h, w)
+    canvas = np.empty((side, side, 3), np.uint8)
+    canvas[:] = colour
+    y0, x0 = (side - h) // 2, (side - w) // 2
+    canvas[y0 : y0 + h, x0 : x0 + w] = frame
+    return canvas
+
+
+class ThumbnailEncoder:
+    dim = THUMB_SIDE * THUMB_SIDE * 3
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        return thumbnail_features(frames)
+
+    def version(self) -> str:
+        return f"thumbnail {THUMB_SIDE}x{THUMB_SIDE} (opencv {cv2.__version__})"
+
+
+class ClipEncoder:
+    """CLIP vision tower + projection; frames in batches of `batch_size`, `image_embeds` out."""
+
+    def __init__(self, model, processor, crop: str = "center", batch_size: int = 32, device: str = "cpu",
+                 dtype: str = "float32", name: str = "clip"):
+        if crop not in CROPS:
+            raise ConfigError(f"features.crop: unknown {crop!r} (expected {' | '.join(CROPS)})")
+        if dtype not in DTYPES:
+            raise ConfigError(f"features.dtype: unknown {dtype!r} (expected {' | '.join(DTYPES)})")
+        if batch_size < 1:
+            raise ConfigError(f"features.batch_size: must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.dtype = DTYPES[dtype]
+        self.model = model.to(self.device, self.dtype).eval()
+        self.processor = processor
+        self.crop = crop
+        self.batch_size = batch_size
+        self.name = name
+        self.dim = int(model.config.projection_dim)
+        self.pad_colour = tuple(int(m * 255) for m in processor.image_mean)  # as LLaVA: mean colour, truncated
+
+    @classmethod
+    def from_config(cls, fcfg: FeaturesConfig) -> "ClipEncoder":
+        model, processor = load_clip(fcfg.weights, fcfg.dtype)
+        return cls(model, processor, fcfg.crop, fcfg.batch_size, fcfg.device, fcfg.dtype, Path(fcfg.weights).name)
+
+    @torch.inference_mode()
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        frames = _check_frames(frames)
+        out = []
+        for s in range(0, len(frames), self.batch_size):
+            batch = list(frames[s : s + self.batch_size])
+            if self.crop == "pad":
+                batch = [pad_to_square(f, self.pad_colour) for f in batch]
+            pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"]
+            emb = self.model(pixel_values=pixels.to(self.device, self.dtype)).image_embeds
+            out.append(emb.float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def version(self) -> str:
+        import transformers
+
+        return f"clip {self.name} image_embeds (transformers {transformers.__version__}, crop={self.crop})"
+
+
+def load_clip(weights, dtype: str = "float32"):
+    """CLIPVisionModelWithProjection + CLIPImageProcessor from a local dir (never the network)."""
+    if not weights or not (Path(weights) / "config.json").is_file():
+        raise ConfigError(
+            f"features.weights: no CLIP model dir at {weights!r} (config.json missing); set features.weights to a "
+            "local copy of openai/clip-vit-large-patch14 (hf download openai/clip-vit-large-patch14 --local-dir DIR)"
+        )
+    if dtype not in DTYPES:
+        raise ConfigError(f"features.dtype: unknown {dtype!r} (expected {' | '.join(DTYPES)})")
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    model = CLIPVisionModelWithProjection.from_pretrained(weights, dtype=DTYPES[dtype], local_files_only=True)
+    try:
+        processor = CLIPImageProcessor.from_pretrained(weights, local_files_only=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"features.weights: {weights} has no image processor config (preprocessor_config.json)"
+        ) from exc
+    return model, processor
+
+
+def load_frame_encoder(fcfg: FeaturesConfig):
+    """The encoder `features.backend` names: a callable (T, h, w, 3) uint8 -> (T, D) float32."""
+    if fcfg.backend == "thumbnail":
+        return ThumbnailEncoder()
+    if fcfg.backend == "clip":
+        return ClipEncoder.from_config(fcfg)
+    raise ConfigError(f"features.backend: unknown backend {fcfg.backend!r} (expected thumbnail | clip)")
+
+
+@lru_cache(maxsize=2)
+def _cached_encoder(backend, weights, crop, batch_size, device, dtype):
+    return load_frame_encoder(
+        FeaturesConfig(backend=backend, weights=weights, crop=crop, batch_size=batch_size, device=device, dtype=dtype)
+    )
+
+
+def extract_features(frames: np.ndarray, fcfg: FeaturesConfig | None = None) -> np.ndarray:
+    """(T, h, w, 3) uint8 RGB -> (T, D) float32 with the backend of `fcfg` (default: thumbnail).
+
+    The encoder is loaded on the first call and kept for later calls with the same settings.
+    """
+    fcfg = fcfg or FeaturesConfig()
+    enc = _cached_encoder(fcfg.backend, fcfg.weights, fcfg.crop, fcfg.batch_size, fcfg.device, fcfg.dtype)
+    return enc(frames)
+
+
+def _check_frames(frames) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames: expected (T, h, w, 3) uint8 RGB, got {frames.shape} {frames.dtype}")
+    return frames
+
+
+class FeatureStage(Stage):
+    """Fills item.feat from item.clip.sample_frames. Pass `encoder` to use one already built (tests, notebooks)."""
+
+    name = "features"
+
+    def __init__(self, cfg: AnnotateConfig, encoder=None):
+        super().__init__(cfg)
+        self.encoder = encoder
+
+    def resources(self) -> Resources:
+        f = self.cfg.features
+        if f.backend == "clip":
+            return Resources(num_cpus=1.0, num_gpus=1.0 if f.device.startswith("cuda") else 0.0, memory_gb=3.0)
+        return Resources(num_cpus=1.0, num_gpus=0.0, memory_gb=0.5)
+
+    def setup(self) -> None:
+        if self.encoder is None:
+            self.encoder = load_frame_encoder(self.cfg.features)
+
+    def version(self) -> str:
+        return self.encoder.version() if self.encoder is not None else self.cfg.features.backend
+
+    def process_item(self, item: ClipItem) -> None:
+        if item.clip is None:
+            raise StageError(self.name, "no decoded clip (the decode stage did not run)")
+        item.feat = np.asarray(self.encoder(item.clip.sample_frames), np.float32)
+
+
+def make_feature_extractor(cfg: AnnotateConfig) -> FeatureStage:
+    if cfg.features.backend not in ("thumbnail", "clip"):
+        raise ConfigError(f"features.backend: unknown backend {cfg.features.backend!r} (expected thumbnail | clip)")
+    return FeatureStage(cfg)

@@ -1,0 +1,60 @@
+"""report.html of an annotation run: counts, reject reasons, time per stage, quality, drawn samples.
+
+A single static page with the pictures inlined (base64 PNG), so it can be mailed or opened from a bucket.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+QUALITY_NAMES = {
+    "ground_recall": "grounding recall (box IoU ≥ 0.5 at the grounding frame)",
+    "box_iou": "box IoU at the grounding frame",
+    "mask_iou": "mask IoU at the grounding frame",
+    "delta_avg": "TAP-Vid <δ<sup>x</sup><sub>avg</sub> of the tracks",
+    "oa": "TAP-Vid occlusion accuracy",
+    "aj": "TAP-Vid average Jaccard",
+}
+
+
+def _table(rows: list[tuple], head: tuple) -> str:
+    th = "".join(f"<th>{h}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{th}</tr>{body}</table>" if rows else "<p>none</p>"
+
+
+def write_report(out: Path, stats: dict, previews: list[tuple[int, str, bytes]]) -> Path:
+    esc = html.escape
+    counts = [("input rows", stats["input_rows"]), ("samples written", stats["written"]),
+              ("rejected", stats["rejected"]), ("shards", stats["shards"]),
+              ("shards kept from an earlier run", stats.get("shards_resumed", 0)),
+              ("videos/s (this run)", stats.get("videos_per_second")),
+              ("seconds: total / Ray start-up / pipeline",
+               f"{stats['seconds']['total']} / {stats['seconds']['ray_startup']} / {stats['seconds']['pipeline']}")]
+    per_stage = sorted(stats["seconds"]["per_stage"].items(), key=lambda kv: -kv[1])
+    processed = max(1, stats.get("processed_this_run") or 1)
+    quality = [(QUALITY_NAMES.get(k, esc(k)), f"{v:.3f}", stats.get("quality_clips", {}).get(k, ""))
+               for k, v in stats.get("quality", {}).items()]
+    pics = "".join(
+        f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}"><figcaption>row {row}: '
+        f"{esc(vid)}</figcaption></figure>" for row, vid, png in sorted(previews)
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>PiTe annotation report: {esc(out.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:.5em 0 1.5em}}
+td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}figure{{display:inline-block;margin:.4em}}
+img{{max-width:640px;image-rendering:pixelated}}</style></head><body>
+<h1>Annotation report: {esc(str(out))}</h1>
+<h2>Counts</h2>{_table([(esc(k), esc(str(v))) for k, v in counts], ("", ""))}
+<h2>Rejects by stage</h2>{_table([(esc(k), v) for k, v in stats["rejected_by_stage"].items()], ("stage", "rows"))}
+<h2>Top reject reasons</h2>{_table([(esc(k), v) for k, v in stats["reject_reasons"].items()], ("reason", "rows"))}
+<h2>Time per stage</h2>{_table([(esc(k), f"{v:.2f}", f"{v / processed:.3f}") for k, v in per_stage],
+                               ("stage", "seconds (all workers)", "seconds per clip"))}
+<h2>Quality against ground truth</h2>{_table(quality, ("figure", "mean over clips", "clips"))}
+<h2>Samples</h2><p>Left: the grounding frame with boxes and mask outlines; middle and right: the tracks at the middle
+and last sampled frame (filled dot = visible, ring = not visible).</p>{pics or "<p>none</p>"}
+</body></html>"""
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
