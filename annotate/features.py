@@ -13,12 +13,12 @@ Backends (`features.backend`):
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from annotate.config import AnnotateConfig, FeaturesConfig
 from annotate.errors import ConfigError, StageError
@@ -27,7 +27,7 @@ from annotate.stage import Resources, Stage
 
 THUMB_SIDE = 16  # 16 * 16 * 3 = 768, CLIP ViT-L/14's projection size, so the two backends are interchangeable
 CROPS = ("center", "pad")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")  # names of torch dtypes; torch is imported only by the clip backend
 
 
 def thumbnail_features(frames: np.ndarray) -> np.ndarray:
@@ -73,8 +73,10 @@ class ClipEncoder:
             raise ConfigError(f"features.dtype: unknown {dtype!r} (expected {' | '.join(DTYPES)})")
         if batch_size < 1:
             raise ConfigError(f"features.batch_size: must be >= 1, got {batch_size}")
+        import torch
+
         self.device = torch.device(device)
-        self.dtype = DTYPES[dtype]
+        self.dtype = getattr(torch, dtype)
         self.model = model.to(self.device, self.dtype).eval()
         self.processor = processor
         self.crop = crop
@@ -88,8 +90,9 @@ class ClipEncoder:
         model, processor = load_clip(fcfg.weights, fcfg.dtype)
         return cls(model, processor, fcfg.crop, fcfg.batch_size, fcfg.device, fcfg.dtype, Path(fcfg.weights).name)
 
-    @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
+        import torch
+
         frames = _check_frames(frames)
         out = []
         for s in range(0, len(frames), self.batch_size):
@@ -97,7 +100,8 @@ class ClipEncoder:
             if self.crop == "pad":
                 batch = [pad_to_square(f, self.pad_colour) for f in batch]
             pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"]
-            emb = self.model(pixel_values=pixels.to(self.device, self.dtype)).image_embeds
+            with torch.inference_mode():
+                emb = self.model(pixel_values=pixels.to(self.device, self.dtype)).image_embeds
             out.append(emb.float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
@@ -116,9 +120,31 @@ def load_clip(weights, dtype: str = "float32"):
         )
     if dtype not in DTYPES:
         raise ConfigError(f"features.dtype: unknown {dtype!r} (expected {' | '.join(DTYPES)})")
-    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    model = CLIPVisionModelWithProjection.from_pretrained(weights, dtype=DTYPES[dtype], local_files_only=True)
+    config = CLIPVisionConfig.from_pretrained(weights, local_files_only=True)
+    top = json.loads((Path(weights) / "config.json").read_text())
+    if top.get("model_type") == "clip" and "projection_dim" in top:
+        # A whole CLIPModel dir keeps the projection size at its top level; the vision half alone may not carry it.
+        config.projection_dim = top["projection_dim"]
+    try:
+        model, info = CLIPVisionModelWithProjection.from_pretrained(
+            weights, config=config, dtype=getattr(torch, dtype), local_files_only=True, output_loading_info=True
+        )
+    except (OSError, RuntimeError, ValueError) as exc:  # no weights file, or weights of another shape
+        raise ConfigError(
+            f"features.weights: cannot load CLIPVisionModelWithProjection from {weights} "
+            f"({' '.join(str(exc).split())[:200]})"
+        ) from exc
+    # transformers leaves missing or misshapen weights random (a vision-only dir lacks the projection): refuse.
+    bad = sorted(info["missing_keys"]) + sorted(str(k[0]) if isinstance(k, tuple) else str(k)
+                                                for k in info["mismatched_keys"])
+    if bad:
+        raise ConfigError(
+            f"features.weights: {weights} lacks {len(bad)} weights of CLIPVisionModelWithProjection "
+            f"(e.g. {bad[0]}); it must hold a full CLIP model such as openai/clip-vit-large-patch14"
+        )
     try:
         processor = CLIPImageProcessor.from_pretrained(weights, local_files_only=True)
     except OSError as exc:

@@ -288,6 +288,7 @@ class GroundingDinoGrounder(Stage):
             raise ConfigError(f"ground.dtype: {gc.dtype!r} is not one of {', '.join(DTYPES)}")
         self.model = None
         self.processor = None
+        self.dtype = None  # torch dtype, set in setup
 
     def resources(self) -> Resources:
         on_gpu = not str(self.cfg.ground.device).startswith("cpu")

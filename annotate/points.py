@@ -2,8 +2,10 @@
 
 Depth of a pixel = Euclidean distance from its centre to the nearest pixel centre outside the mask, minus the half
 pixel to that pixel's edge; the frame's edge counts as outside (a point at the edge leaves the frame at once).
-Candidates are the pixels at least `margin_px` deep; a mask too thin to have K of them falls back to its inner
-half (depth >= half the deepest), then to all its pixels. Among the candidates:
+Candidates are the pixels at least max(`margin_px`, `depth_frac` x the deepest) deep: the relative part keeps
+points off thin extremities (a cat's ear tip, a paw) where a tracker slides onto the background. A mask too thin
+to have K of them falls back to its inner half (depth >= half the deepest), then to all its pixels.
+Among the candidates:
 - `farthest`: farthest-point sampling, starting from the deepest pixel;
 - `kmeans`: k-means (k-means++ seeding) of the candidate pixels, each centroid snapped to a distinct candidate.
 Points sit at pixel centres (i + 0.5, j + 0.5), as DESIGN's coordinates say. Ties are broken by the item's rng,
@@ -25,6 +27,7 @@ from annotate.stage import Resources, Stage
 
 METHODS = ("farthest", "kmeans")
 KMEANS_ITERS = 20
+DEPTH_FRAC = 0.25  # candidates are at least this share of the mask's deepest depth inside (and margin_px)
 
 
 def mask_depth(mask: np.ndarray) -> np.ndarray:
@@ -34,12 +37,14 @@ def mask_depth(mask: np.ndarray) -> np.ndarray:
     return np.where(mask, dist - 0.5, 0.0).astype(np.float64)
 
 
-def candidate_pixels(mask: np.ndarray, k: int, margin_px: float) -> tuple[np.ndarray, np.ndarray]:
+def candidate_pixels(
+    mask: np.ndarray, k: int, margin_px: float, depth_frac: float = DEPTH_FRAC
+) -> tuple[np.ndarray, np.ndarray]:
     """(M, 2) integer (x, y) pixels to choose from, and their depths: the deep ones, relaxed for thin masks."""
     depth = mask_depth(mask)
     ys, xs = np.nonzero(mask)
     d = depth[ys, xs]
-    for threshold in (margin_px, min(margin_px, 0.5 * d.max())):
+    for threshold in (max(margin_px, depth_frac * d.max()), min(margin_px, 0.5 * d.max())):
         keep = d >= threshold
         if keep.sum() >= k:
             return np.stack([xs[keep], ys[keep]], axis=1), d[keep]
@@ -92,6 +97,7 @@ def sample_points(
     rng: np.random.Generator,
     method: str = "farthest",
     margin_px: float = 3.0,
+    depth_frac: float = DEPTH_FRAC,
 ) -> np.ndarray:
     """(k, 2) float (x, y) pixel coordinates of k points inside bool `mask`, deep and spread (module docstring).
 
@@ -102,7 +108,7 @@ def sample_points(
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         raise ValueError("empty mask: no point to sample")
-    xy, depth = candidate_pixels(mask, k, margin_px)
+    xy, depth = candidate_pixels(mask, k, margin_px, depth_frac)
     if len(xy) < k:  # only when the whole mask has fewer than k pixels
         idx = np.resize(farthest_points(xy, depth, len(xy), rng), k)
     elif method == "farthest":

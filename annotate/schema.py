@@ -254,7 +254,8 @@ def validate_sample(sample: Sample, *, num_frames: Optional[int] = None, num_poi
     if n == 0 and not meta.get("conversations"):
         fail("objects", "empty, which only a sample with conversations may be")
     traj, vis, feat = sample.traj, sample.vis, sample.feat
-    for field, arr, dtype, ndim in (("traj", traj, np.float16, 4), ("vis", vis, np.bool_, 3), ("feat", feat, np.float16, 2)):
+    contract = (("traj", traj, np.float16, 4), ("vis", vis, np.bool_, 3), ("feat", feat, np.float16, 2))
+    for field, arr, dtype, ndim in contract:
         if not isinstance(arr, np.ndarray):
             fail(field, f"expected a numpy array, got {type(arr).__name__}")
         if arr.dtype != dtype:

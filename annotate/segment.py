@@ -21,12 +21,13 @@ from typing import Optional
 
 import cv2
 import numpy as np
-import torch
 
 from annotate.config import AnnotateConfig
 from annotate.errors import ConfigError, StageError
 from annotate.item import ClipItem
 from annotate.stage import Resources, Stage
+
+# torch and segment_anything are imported where SAM needs them: the GrabCut path runs without loading them.
 
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 SAM_HOST_MEMORY_GB = {"vit_b": 2.0, "vit_l": 3.0, "vit_h": 5.0}  # weights on the host while loading, with headroom
@@ -168,8 +169,10 @@ def _last_line(text: str) -> str:
 # --- SAM ----------------------------------------------------------------------------------------------------
 
 
-def select_best_masks(masks: torch.Tensor, iou_predictions: torch.Tensor) -> torch.Tensor:
+def select_best_masks(masks: "torch.Tensor", iou_predictions: "torch.Tensor") -> "torch.Tensor":
     """(B, C, H, W) candidate masks and (B, C) predicted IoUs -> (B, H, W): each box's best candidate."""
+    import torch
+
     best = iou_predictions.argmax(dim=1)
     return masks[torch.arange(masks.shape[0], device=masks.device), best]
 
@@ -177,12 +180,15 @@ def select_best_masks(masks: torch.Tensor, iou_predictions: torch.Tensor) -> tor
 def load_sam(model_type: str, weights: Optional[str]):
     """Build a segment-anything model of `model_type` and load its checkpoint (weights only, no pickled code)."""
     if model_type not in SAM_MODEL_TYPES:
-        raise ConfigError(f"segment.model_type: {model_type!r} is not a SAM model (expected {' | '.join(SAM_MODEL_TYPES)})")
+        expected = " | ".join(SAM_MODEL_TYPES)
+        raise ConfigError(f"segment.model_type: {model_type!r} is not a SAM model (expected {expected})")
     if not weights or not Path(weights).is_file():
         raise ConfigError(
             f"segment.weights: SAM checkpoint not found ({weights!r}); set segment.weights to a local "
             f"sam_{model_type}_*.pth from github.com/facebookresearch/segment-anything#model-checkpoints"
         )
+    import torch
+
     sam_model_registry = _import_segment_anything().sam_model_registry
     sam = sam_model_registry[model_type](checkpoint=None)
     # segment-anything's own loader calls torch.load without weights_only; load the state dict ourselves.
@@ -238,20 +244,24 @@ class SamSegmenter(BoxSegmenter):
         return f"sam {self.kind} (segment-anything {pkg})"
 
     def setup(self) -> None:
+        import torch
+
         segment_anything = _import_segment_anything()
         if self.model is None:
             self.model = load_sam(self.cfg.segment.model_type, self.cfg.segment.weights)
         self.model.to(torch.device(self.cfg.segment.device)).eval()
         self.predictor = segment_anything.SamPredictor(self.model)
 
-    @torch.inference_mode()
     def segment_frame(self, frame, boxes, rects):
+        import torch
+
         predictor = self.predictor
-        predictor.set_image(np.ascontiguousarray(frame), image_format="RGB")  # one image encoding per frame
-        box_t = torch.as_tensor(np.stack(boxes), dtype=torch.float32, device=predictor.device)
-        box_t = predictor.transform.apply_boxes_torch(box_t, frame.shape[:2])
-        masks, iou_pred, _ = predictor.predict_torch(
-            point_coords=None, point_labels=None, boxes=box_t, multimask_output=True
-        )
-        best = select_best_masks(masks, iou_pred)  # (B, h, w) bool at the frame's size
+        with torch.inference_mode():
+            predictor.set_image(np.ascontiguousarray(frame), image_format="RGB")  # one image encoding per frame
+            box_t = torch.as_tensor(np.stack(boxes), dtype=torch.float32, device=predictor.device)
+            box_t = predictor.transform.apply_boxes_torch(box_t, frame.shape[:2])
+            masks, iou_pred, _ = predictor.predict_torch(
+                point_coords=None, point_labels=None, boxes=box_t, multimask_output=True
+            )
+            best = select_best_masks(masks, iou_pred)  # (B, h, w) bool at the frame's size
         return list(best.cpu().numpy())

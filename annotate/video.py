@@ -26,7 +26,10 @@ from annotate.errors import DecodeError
 Source = Union[str, os.PathLike, BinaryIO]  # a path, or an open binary file (e.g. a tar member)
 
 _EPS = 1e-6  # seconds: a frame at exactly `start` is inside the clip despite float rounding
+# AVI stores decode-order timestamps only: with B-frames its "pts" are not presentation times.
+ORDER_ONLY_FORMATS = ("avi",)
 _SEEK_MARGIN_S = 1.0  # seek this far before the first frame wanted, so B-frame reordering cannot skip it
+_SCAN_MARGIN_S = 2.0  # demux this far past `end` (in pts) before trusting that no earlier frame can follow
 # First bytes of containers we know: a file that starts like one but does not open is damaged, not "not a video".
 _MAGIC = ((4, b"ftyp", "MP4/MOV"), (4, b"moov", "MP4/MOV"), (4, b"mdat", "MP4/MOV"), (4, b"wide", "MP4/MOV"),
           (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM"), (0, b"RIFF", "AVI"), (0, b"GIF8", "GIF"))
@@ -206,7 +209,7 @@ def _scan(src: Source, name: str, end: Optional[float], by_order: bool) -> _Time
                     pts.append(packet.pts)
                 if end is not None and tb is not None and pts:
                     if stop_dts is None:
-                        stop_dts = pts[0] + (end + _SEEK_MARGIN_S) / tb
+                        stop_dts = pts[0] + (end + _SCAN_MARGIN_S) / tb
                     if packet.dts is not None and packet.dts > stop_dts:
                         stopped = True
                         break
@@ -218,8 +221,7 @@ def _scan(src: Source, name: str, end: Optional[float], by_order: bool) -> _Time
         if not stopped and stream.frames > 0 and packets < stream.frames:
             raise DecodeError(f"{name}: truncated: stream ends after {packets} of {stream.frames} frames")
         order_only = by_order or missing_pts or len(set(pts)) != len(pts) or tb is None
-        # AVI stores decode-order timestamps only: with B-frames its "pts" are not presentation times.
-        order_only = order_only or "avi" in container.format.name.split(",")
+        order_only = order_only or bool(set(container.format.name.split(",")) & set(ORDER_ONLY_FORMATS))
         if order_only:
             fps = _frame_rate(stream, name, None)
             return _Timeline(times=np.arange(kept) / fps, pts=None, fps=fps)
@@ -236,41 +238,49 @@ def _clip_range(tl: _Timeline, name: str, start: Optional[float], end: Optional[
     lo = 0 if start is None else int(np.searchsorted(tl.times, start - _EPS, side="left"))
     hi = len(tl.times) if end is None else int(np.searchsorted(tl.times, end - _EPS, side="left"))
     if hi <= lo:
-        span = f"frames at 0-{tl.times[-1]:.3f} s"
-        raise DecodeError(f"{name}: clip range [{start}, {end}) s holds no frames (the video has {span})")
+        why = ("start is not before end" if start is not None and end is not None and start >= end
+               else f"the video's frames lie at 0-{tl.times[-1]:.3f} s")
+        raise DecodeError(f"{name}: clip range [{start}, {end}) s holds no frames ({why})")
     return lo, hi - lo
 
 
 # ---------------------------------------------------------------- pass 2: decode the frames asked for
 
 
-class _ReorderedTimestamps(Exception):
-    """Decoded pts do not follow the demuxed order: index by decoder output order instead."""
-
-
-def _decode_wanted(src: Source, name: str, tl: _Timeline, wanted: np.ndarray,
-                   use: Callable[[int, "av.VideoFrame"], None]) -> None:
-    """Call use(index, frame) for each source index in `wanted` (sorted, unique), in order."""
-    seek = tl.pts is not None and wanted[0] > 0
-    try:
-        _decode_pass(src, name, tl, wanted, use, seek)
-    except _SeekMissed:  # the demuxer landed after the first frame wanted: read from the start
-        _decode_pass(src, name, tl, wanted, use, seek=False)
+class _TimestampsDisagree(Exception):
+    """Decoded frames do not come out in the pts order we indexed by: index by decoder output order instead."""
 
 
 class _SeekMissed(Exception):
-    pass
+    """The seek landed after the first frame wanted (or the container cannot seek)."""
 
 
-def _decode_pass(src, name, tl, wanted, use, seek: bool) -> None:
+def _decode_wanted(src: Source, name: str, tl: _Timeline, wanted: np.ndarray,
+                   use: Callable[[int, "av.VideoFrame"], None], threads: int = 1) -> None:
+    """Call use(index, frame) for each source index in `wanted` (sorted, unique), in order."""
+    seek = tl.pts is not None and wanted[0] > 0
+    try:
+        _decode_pass(src, name, tl, wanted, use, seek, threads)
+    except _SeekMissed:  # the demuxer landed after the first frame wanted: read from the start
+        _decode_pass(src, name, tl, wanted, use, False, threads)
+
+
+def _decode_pass(src, name, tl, wanted, use, seek: bool, threads: int) -> None:
     total = len(tl.times)
     position_of = tl.position_of() if tl.pts is not None else None
     container, stream = _open(src, name)
     with container:
-        stream.thread_type = "AUTO"  # frame threads: the codec decodes ahead while we convert
+        # One thread by default: the pipeline's parallelism is one worker per CPU, and FFmpeg's "auto" would start
+        # a thread per core of the node in every worker (measured here: no gain at 256 px or 720p on 2 cores).
+        stream.thread_count = threads
+        if threads != 1:
+            stream.thread_type = "AUTO"
         if seek:
             margin = int(_SEEK_MARGIN_S / stream.time_base)
-            container.seek(int(tl.pts[wanted[0]]) - margin, stream=stream, backward=True)
+            try:
+                container.seek(int(tl.pts[wanted[0]]) - margin, stream=stream, backward=True)
+            except av.error.FFmpegError:  # some containers cannot seek: read from the start
+                raise _SeekMissed() from None
         next_pos = None  # the index the next decoded frame must have: every frame in between must decode
         j = 0
         try:
@@ -278,6 +288,8 @@ def _decode_pass(src, name, tl, wanted, use, seek: bool) -> None:
                 if position_of is None:
                     pos = count
                 else:
+                    if frame.pts is None:
+                        raise _TimestampsDisagree()
                     pos = position_of.get(frame.pts)
                     if pos is None:  # a frame whose packet the demuxer marked as discarded
                         continue
@@ -287,12 +299,10 @@ def _decode_pass(src, name, tl, wanted, use, seek: bool) -> None:
                     if pos > wanted[0]:
                         if seek:
                             raise _SeekMissed()
-                        raise DecodeError(f"{name}: corrupt: frame {wanted[0]} could not be decoded")
+                        raise _TimestampsDisagree()
                     next_pos = pos
-                if pos < next_pos:  # presentation order disagrees with the pts order we indexed by
-                    raise _ReorderedTimestamps()
-                if pos > next_pos:
-                    raise DecodeError(f"{name}: corrupt: frame {next_pos} of {total} could not be decoded")
+                if pos != next_pos:  # bogus pts, or a frame the decoder dropped: order mode tells which
+                    raise _TimestampsDisagree()
                 next_pos = pos + 1
                 if pos == wanted[j]:
                     use(pos, frame)
@@ -301,9 +311,13 @@ def _decode_pass(src, name, tl, wanted, use, seek: bool) -> None:
                         return
         except av.error.FFmpegError as exc:
             at = next_pos if next_pos is not None else wanted[0]
-            raise DecodeError(f"{name}: corrupt: undecodable data at frame {at} of {total} ({exc.strerror})") from None
+            raise DecodeError(f"{name}: corrupt: undecodable data near frame {at} of {total} "
+                              f"({exc.strerror})") from None
+        if position_of is not None:  # frames missing by pts: let decoder order have the last word
+            raise _TimestampsDisagree()
+        # The packets were all there (pass 1), so frames the decoder did not give are damaged ones.
         decoded = next_pos if next_pos is not None else 0
-        raise DecodeError(f"{name}: truncated: stream ends after {decoded} of {total} frames")
+        raise DecodeError(f"{name}: corrupt: only {decoded} of {total} frames decode")
 
 
 class _Frames:
@@ -349,7 +363,7 @@ def probe(path: Source, start: Optional[float] = None, end: Optional[float] = No
     name = _name(path)
     try:
         return _probe(path, name, start, end, by_order=False)
-    except _ReorderedTimestamps:
+    except _TimestampsDisagree:
         return _probe(path, name, start, end, by_order=True)
 
 
@@ -362,11 +376,12 @@ def _probe(path, name, start, end, by_order) -> VideoInfo:
 
 
 def decode_clip(path: Source, num_samples: int = 100, track_fps: float = 10.0, start: Optional[float] = None,
-                end: Optional[float] = None, max_side: int = 640, extra_indices: Iterable[int] = ()) -> DecodedClip:
+                end: Optional[float] = None, max_side: int = 640, extra_indices: Iterable[int] = (),
+                threads: int = 1) -> DecodedClip:
     """Decode the T samples and the tracking frames of a clip, upright, longer side at most max_side.
 
     extra_indices: absolute source frame indices that must be tracking frames too (grounding frames of given
-    boxes); one outside the clip is a DecodeError.
+    boxes); one outside the clip is a DecodeError. threads: decoder threads (0 = FFmpeg's choice).
     """
     if num_samples < 1 or track_fps <= 0 or max_side < 1:
         raise ValueError(f"decode_clip needs num_samples >= 1, track_fps > 0, max_side >= 1 "
@@ -374,12 +389,12 @@ def decode_clip(path: Source, num_samples: int = 100, track_fps: float = 10.0, s
     name = _name(path)
     extra = np.asarray(list(extra_indices), dtype=np.int64)
     try:
-        return _decode_clip(path, name, num_samples, track_fps, start, end, max_side, extra, by_order=False)
-    except _ReorderedTimestamps:
-        return _decode_clip(path, name, num_samples, track_fps, start, end, max_side, extra, by_order=True)
+        return _decode_clip(path, name, num_samples, track_fps, start, end, max_side, extra, threads, False)
+    except _TimestampsDisagree:
+        return _decode_clip(path, name, num_samples, track_fps, start, end, max_side, extra, threads, True)
 
 
-def _decode_clip(path, name, num_samples, track_fps, start, end, max_side, extra, by_order) -> DecodedClip:
+def _decode_clip(path, name, num_samples, track_fps, start, end, max_side, extra, threads, by_order) -> DecodedClip:
     tl = _scan(path, name, end, by_order)
     first, n = _clip_range(tl, name, start, end)
     outside = extra[(extra < first) | (extra >= first + n)]
@@ -395,7 +410,7 @@ def _decode_clip(path, name, num_samples, track_fps, start, end, max_side, extra
     for row, index in enumerate(track_idx):
         slots.setdefault(int(index), []).append((1, row))
     frames = _Frames(max_side, slots, counts=(len(sample_idx), len(track_idx)))
-    _decode_wanted(path, name, tl, np.array(sorted(slots), dtype=np.int64), frames)
+    _decode_wanted(path, name, tl, np.array(sorted(slots), dtype=np.int64), frames, threads)
 
     t0 = tl.times[first]
     samples, tracks = frames.arrays

@@ -61,16 +61,20 @@ def _rejects_summary(table: pa.Table) -> dict:
     return {"total": table.num_rows, "by_stage": dict(sorted(by_stage.items(), key=lambda kv: -kv[1]["count"]))}
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _numeric_leaves(obj: dict, skip=("config", "versions")) -> dict[str, float]:
     """stats.json counts and seconds, flattened one level deep ("rejected.decode": 3)."""
     out = {}
     for k, v in obj.items():
         if k in skip:
             continue
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if _is_number(v):
             out[k] = v
         elif isinstance(v, dict):
-            out.update({f"{k}.{k2}": v2 for k2, v2 in v.items() if isinstance(v2, (int, float)) and not isinstance(v2, bool)})
+            out.update({f"{k}.{k2}": v2 for k2, v2 in v.items() if _is_number(v2)})
     return out
 
 
@@ -86,7 +90,8 @@ def summarize(run_dir: str | Path) -> dict:
     }
     if index.num_rows:
         captions = index["caption"]
-        summary["objects_per_sample"] = _range(index["n_objects"]) | {"histogram": _objects_histogram(index["n_objects"])}
+        n_objects = index["n_objects"]
+        summary["objects_per_sample"] = _range(n_objects) | {"histogram": _objects_histogram(n_objects)}
         summary["caption_chars"] = _range(pc.utf8_length(captions))
         summary["caption_words"] = _range(pc.list_value_length(pc.utf8_split_whitespace(captions)))
         summary["frames"] = _range(index["n_frames"])
@@ -190,7 +195,8 @@ def format_summary(s: dict) -> str:
         width = max(hist.values())
         for label, count in hist.items():
             lines.append(f"  {label:>4} | {'#' * max(1, round(30 * count / width)):<30} {count}")
-        lines.append(f"caption length: {_fmt_range(s['caption_chars'], ' chars')}; words {_fmt_range(s['caption_words'])}")
+        lines.append(f"caption length: {_fmt_range(s['caption_chars'], ' chars')}")
+        lines.append(f"caption words: {_fmt_range(s['caption_words'])}")
         lines.append(f"frames per sample: {_fmt_range(s['frames'])}")
         lines.append(f"duration: {_fmt_range(s['duration_s'], ' s')}")
         for name, q in s.get("quality", {}).items():
@@ -203,7 +209,8 @@ def format_summary(s: dict) -> str:
             text = reason["error"] if len(reason["error"]) <= 120 else reason["error"][:117] + "..."
             lines.append(f"    {reason['count']:>6} x {text}")
     if "stats" in s:
-        lines.append("stats.json: " + (", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["stats"].items()) or "-"))
+        figures = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["stats"].items()]
+        lines.append("stats.json: " + (", ".join(figures) or "-"))
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import os
 import re
 import secrets
@@ -160,7 +161,7 @@ class ShardWriter:
         num_frames: Optional[int] = None,
         num_points: Optional[int] = None,
     ):
-        self.index = shard_index
+        self.shard_index = shard_index
         self.name = shard_name(shard_index)
         self.paths = shard_paths(out_dir, shard_index)
         self.quality_columns = tuple(quality_columns)
@@ -198,11 +199,13 @@ class ShardWriter:
             validate_sample(sample, num_frames=self.num_frames, num_points=self.num_points)
         key = sample.key
         if key in self._keys:
-            raise SchemaError(f"sample {key!r}: key already in shard {self.name} (video_id {sample.meta['video_id']!r})")
+            vid = sample.meta["video_id"]
+            raise SchemaError(f"sample {key!r}: key already in shard {self.name} (video_id {vid!r})")
         quality = dict(quality or {})
         unknown = sorted(set(quality) - set(self.quality_columns))
         if unknown:
-            raise SchemaError(f"sample {key!r}: quality {unknown} not among the declared columns {self.quality_columns}")
+            declared = self.quality_columns
+            raise SchemaError(f"sample {key!r}: quality {unknown} not among the declared columns {declared}")
         members = sample.to_members()
         meta = sample.meta
         row = {
@@ -218,6 +221,8 @@ class ShardWriter:
         }
         for col in self.quality_columns:
             value = quality.get(col)
+            if value is not None and not isinstance(value, numbers.Real):
+                raise SchemaError(f"sample {key!r}: quality {col}: expected a number, got {value!r}")
             # An undefined figure (no visible ground-truth point: NaN) is stored as null, so means skip it.
             row[col] = None if value is None or not math.isfinite(value) else float(value)
         for suffix, data in members.items():
@@ -325,12 +330,15 @@ def iter_samples(tar_path: str | os.PathLike) -> Iterator[Sample]:
         except SchemaError as exc:
             raise SchemaError(f"{tar_path}: {exc}") from exc
         if sample.key != key:
-            raise SchemaError(f"{tar_path}: sample {key!r}: json: video_id {sample.meta.get('video_id')!r} has key {sample.key!r}")
+            vid = sample.meta.get("video_id")
+            raise SchemaError(f"{tar_path}: sample {key!r}: json: video_id {vid!r} has key {sample.key!r}")
         yield sample
 
 
-def _open_parquet_dir(folder: Path, base: pa.Schema) -> ds.Dataset:
-    files = sorted(str(p) for p in folder.glob("pite-*.parquet")) if folder.is_dir() else []
+def _open_parquet_dir(run_dir: str | os.PathLike, kind: str, base: pa.Schema) -> ds.Dataset:
+    # Only committed shards: a file left by an interrupted run (or a shard with a file deleted) is not listed.
+    files = [str(shard_paths(run_dir, i)[kind]) for i in list_done_shards(run_dir)]
+    folder = Path(run_dir) / SUBDIRS[kind][0]
     try:
         # Unify the schemas of all files (not just the first's, pyarrow's default), so a column only some
         # shards have (quality figures of a run written by another version) is still visible, null elsewhere.
@@ -341,10 +349,14 @@ def _open_parquet_dir(folder: Path, base: pa.Schema) -> ds.Dataset:
 
 
 def open_index(run_dir: str | os.PathLike) -> ds.Dataset:
-    """The run's catalogue: one row per sample of every committed shard (see INDEX_SCHEMA + quality columns)."""
-    return _open_parquet_dir(Path(run_dir) / "index", INDEX_SCHEMA)
+    """The run's catalogue: one row per sample of every committed shard (INDEX_SCHEMA + quality columns).
+
+    Same rows as `pyarrow.dataset.dataset(run_dir + "/index")` on a run that was not interrupted; this one also
+    skips the files of incomplete shards and sees every shard's columns, not only the first file's.
+    """
+    return _open_parquet_dir(run_dir, "index", INDEX_SCHEMA)
 
 
 def open_rejects(run_dir: str | os.PathLike) -> ds.Dataset:
     """One row per rejected input row of every committed shard: video_id, row, stage, error."""
-    return _open_parquet_dir(Path(run_dir) / "rejects", REJECTS_SCHEMA)
+    return _open_parquet_dir(run_dir, "rejects", REJECTS_SCHEMA)

@@ -29,7 +29,7 @@ def make_sample(video_id="vid-0001", n=2, k=3, t=5, d=8, seed=0, conversations=N
                 "char_span": [start, start + len(phrase)],
                 "frame": i % t,
                 "source_frame": 3 * (i % t),
-                "box": [0.1 * i, 0.2, 0.1 * i + 0.3, 0.9],
+                "box": [0.05 * (i % 10), 0.2, 0.05 * (i % 10) + 0.3, 0.9],
                 "score": 0.5 + 0.1 * i,
                 "mask_area": 120 + i,
             }
@@ -255,7 +255,8 @@ def test_config_sizes_are_enforced_when_given():
 def test_no_objects_only_with_conversations():
     with pytest.raises(SchemaError, match="objects: empty"):
         validate_sample(make_sample(n=0))
-    s = make_sample(n=0, conversations=[{"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": "From 00 to 17, a ball rolls."}])
+    turns = [{"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": "From 00 to 17, a ball rolls."}]
+    s = make_sample(n=0, conversations=turns)
     assert s.traj.shape == (0, 3, 5, 2) and s.vis.shape == (0, 3, 5)
     validate_sample(s)
     assert Sample.from_members(s.to_members()).traj.shape == (0, 3, 5, 2)

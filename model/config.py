@@ -1,0 +1,78 @@
+"""Typed settings of the PiTe network and of its label alignment.
+
+`PiteConfig` is what a checkpoint stores (heads' shapes, readout rule, loss weights, prompt template, LoRA, the
+feature backend the model was trained on); `LabelConfig` says how a sample becomes a training conversation.
+The trainer's YAML nests them (`model:` / `labels:`); `pipelines.config.load_config` type-checks the merge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+from annotate.errors import ConfigError
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = True
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.05
+    # None = every Linear of the LLM but lm_head (peft's "all-linear"); else module-name suffixes ("q_proj", ...).
+    # The release also wraps the adapter and heads; ours trains those fully instead (they live outside the LLM).
+    targets: Optional[list[str]] = None
+
+
+@dataclass
+class PiteConfig:
+    feat_dim: int = 768  # per-frame feature size (CLIP ViT-L/14 image_embeds, or the 16x16x3 thumbnail)
+    n_points: int = 3  # K points per object
+    n_frames: int = 100  # T samples per clip: the trajectory head predicts K*T*2 numbers
+    head_shift: int = 0  # 0: read a phrase's head at its last token (ours); 1: at the position before (release)
+    lambda_lm: float = 1.0
+    lambda_loc: float = 1.0
+    lambda_traj: float = 1.0
+    template: str = "pite"  # key of model.conversation.TEMPLATES: pite | release
+    video_token: str = "<video>"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    gradient_checkpointing: bool = False
+    feature_backend: str = "thumbnail"  # what produced the features: thumbnail | clip
+    feature_crop: str = "center"  # clip: center | pad
+
+    def __post_init__(self):
+        if self.head_shift not in (0, 1):
+            raise ConfigError(f"model.head_shift: expected 0 or 1, got {self.head_shift}")
+        if isinstance(self.lora, dict):  # from a checkpoint's JSON
+            self.lora = LoraSettings(**self.lora)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PiteConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"model config: unknown keys {unknown}")
+        return cls(**data)
+
+
+@dataclass
+class LabelConfig:
+    stage: int = 2  # 1 localisation (single frame) | 2 trajectories | 3 instruction tuning (events, conversations)
+    max_length: int = 2048  # tokens after the video placeholder is expanded; longer examples are cut at the end
+    caption_queries: list[str] = field(
+        default_factory=lambda: ["Describe the video in detail.", "What happens in the video?", "describe the video"]
+    )
+    image_queries: list[str] = field(default_factory=lambda: ["Describe the image.", "What is in this image?"])
+    dense_query: str = "Could you please detail the events that took place during different time segments in the video?"
+    grounding_query: str = "During which frames can we see {query}?"
+    max_grounding_turns: int = 4  # stage 3: temporal-grounding questions per example
+    caption_turn_in_stage3: bool = True  # stage 3: keep the caption turn (with its trajectory targets) first
+
+    def __post_init__(self):
+        if self.stage not in (1, 2, 3):
+            raise ConfigError(f"labels.stage: expected 1, 2 or 3, got {self.stage}")
+        if self.max_length < 8:
+            raise ConfigError(f"labels.max_length: expected >= 8, got {self.max_length}")

@@ -1,0 +1,357 @@
+"""From an annotated sample to training examples: the conversation, its token ids, LM labels and head targets.
+
+The readout rule (DESIGN.md, Model): a phrase is supervised at its LAST token, the token that covers the
+phrase's last non-space character. The whole conversation is tokenised once with a fast tokenizer's offset
+mapping, so a phrase's char span (shifted by where the caption sits in the conversation) finds its token
+whatever the tokenizer does to spaces, punctuation or multi-byte characters. The `<video>` placeholder then
+becomes one position per frame (the model splices the adapted frame features there).
+
+Stage 1: one example per grounding frame: that frame alone is the visual input (T = 1) and each phrase grounded
+there is supervised with its points' mean (localisation head). Stage 2: the clip (T frames) and each phrase's
+trajectories (trajectory head). Stage 3: conversations from the sample's `events` (dense captions, temporal
+grounding with VTimeLLM's frame indices) and `conversations`, after the caption turn.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from annotate.errors import SchemaError
+from model.config import LabelConfig
+from model.conversation import Rendered, Template, first_message, format_span, frame_index, render
+
+IGNORE_INDEX = -100  # label of tokens without an LM target (transformers' and torch's default ignore index)
+
+
+@dataclass
+class Example:
+    """One training conversation. P = supervised phrases, K points, T trajectory frames, D feature size."""
+
+    input_ids: torch.Tensor  # long (L,), the placeholder expanded to one id per frame
+    labels: torch.Tensor  # long (L,): IGNORE_INDEX except the assistant answers (and their closing eos)
+    video: Optional[torch.Tensor]  # float32 (n_video, D): the frames spliced at the placeholder; None if no video
+    head_pos: torch.Tensor  # long (P,): each supervised phrase's last token
+    loc_target: torch.Tensor  # float32 (P, 2): points' mean at the grounding frame (stage 1)
+    loc_mask: torch.Tensor  # bool (P,)
+    traj_target: torch.Tensor  # float32 (P, K, T, 2): normalised x, y (stage 2, 3)
+    traj_mask: torch.Tensor  # bool (P, K, T): supervised and visible
+    phrases: list[str] = field(default_factory=list)  # the supervised phrases, for logs and tests
+    key: str = ""
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    head_pos: list[int]  # token index of each kept phrase
+    kept: list[int]  # which of the given phrase spans were kept (indices)
+    dropped: Counter
+
+
+def encode_conversation(
+    tokenizer: PreTrainedTokenizerBase,
+    rendered: Rendered,
+    video_token_id: int,
+    n_video: int,
+    phrase_spans: list[tuple[int, int]],
+    max_length: int,
+) -> Optional[Encoded]:
+    """Tokenise `rendered.text` once; expand the placeholder to `n_video` ids; place labels and phrase tokens.
+
+    `phrase_spans` are [start, end) char spans in `rendered.text`. Returns None when truncation would cut the
+    video (the example is unusable); phrases cut by truncation are dropped and counted.
+    """
+    enc = tokenizer(rendered.text, add_special_tokens=True, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    dropped: Counter = Counter()
+
+    # Answer tokens: those whose last character lies in an answer (incl. its sep2). A token with an empty
+    # range (a trimmed space) counts with the character before it.
+    in_answer = np.zeros(len(rendered.text) + 1, dtype=bool)
+    for start, end in rendered.answer_spans:
+        in_answer[start:end] = True
+    labels = [tid if end >= 1 and in_answer[end - 1] and not (start == end == 0) else IGNORE_INDEX
+              for tid, (start, end) in zip(ids, offsets)]
+
+    # Phrase -> the LAST token whose range covers the phrase's last non-space character.
+    positions = []
+    for start, end in phrase_spans:
+        last = end - 1
+        while last >= start and rendered.text[last].isspace():
+            last -= 1
+        covering = [i for i, (s, e) in enumerate(offsets) if s <= last < e] if last >= start else []
+        positions.append(covering[-1] if covering else None)
+
+    video_at = [i for i, tid in enumerate(ids) if tid == video_token_id]
+    if len(video_at) != (1 if n_video else 0):
+        raise SchemaError(f"conversation has {len(video_at)} video placeholders, expected {1 if n_video else 0}")
+    if video_at:
+        p, grow = video_at[0], n_video - 1
+        ids = ids[:p] + [video_token_id] * n_video + ids[p + 1:]
+        labels = labels[:p] + [IGNORE_INDEX] * n_video + labels[p + 1:]
+        positions = [None if q is None else (q + grow if q > p else q) for q in positions]
+        if p + n_video > max_length:
+            return None
+    ids, labels = ids[:max_length], labels[:max_length]
+
+    head_pos, kept = [], []
+    for i, q in enumerate(positions):
+        if q is None:
+            dropped["no token"] += 1
+        elif q >= len(ids):
+            dropped["truncated"] += 1
+        else:
+            head_pos.append(q)
+            kept.append(i)
+    return Encoded(ids, labels, head_pos, kept, dropped)
+
+
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    template: Template,
+    video_token_id: int,
+    query: str,
+    n_video: int,
+    history: list[tuple[str, str]] = (),
+) -> torch.Tensor:
+    """Token ids (long, (L,)) of a generation prompt: [history turns] + the query + "ASSISTANT:".
+
+    The video prompt wraps the first user message (the query, when there is no history).
+    """
+    turns = list(history) + [("user", query)]
+    role, message = turns[0]
+    turns[0] = (role, first_message(template, message, n_video) if n_video else message)
+    enc = encode_conversation(tokenizer, render(template, turns, add_generation_prompt=True), video_token_id,
+                              n_video, [], max_length=1 << 30)
+    return torch.tensor(enc.input_ids, dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Samples -> examples
+
+
+def _parts(sample: Any) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """(meta, traj, vis, feat) from a dict {"meta"|"json", "traj", "vis", "feat"} or an object with those fields."""
+    get = sample.get if isinstance(sample, dict) else (lambda name, default=None: getattr(sample, name, default))
+    meta = get("meta", None)
+    if meta is None:
+        meta = get("json", None)
+    if not isinstance(meta, dict):
+        raise SchemaError("sample: no meta dict (KEY.json)")
+    key = meta.get("video_id", "?")
+    traj, vis, feat = (get(name, None) for name in ("traj", "vis", "feat"))
+    if feat is None:
+        raise SchemaError(f"sample {key}: no feat array")
+    feat = np.asarray(feat)
+    if feat.ndim != 2:
+        raise SchemaError(f"sample {key}: feat has shape {feat.shape}, expected (T, D)")
+    n = len(meta.get("objects") or [])
+    if traj is None or vis is None:
+        if n:
+            raise SchemaError(f"sample {key}: {n} objects but no traj/vis arrays")
+        traj, vis = np.zeros((0, 0, feat.shape[0], 2), np.float32), np.zeros((0, 0, feat.shape[0]), bool)
+    traj, vis = np.asarray(traj, dtype=np.float32), np.asarray(vis, dtype=bool)
+    if traj.ndim != 4 or traj.shape[0] != n or traj.shape[-1] != 2 or vis.shape != traj.shape[:3]:
+        raise SchemaError(f"sample {key}: traj {traj.shape} / vis {vis.shape} do not match {n} objects as (N, K, T, 2)")
+    return meta, traj, vis, feat
+
+
+def _choose(options: list[str], rng: Optional[random.Random]) -> str:
+    return rng.choice(options) if rng is not None else options[0]
+
+
+def _check_text(text: str, template: Template, key: str, what: str) -> None:
+    for reserved in (template.video_token, template.sep2):
+        if reserved in text:
+            raise SchemaError(f"sample {key}: {what} contains the reserved token {reserved!r}")
+
+
+def _caption_answer(meta: dict, template: Template, key: str) -> tuple[str, int]:
+    """The caption as an answer (stripped) and how far its spans shift (the stripped leading characters)."""
+    caption = meta.get("caption")
+    if not isinstance(caption, str) or not caption.strip():
+        raise SchemaError(f"sample {key}: caption is missing or empty")
+    _check_text(caption, template, key, "caption")
+    return caption.strip(), len(caption) - len(caption.lstrip())
+
+
+def _object_spans(meta: dict, indices: list[int], answer: str, lead: int, key: str, dropped: Counter):
+    """Char spans in the answer of the objects at `indices` (those outside it are dropped)."""
+    spans, keep = [], []
+    for i in indices:
+        span = meta["objects"][i].get("char_span")
+        if not (isinstance(span, (list, tuple)) and len(span) == 2):
+            raise SchemaError(f"sample {key}: objects[{i}].char_span is not [start, end)")
+        start, end = int(span[0]) - lead, int(span[1]) - lead
+        if not 0 <= start < end <= len(answer):
+            dropped["outside caption"] += 1
+            continue
+        spans.append((start, end))
+        keep.append(i)
+    return spans, keep
+
+
+def _conversation_turns(meta: dict, template: Template, key: str) -> list[tuple[str, str]]:
+    """The sample's converted instruction turns ({from, value}), the first one's image/video placeholder removed."""
+    turns = []
+    for i, turn in enumerate(meta.get("conversations") or []):
+        who, value = turn.get("from"), turn.get("value")
+        role = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}.get(who)
+        if role is None or not isinstance(value, str):
+            raise SchemaError(f"sample {key}: conversations[{i}] has from={who!r}, expected human/gpt with a value")
+        if i == 0:
+            for placeholder in ("<video>", "<image>"):
+                value = value.replace(placeholder + "\n", "").replace("\n" + placeholder, "").replace(placeholder, "")
+            value = value.strip()
+        _check_text(value, template, key, f"conversations[{i}]")
+        turns.append((role, value))
+    if turns and turns[-1][0] == "user":
+        turns = turns[:-1]  # a question without its answer teaches nothing
+    for i, (role, _) in enumerate(turns):
+        if role != ("user" if i % 2 == 0 else "assistant"):
+            raise SchemaError(f"sample {key}: conversations do not alternate human/gpt at turn {i}")
+    return turns
+
+
+def _event_turns(meta: dict, cfg: LabelConfig, key: str, rng: Optional[random.Random]) -> list[tuple[str, str]]:
+    """VTimeLLM-style turns from timed captions: one dense-caption turn, then temporal-grounding questions."""
+    duration = meta.get("duration")
+    events = []
+    for i, ev in enumerate(meta.get("events") or []):
+        try:
+            start, end, text = float(ev["start"]), float(ev["end"]), str(ev["text"]).strip().rstrip(".").strip()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SchemaError(f"sample {key}: events[{i}] is not {{start, end, text}} ({exc})") from exc
+        if text:
+            events.append((start, end, text))
+    if not events:
+        return []
+    if not isinstance(duration, (int, float)) or duration <= 0:
+        raise SchemaError(f"sample {key}: events need a positive duration, got {duration!r}")
+    events.sort(key=lambda e: (e[0], e[1]))
+    spans = [(frame_index(s, duration), frame_index(e, duration), text) for s, e, text in events]
+    dense = " ".join(f"From {s:02d} to {e:02d}, {text}." for s, e, text in spans)
+    turns = [("user", cfg.dense_query), ("assistant", dense)]
+    chosen = list(range(len(spans)))
+    if len(chosen) > cfg.max_grounding_turns:
+        chosen = sorted(rng.sample(chosen, cfg.max_grounding_turns)) if rng else chosen[: cfg.max_grounding_turns]
+    for i in chosen:
+        s, e, text = spans[i]
+        turns += [("user", cfg.grounding_query.format(query=text)), ("assistant", format_span(s, e))]
+    return turns
+
+
+def _example(enc: Encoded, video: Optional[np.ndarray], n_points: int, n_frames: int, key: str,
+             phrases: list[str], loc: Optional[np.ndarray] = None, traj: Optional[np.ndarray] = None,
+             vis: Optional[np.ndarray] = None) -> Example:
+    p = len(enc.kept)
+    loc_target, loc_mask = torch.zeros(p, 2), torch.zeros(p, dtype=torch.bool)
+    traj_target, traj_mask = torch.zeros(p, n_points, n_frames, 2), torch.zeros(p, n_points, n_frames, dtype=torch.bool)
+    if loc is not None:
+        loc_target, loc_mask = torch.from_numpy(loc[enc.kept]), torch.ones(p, dtype=torch.bool)
+    if traj is not None:
+        traj_target, traj_mask = torch.from_numpy(traj[enc.kept]), torch.from_numpy(vis[enc.kept])
+    return Example(
+        input_ids=torch.tensor(enc.input_ids, dtype=torch.long),
+        labels=torch.tensor(enc.labels, dtype=torch.long),
+        video=None if video is None else torch.from_numpy(np.ascontiguousarray(video, dtype=np.float32)),
+        head_pos=torch.tensor(enc.head_pos, dtype=torch.long),
+        loc_target=loc_target.float(),
+        loc_mask=loc_mask,
+        traj_target=traj_target.float(),
+        traj_mask=traj_mask,
+        phrases=[phrases[i] for i in enc.kept],
+        key=key,
+    )
+
+
+def build_examples(
+    sample: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    template: Template,
+    video_token_id: int,
+    cfg: LabelConfig,
+    rng: Optional[random.Random] = None,
+) -> tuple[list[Example], Counter]:
+    """Training examples of one sample for `cfg.stage`, and the count of what was dropped (by reason).
+
+    `rng` picks the query wording and the grounding questions; None takes the first of each (deterministic).
+    Bad samples raise SchemaError naming the video_id and the field.
+    """
+    meta, traj, vis, feat = _parts(sample)
+    key = str(meta.get("video_id", "?"))
+    n_obj, k, t = traj.shape[0], traj.shape[1], traj.shape[2]
+    dropped: Counter = Counter()
+    examples: list[Example] = []
+
+    if cfg.stage in (1, 2) and n_obj == 0:
+        dropped["sample without objects"] += 1
+        return examples, dropped
+
+    if cfg.stage == 1:
+        answer, lead = _caption_answer(meta, template, key)
+        by_frame: dict[int, list[int]] = {}
+        for i, obj in enumerate(meta["objects"]):
+            f = obj.get("frame")
+            if not isinstance(f, int) or not 0 <= f < min(t, feat.shape[0]):
+                raise SchemaError(f"sample {key}: objects[{i}].frame {f!r} is not an index into the {t} samples")
+            if vis[i, :, f].any():
+                by_frame.setdefault(f, []).append(i)
+            else:
+                dropped["not visible"] += 1
+        for f, members in sorted(by_frame.items()):
+            spans, keep = _object_spans(meta, members, answer, lead, key, dropped)
+            turns = [("user", first_message(template, _choose(cfg.image_queries, rng), 1)), ("assistant", answer)]
+            rendered = render(template, turns)
+            shift = rendered.message_spans[1][0]
+            enc = encode_conversation(tokenizer, rendered, video_token_id, 1,
+                                      [(s + shift, e + shift) for s, e in spans], cfg.max_length)
+            if enc is None:
+                dropped["video truncated"] += 1
+                continue
+            dropped.update(enc.dropped)
+            loc = np.zeros((len(keep), 2), np.float32)
+            for j, i in enumerate(keep):
+                loc[j] = traj[i, vis[i, :, f], f].mean(axis=0)
+            phrases = [meta["objects"][i].get("phrase", "") for i in keep]
+            examples.append(_example(enc, feat[f:f + 1], k, t, key, phrases, loc=loc))
+        return examples, dropped
+
+    # Stages 2 and 3: the whole clip; the caption turn carries the trajectory targets.
+    turns: list[tuple[str, str]] = []
+    spans: list[tuple[int, int]] = []
+    keep: list[int] = []
+    caption_turn = n_obj > 0 and (cfg.stage == 2 or cfg.caption_turn_in_stage3)
+    if caption_turn:
+        answer, lead = _caption_answer(meta, template, key)
+        visible = [i for i in range(n_obj) if vis[i].any()]
+        if len(visible) < n_obj:
+            dropped["not visible"] += n_obj - len(visible)
+        spans, keep = _object_spans(meta, visible, answer, lead, key, dropped)
+        turns += [("user", _choose(cfg.caption_queries, rng)), ("assistant", answer)]
+    if cfg.stage == 3:
+        turns += _conversation_turns(meta, template, key)
+        turns += _event_turns(meta, cfg, key, rng)
+    if not turns:
+        dropped["sample without stage-3 data"] += 1
+        return examples, dropped
+    turns[0] = ("user", first_message(template, turns[0][1], feat.shape[0]))
+    rendered = render(template, turns)
+    shift = rendered.message_spans[1][0] if caption_turn else 0
+    enc = encode_conversation(tokenizer, rendered, video_token_id, feat.shape[0],
+                              [(s + shift, e + shift) for s, e in spans], cfg.max_length)
+    if enc is None:
+        dropped["video truncated"] += 1
+        return examples, dropped
+    dropped.update(enc.dropped)
+    enc.kept = [keep[j] for j in enc.kept]  # back to object indices
+    phrases = [obj.get("phrase", "") for obj in meta.get("objects") or []]
+    examples.append(_example(enc, feat, k, t, key, phrases, traj=traj, vis=vis))
+    return examples, dropped

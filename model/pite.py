@@ -1,0 +1,366 @@
+r"""The PiTe network: frame features -> vision adapter -> spliced into an LLM's input -> LM + localisation/trajectory heads.
+
+    features (n, 768) --vision_adapter--> n embeddings at the n `<video>` positions of the conversation
+    LLM (any AutoModelForCausalLM; LoRA via peft) --> logits (LM loss on answer tokens)
+                                                  \-> last hidden states --localization_projector--> (x, y)
+                                                                         \-trajectory_projector---> (K, T, 2)
+
+A phrase's heads are read at its last token (`head_shift` 0) or at the position before (1, the release's).
+Heads and their L1 run in fp32, masked to supervised tokens x visible points (see model/losses.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from model.config import LoraSettings, PiteConfig
+from model.losses import lm_sum, masked_l1_sum, normalise
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... over the real tokens of each row, whatever side the padding is on (pads get 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class PiteOutput:
+    loss: torch.Tensor  # lambda_lm * lm + lambda_loc * loc + lambda_traj * traj (what to backpropagate)
+    lm_loss: torch.Tensor
+    loc_loss: torch.Tensor
+    traj_loss: torch.Tensor
+    sums: dict[str, torch.Tensor]  # un-normalised local sums ("lm", "loc", "traj"), detached
+    counts: dict[str, torch.Tensor]  # local counts (tokens, supervised phrases, visible points)
+    logits: Optional[torch.Tensor] = None
+    loc_pred: Optional[torch.Tensor] = None  # (M, 2) at the supervised tokens
+    traj_pred: Optional[torch.Tensor] = None  # (M, K, T, 2)
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]  # generated tokens, the stop token excluded
+    trajectories: torch.Tensor  # float32 (n, K, T, 2): the trajectory head read for each generated token
+    locations: torch.Tensor  # float32 (n, 2): the localisation head, likewise
+    text: Optional[str] = None  # decoded (needs a tokenizer)
+    token_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each token in `text`
+
+
+class PiteModel(nn.Module):
+    def __init__(self, llm: nn.Module, config: PiteConfig, video_token_id: int):
+        super().__init__()
+        self.config = config
+        self.video_token_id = int(video_token_id)
+        self.llm = llm
+        hidden = llm.config.get_text_config().hidden_size
+        device = llm.get_input_embeddings().weight.device
+        k, t = config.n_points, config.n_frames
+        # Adapter and heads stay fp32 (autocast runs the adapter in bf16 on GPU; heads run with autocast off).
+        self.vision_adapter = nn.Linear(config.feat_dim, hidden, device=device)
+        self.localization_projector = nn.Linear(hidden, 2, device=device)
+        self.trajectory_projector = nn.Linear(hidden, k * t * 2, device=device)
+        self.init_trajectory_from_localization()
+        # Where the base LLM came from (a local dir) and the LoRA adapters already merged into it, in order:
+        # what a checkpoint needs to rebuild these weights (model/checkpoint.py).
+        self.base_source: Optional[str] = None
+        self.merged_adapters: list[tuple[dict, dict[str, torch.Tensor]]] = []
+
+    # ---- set-up -------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def init_trajectory_from_localization(self) -> None:
+        """Every (k, t) output starts as the localisation head (the release repeats its weight and bias K*T times)."""
+        reps = self.config.n_points * self.config.n_frames
+        self.trajectory_projector.weight.copy_(self.localization_projector.weight.repeat(reps, 1))
+        self.trajectory_projector.bias.copy_(self.localization_projector.bias.repeat(reps))
+
+    @property
+    def has_lora(self) -> bool:
+        return hasattr(self.llm, "peft_config")
+
+    def apply_lora(self, settings: Optional[LoraSettings] = None) -> None:
+        """Wrap the LLM with a fresh LoRA adapter (peft); its base weights freeze, the adapter trains."""
+        from peft import LoraConfig, get_peft_model
+
+        s = settings or self.config.lora
+        if self.has_lora:
+            raise RuntimeError("the LLM already has a LoRA adapter: merge it first (model.checkpoint.merge_lora)")
+        # "all-linear" is peft's "every Linear but the output layer", i.e. all but lm_head.
+        targets = list(s.targets) if s.targets else "all-linear"
+        lora = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=targets,
+                          task_type="CAUSAL_LM")
+        self.llm = get_peft_model(self.llm, lora)
+
+    def base_llm(self) -> nn.Module:
+        """The transformers model under any peft wrapper."""
+        return self.llm.get_base_model() if self.has_lora else self.llm
+
+    def set_trainable(self, adapter: bool = True, lora: bool = True, loc_head: bool = True, traj_head: bool = True,
+                      llm: bool = False) -> None:
+        """Choose what trains: the adapter, the LoRA weights, each head, or (rarely) the whole LLM."""
+        for name, p in self.llm.named_parameters():
+            p.requires_grad_(llm or (lora and "lora_" in name))
+        self.vision_adapter.requires_grad_(adapter)
+        self.localization_projector.requires_grad_(loc_head)
+        self.trajectory_projector.requires_grad_(traj_head)
+
+    def enable_gradient_checkpointing(self) -> None:
+        # Non-reentrant checkpointing works with frozen embeddings (no enable_input_require_grads needed).
+        # transformers 5.2x renamed gradient_checkpointing_enable to activation_checkpointing_enable.
+        llm, kwargs = self.base_llm(), {"use_reentrant": False}
+        if hasattr(llm, "activation_checkpointing_enable"):
+            llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def extra_state_dict(self) -> dict[str, torch.Tensor]:
+        """The adapter and both heads (what lives outside the LLM)."""
+        return {f"{name}.{k}": v for name in ("vision_adapter", "localization_projector", "trajectory_projector")
+                for k, v in getattr(self, name).state_dict().items()}
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every parameter that trains now, by its full name (for a trainer's resumable checkpoints)."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    # ---- forward ------------------------------------------------------------------------------------------------
+
+    def embed(self, input_ids: torch.Tensor, video_features=None) -> torch.Tensor:
+        """Token embeddings with the adapted frame features spliced at the video positions (row-major order)."""
+        is_video = input_ids == self.video_token_id
+        # The placeholder id may lie outside the embedding table (Vicuna + an added token): never look it up.
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_video, 0))
+        frames = _stack_frames(video_features, is_video)
+        if frames is None:
+            return embeds
+        adapted = self.vision_adapter(frames.to(self.vision_adapter.weight.dtype)).to(embeds.dtype)
+        return embeds.masked_scatter(is_video.unsqueeze(-1).expand_as(embeds), adapted)
+
+    def read_heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both heads on hidden states (M, H), in fp32 outside autocast: (M, 2) and (M, K, T, 2)."""
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            w = self.localization_projector.weight
+            loc = self.localization_projector(hidden.to(w.dtype)).float()
+            traj = self.trajectory_projector(hidden.to(w.dtype)).float()
+        return loc, traj.view(-1, self.config.n_points, self.config.n_frames, 2)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        video_features=None,
+        labels: Optional[torch.Tensor] = None,
+        head_batch: Optional[torch.Tensor] = None,
+        head_pos: Optional[torch.Tensor] = None,
+        loc_target: Optional[torch.Tensor] = None,
+        loc_mask: Optional[torch.Tensor] = None,
+        traj_target: Optional[torch.Tensor] = None,
+        traj_mask: Optional[torch.Tensor] = None,
+        counts: Optional[dict] = None,
+    ) -> PiteOutput:
+        """Losses of a padded batch (model.batch.collate builds these arguments).
+
+        `video_features`: (B, n, D) or a list of B tensors (n_b, D) / None, n_b = the row's video positions.
+        `counts`: optional global denominators {"lm", "loc", "traj"} (model.losses.target_counts summed over the
+        accumulation micro-batches and all-reduced over ranks); without them each loss is a mean over this batch.
+        Each loss is then local sum / global count; DDP averages gradients over ranks, so a DDP trainer scales
+        the loss by the world size to get the gradient of the global mean.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        embeds = self.embed(input_ids, video_features)
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask,
+                       position_ids=position_ids_from_mask(attention_mask),
+                       output_hidden_states=True, use_cache=False, return_dict=True)
+        hidden = out.hidden_states[-1]
+        counts = counts or {}
+        zero = hidden.new_zeros((), dtype=torch.float32)
+        sums, local = {}, {}
+
+        if labels is not None:
+            sums["lm"], local["lm"] = lm_sum(out.logits, labels)
+        else:
+            sums["lm"], local["lm"] = zero, torch.zeros((), dtype=torch.long, device=hidden.device)
+
+        loc_pred = traj_pred = None
+        m = 0 if head_pos is None else head_pos.numel()
+        if m:
+            index = head_pos - self.config.head_shift
+            rows = torch.arange(m, device=index.device)
+            if (index < 0).any() or not attention_mask[head_batch, index.clamp(min=0)].bool().all():
+                bad = rows[(index < 0) | ~attention_mask[head_batch, index.clamp(min=0)].bool()][0].item()
+                raise ValueError(f"head {bad}: position {head_pos[bad].item()} - head_shift "
+                                 f"{self.config.head_shift} is not a real token of row {head_batch[bad].item()}")
+            loc_pred, traj_pred = self.read_heads(hidden[head_batch, index])
+        for name, pred, target, mask in (("loc", loc_pred, loc_target, loc_mask),
+                                         ("traj", traj_pred, traj_target, traj_mask)):
+            if pred is not None and target is not None and mask is not None:
+                if target.shape != pred.shape:
+                    raise ValueError(f"{name}_target has shape {tuple(target.shape)}, the head gives "
+                                     f"{tuple(pred.shape)} (n_points/n_frames of the config)")
+                sums[name], local[name] = masked_l1_sum(pred, target, mask)
+            else:
+                sums[name], local[name] = zero, torch.zeros((), dtype=torch.long, device=hidden.device)
+
+        lm = normalise(sums["lm"], local["lm"], counts.get("lm"))
+        loc = normalise(sums["loc"], local["loc"], counts.get("loc"))
+        traj = normalise(sums["traj"], local["traj"], counts.get("traj"))
+        c = self.config
+        loss = c.lambda_lm * lm + c.lambda_loc * loc + c.lambda_traj * traj + self._ddp_anchor()
+        return PiteOutput(loss=loss, lm_loss=lm, loc_loss=loc, traj_loss=traj,
+                          sums={k: v.detach() for k, v in sums.items()}, counts=local,
+                          logits=out.logits, loc_pred=loc_pred, traj_pred=traj_pred)
+
+    def _ddp_anchor(self) -> torch.Tensor:
+        """0 x (trainable adapter/head weights): keeps every trainable parameter in the graph on batches without
+        video or supervised phrases, so DDP/FSDP need no find_unused_parameters."""
+        params = [p for m in (self.vision_adapter, self.localization_projector, self.trajectory_projector)
+                  for p in m.parameters() if p.requires_grad]
+        if not params:
+            return torch.zeros((), device=self.vision_adapter.weight.device)
+        return sum(p.sum() for p in params) * 0.0
+
+    # ---- generation ---------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        video_features=None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop_token_ids: Optional[Sequence[int]] = None,
+        tokenizer=None,
+        generator: Optional[torch.Generator] = None,
+    ) -> list[Generation]:
+        """Greedy (temperature 0) or sampled decoding with a KV cache; per generated token, both heads' readout.
+
+        `input_ids` (L,) or LEFT-padded (B, L) (model.labels.encode_prompt + collate(padding_side="left")).
+        Stops at any of `stop_token_ids` (default: the tokenizer's / LLM's eos, i.e. the template's sep2).
+        """
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+            if isinstance(video_features, torch.Tensor) and video_features.dim() == 2:
+                video_features = video_features[None]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if not attention_mask[:, -1].bool().all():
+            raise ValueError("generate needs left padding: the last position of every row must be a real token")
+        if stop_token_ids is None:
+            eos = tokenizer.eos_token_id if tokenizer is not None else self.base_llm().config.eos_token_id
+            stop_token_ids = eos if isinstance(eos, (list, tuple)) else [eos]
+        stops = torch.tensor(list(stop_token_ids), dtype=torch.long, device=input_ids.device)
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        was_training = self.training
+        self.eval()
+        try:
+            b = input_ids.size(0)
+            mask = attention_mask.long()
+            out = self.llm(inputs_embeds=self.embed(input_ids, video_features), attention_mask=mask,
+                           position_ids=position_ids_from_mask(mask), use_cache=True, output_hidden_states=True,
+                           return_dict=True)
+
+            def feed(token: torch.Tensor):
+                """One cached step on the tokens (B,) just chosen; returns the output and the longer mask."""
+                longer = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+                step_out = self.llm(inputs_embeds=self.llm.get_input_embeddings()(token[:, None]),
+                                    attention_mask=longer, position_ids=position_ids_from_mask(longer)[:, -1:],
+                                    cache=out.cache, use_cache=True, output_hidden_states=True, return_dict=True)
+                return step_out, longer
+
+            # before[j]: the hidden state that produced token j (head_shift 1, the release); at[j]: token j's own.
+            before, at, tokens = [out.hidden_states[-1][:, -1]], [], []
+            done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+            length = torch.zeros(b, dtype=torch.long, device=input_ids.device)
+            for step in range(max_new_tokens):
+                nxt = _sample(out.logits[:, -1].float(), temperature, top_p, generator)
+                tokens.append(nxt)
+                length += (~done).long()
+                done |= torch.isin(nxt, stops)
+                if done.all() or step == max_new_tokens - 1:
+                    break
+                out, mask = feed(nxt)
+                at.append(out.hidden_states[-1][:, -1])
+                before.append(at[-1])
+            if self.config.head_shift == 0:
+                # The last token was never fed back. Its own hidden state needs one more step, unless every row
+                # that reached it stopped there (stop tokens get no readout): then a placeholder will do.
+                reached = length == len(tokens)
+                if bool((reached & ~torch.isin(tokens[-1], stops)).any()):
+                    out, mask = feed(tokens[-1])
+                    at.append(out.hidden_states[-1][:, -1])
+                else:
+                    at.append(torch.zeros_like(before[0]))
+                hidden = torch.stack(at, dim=1)  # (B, n, H)
+            else:
+                hidden = torch.stack(before[: len(tokens)], dim=1)
+            ids = torch.stack(tokens, dim=1)
+            loc, traj = self.read_heads(hidden.reshape(-1, hidden.size(-1)))
+            loc = loc.view(b, -1, 2)
+            traj = traj.view(b, -1, self.config.n_points, self.config.n_frames, 2)
+        finally:
+            self.train(was_training)
+
+        results = []
+        for i in range(b):
+            n = int(length[i])
+            row = ids[i, :n].tolist()
+            if row and row[-1] in stop_token_ids:
+                n -= 1
+                row = row[:n]
+            gen = Generation(token_ids=row, trajectories=traj[i, :n].cpu(), locations=loc[i, :n].cpu())
+            if tokenizer is not None:
+                gen.text, gen.token_spans = decode_with_spans(tokenizer, row)
+            results.append(gen)
+        return results
+
+
+def decode_with_spans(tokenizer, token_ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
+    """Decoded text and each token's [start, end) in it (a token inside a multi-byte character gets an empty span
+    at the character's start; the token completing it covers it)."""
+    spans, prev = [], 0
+    for i in range(len(token_ids)):
+        text = tokenizer.decode(token_ids[: i + 1])
+        if text.endswith("\ufffd") and i + 1 < len(token_ids):
+            spans.append((prev, prev))
+            continue
+        end = max(prev, len(text))
+        spans.append((prev, end))
+        prev = end
+    return tokenizer.decode(token_ids), spans
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _stack_frames(video_features, is_video: torch.Tensor) -> Optional[torch.Tensor]:
+    """All rows' frames, concatenated in row order, checked against each row's number of video positions."""
+    per_row = is_video.sum(dim=1).tolist()
+    if video_features is None:
+        if any(per_row):
+            raise ValueError(f"input has video positions {per_row} per row but no video_features")
+        return None
+    if isinstance(video_features, torch.Tensor):
+        if video_features.dim() != 3:
+            raise ValueError(f"video_features: expected (B, n, D), got {tuple(video_features.shape)}")
+        video_features = list(video_features)
+    if len(video_features) != len(per_row):
+        raise ValueError(f"video_features: {len(video_features)} entries for a batch of {len(per_row)}")
+    sizes = [0 if v is None else v.shape[0] for v in video_features]
+    if sizes != per_row:
+        raise ValueError(f"video_features: {sizes} frames per row, the input has {per_row} video positions")
+    frames = [v for v in video_features if v is not None and v.shape[0]]
+    return torch.cat(frames).to(is_video.device) if frames else None
