@@ -7,7 +7,7 @@ STAMP := $(VENV)/.stamp-setup
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k video"`.
 PYTEST_ARGS ?=
 
-.PHONY: setup test lock clean-venv
+.PHONY: setup test annotate lock clean-venv
 
 # Idempotent: the stamp is rebuilt only when the dependency files change.
 setup: $(STAMP)
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml requirements/lock.txt
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# Generate the synthetic demo set (64 clips) if missing, annotate it on a local Ray, print where the outputs are.
+annotate: setup
+	$(PY) -m pipelines.annotate --config configs/annotate/demo.yaml $(ARGS)
+	$(PY) -m pipelines.inspect runs/annotate/demo
 
 # Re-resolve the pinned versions after changing pyproject.toml's dependencies.
 lock: setup

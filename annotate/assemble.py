@@ -35,7 +35,7 @@ def assemble(item: ClipItem, cfg: AnnotateConfig, config_hash: str = "") -> Samp
             "source_frame": int(g.source_frame),
             "box": [float(v) for v in np.asarray(g.box, np.float64) / np.concatenate([scale, scale])],
             "score": float(g.score),
-            "mask_area": float(item.masks[i].mean()) if i < len(item.masks) else 0.0,  # share of the frame
+            "mask_area": float(g.mask_area if g.mask_area is not None else item.masks[i].mean()),  # share of frame
         }
         if g.note:
             obj["note"] = g.note

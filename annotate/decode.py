@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import io
 import tarfile
-import tempfile
 
 from annotate.item import ClipItem
 from annotate.stage import Resources, Stage
@@ -24,21 +23,20 @@ class DecodeStage(Stage):
 
     def process_item(self, item: ClipItem) -> None:
         if item.tar_member:
-            # A video inside a video2dataset tar: PyAV wants a seekable file, so the member goes to a temp file.
-            suffix = os.path.splitext(item.tar_member)[1]
-            with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
-                tmp.write(read_member_bytes(item.video, item.tar_member))
-                tmp.flush()
-                self._decode(item, tmp.name)
+            # A video inside a video2dataset tar: decoded from its bytes (PyAV reads file objects).
+            self._decode(item, io.BytesIO(read_member_bytes(item.video, item.tar_member)))
         else:
             self._decode(item, item.video)
 
-    def _decode(self, item: ClipItem, path: str) -> None:
+    def _decode(self, item: ClipItem, path) -> None:
         cfg = self.cfg
-        extra = sorted({int(b["frame"]) for b in item.boxes or []})
+        # Malformed frames are left to the given grounder, which drops those boxes by name.
+        extra = sorted({b["frame"] for b in item.boxes or [] if isinstance(b, dict) and _is_index(b.get("frame"))})
         if extra:
             # Given boxes on frames outside the clip cannot be grounded; the given grounder drops them by name.
             info = probe(path, start=item.start, end=item.end)
+            if hasattr(path, "seek"):
+                path.seek(0)
             extra = [f for f in extra if info.first_index <= f < info.first_index + info.num_frames]
         item.clip = decode_clip(
             path, num_samples=cfg.num_frames, track_fps=cfg.track_fps, start=item.start, end=item.end,
@@ -56,3 +54,7 @@ def read_member_bytes(tar_path: str, member: str) -> bytes:
         if f is None:
             raise FileNotFoundError(f"{tar_path}: no member {member}")
         return f.read()
+
+
+def _is_index(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

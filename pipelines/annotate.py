@@ -227,6 +227,13 @@ def _preview(item) -> bytes:
     return encode_png(grid(tiles, cols=3))
 
 
+def _read_input_files(batch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables([pq.read_table(p) for p in batch.column("path").to_pylist()])
+
+
 def _object_array(values: list) -> np.ndarray:
     arr = np.empty(len(values), dtype=object)
     arr[:] = values
@@ -327,13 +334,21 @@ def run(cfg: AnnotateJobConfig) -> dict:
     prev_counts = _counts_from_done(out, sorted(done))
     t_run = time.perf_counter()
     if pending:
-        ds = ray.data.read_parquet([str(out / "input" / f"pite-{s:06d}.parquet") for s in pending],
-                                   override_num_blocks=len(pending))
+        # The driver lists the per-shard input files; 0-CPU tasks read them. Ray's own read_parquet is avoided on
+        # purpose: its file-listing and read tasks take a CPU each, and on a cluster whose CPUs all hold stage
+        # actors they would wait forever.
+        files = [{"path": str(out / "input" / f"pite-{s:06d}.parquet")} for s in pending]
+        ds = ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
+            _read_input_files, batch_size=1, num_cpus=0, batch_format="pyarrow")
         ledger = str(out / ".attempts")
+        # CPUs left for the CPU groups once every GPU actor holds its CPUs, shared among those groups.
+        gpu_cpus = sum(group_resources(g).num_cpus * cfg.gpu_workers for g in groups if group_resources(g).num_gpus)
+        n_cpu_groups = sum(1 for g in groups if not group_resources(g).num_gpus)
+        cpu_share = max(1.0, (cluster_cpus - gpu_cpus) / max(1, n_cpu_groups))
         for gi, group in enumerate(groups):
             res = group_resources(group)
             gpu = res.num_gpus > 0
-            workers = cfg.gpu_workers if gpu else (cfg.cpu_workers or max(1, int(cluster_cpus // max(res.num_cpus, 1))))
+            workers = cfg.gpu_workers if gpu else (cfg.cpu_workers or max(1, int(cpu_share // max(res.num_cpus, 1))))
             ds = ds.map_batches(
                 StageGroup, fn_constructor_args=(cfg, [s.name for s in group], gi, gi == len(groups) - 1, ledger, chash),
                 batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),

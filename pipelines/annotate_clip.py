@@ -54,7 +54,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = load_config(AnnotateJobConfig, args.config, args.overrides)
         boxes = None
         if args.boxes:
-            text = Path(args.boxes).read_text() if Path(args.boxes).is_file() else args.boxes
+            text = args.boxes
+            if not text.lstrip().startswith("["):
+                if not Path(text).is_file():
+                    raise PiteError(f"--boxes: {text} is neither a JSON list nor a file")
+                text = Path(text).read_text()
             try:
                 boxes = json.loads(text)
             except json.JSONDecodeError as exc:

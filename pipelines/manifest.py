@@ -225,7 +225,7 @@ def _validate(row: int, raw: dict | str, base: Path) -> ManifestRow:
         if item.start is not None and item.end is not None and item.end <= item.start:
             raise ValueError(f"end ({item.end}) must be after start ({item.start})")
         item.events = _check_list(raw.get("events"), "events", {"start": float, "end": float, "text": str})
-        item.boxes = _check_list(raw.get("boxes"), "boxes", {"phrase": str, "frame": int, "box": list})
+        item.boxes = _check_list(raw.get("boxes"), "boxes", {"phrase": str, "frame": _frame_index, "box": list})
         if item.boxes is not None:
             for b in item.boxes:
                 if len(b["box"]) != 4:
@@ -236,6 +236,13 @@ def _validate(row: int, raw: dict | str, base: Path) -> ManifestRow:
     except (ValueError, TypeError) as exc:
         item.error = str(exc)
     return item
+
+
+def _frame_index(value) -> int:
+    """A source frame index: an integer (1.0 is accepted, 1.5 is not)."""
+    if isinstance(value, bool) or float(value) != int(float(value)) or int(float(value)) < 0:
+        raise ValueError("not a frame index")
+    return int(float(value))
 
 
 def _check_list(value, name: str, fields: dict[str, type]) -> Optional[list]:
@@ -254,7 +261,8 @@ def _check_list(value, name: str, fields: dict[str, type]) -> Optional[list]:
             try:
                 clean[key] = typ(entry[key]) if typ is not list else list(entry[key])
             except (TypeError, ValueError):
-                raise ValueError(f"{name}[{i}].{key} must be {typ.__name__}") from None
+                kind = "a frame index (integer >= 0)" if typ is _frame_index else typ.__name__
+                raise ValueError(f"{name}[{i}].{key} must be {kind}") from None
         out.append(clean)
     return out
 
