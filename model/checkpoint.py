@@ -192,3 +192,25 @@ def _jsonable(value):
     if hasattr(value, "value") and not isinstance(value, (str, int, float, bool)):  # enums (peft's task_type)
         return value.value
     return value
+
+
+def save_trainable(model: PiteModel, path: str | Path) -> None:
+    """The parameters that train now, by full name, in safetensors (a trainer's resumable checkpoint)."""
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.trainable_state_dict().items()}, str(path))
+
+
+def load_trainable(model: PiteModel, path: str | Path) -> None:
+    """Inverse of `save_trainable` on a model set up the same way: the same names must train (else a ConfigError)."""
+    state = load_file(str(path))
+    params = dict(model.named_parameters())
+    own = {k for k, p in params.items() if p.requires_grad}
+    if set(state) != own:
+        extra, missing = sorted(set(state) - own), sorted(own - set(state))
+        raise ConfigError(f"{path}: trainable weights do not match the model (unexpected {extra[:3]}, "
+                          f"missing {missing[:3]})")
+    with torch.no_grad():
+        for name, value in state.items():
+            if params[name].shape != value.shape:
+                raise ConfigError(f"{path}: {name} has shape {tuple(value.shape)}, the model expects "
+                                  f"{tuple(params[name].shape)}")
+            params[name].copy_(value)

@@ -20,6 +20,7 @@ def annotate_one(cfg, video: str, caption: str, boxes: Optional[list] = None, vi
     """(sample or None, item): the item carries the reject reason when there is no sample."""
     from annotate.assemble import assemble
     from annotate.pipeline import ClipAnnotator, make_item
+    from annotate.schema import validate_sample
     from annotate.stage import one_line
 
     item = make_item(0, video_id or Path(video).stem, str(Path(video).resolve()), caption, cfg.seed,
@@ -28,10 +29,24 @@ def annotate_one(cfg, video: str, caption: str, boxes: Optional[list] = None, vi
     if not item.ok:
         return None, item
     try:
-        return assemble(item, cfg), item
+        sample = assemble(item, cfg, stage_config_hash(cfg))
+        # As the Ray job's writer does: a sample that breaks the contract is a reject, never a file on disk.
+        validate_sample(sample, num_frames=cfg.num_frames, num_points=cfg.num_points)
+        return sample, item
     except PiteError as exc:
         item.reject(getattr(exc, "stage", "assemble"), one_line(exc))
         return None, item
+
+
+def stage_config_hash(cfg) -> str:
+    """Provenance hash of the settings that shape a sample: the `AnnotateConfig` fields only (no I/O, no cluster)."""
+    from dataclasses import fields
+
+    from annotate.config import AnnotateConfig
+    from pipelines.config import config_hash, to_dict
+
+    names = {f.name for f in fields(AnnotateConfig)}
+    return config_hash({k: v for k, v in to_dict(cfg).items() if k in names}, exclude=())
 
 
 def main(argv: Optional[list[str]] = None) -> int:

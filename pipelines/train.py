@@ -1,0 +1,524 @@
+"""`pite train`: train PiTe on annotation shards, stage after stage.
+
+    pite train --config configs/train/demo.yaml [data=RUN_DIR] [out=DIR] [key=value ...]
+    torchrun --nproc-per-node 8 -m pipelines.train --config configs/train/stage2-7b.yaml init_from=...
+    ray job submit --working-dir . -- python -m pipelines.train --config CONFIG launcher=ray num_workers=8
+
+A config lists its stages (configs/train/*.yaml); each writes OUT/<stage>/ (a PiTe checkpoint, metrics.jsonl,
+tb/, checkpoints/step-N/) and the last one is copied to OUT/final, what `pite infer --checkpoint` takes. A stage
+starts from the previous stage's dir (its LoRA merged, heads carried), the first from `init_from` or the base LLM.
+
+`StageRecipe` is one stage as a torchtune recipe: `setup` builds the model, optimiser, schedule and shard stream
+(or loads them back from the newest checkpoint when `resume=true`), `train` runs the loop, `save` writes the
+stage's checkpoint. The loop is the same in one process, under torchrun and inside a Ray Train worker: only
+`Dist` (pipelines/train_dist.py) differs.
+
+Loss normalisation (DESIGN.md, Model): each loss is its local sum over the global count of what it averages
+(LM tokens, supervised phrases, visible points) summed over the accumulation micro-batches and all-reduced over
+ranks; DDP averages gradients over ranks, so the loss is multiplied by the world size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from annotate.errors import ConfigError, PiteError
+from model.batch import to_device
+from model.checkpoint import load_checkpoint, merge_lora, save_checkpoint
+from model.config import PiteConfig
+from model.conversation import get_template
+from model.factory import build_pretrained, tiny_llama
+from model.losses import target_counts
+from model.pite import PiteModel
+from model.tokenizer import check_template, load_tokenizer, train_tokenizer
+from pipelines.config import save_config, to_dict
+from pipelines.shards import iter_members
+from pipelines.train_config import StageConfig, TrainConfig, load_train_config, resolve_out, stage_steps
+from pipelines.train_data import (ExampleBuilder, Position, TrainStream, default_epoch_batches, merge_stats,
+                                  model_inputs, run_shards, run_size, stream_seed)
+from pipelines.train_dist import Dist, close, local_dist, ray_worker_dist
+from pipelines.train_state import list_checkpoints, load_state, newest, prune, save_state
+
+log = logging.getLogger("pite.train")
+LOSSES = ("lm", "loc", "traj")
+CHECKPOINT_ENTRIES = ("pite.json", "heads.safetensors", "tokenizer", "base", "merged", "lora")
+
+
+class StoppedEarly(RuntimeError):
+    """Raised by `stop_at` (a kill at a known step, for resume tests)."""
+
+
+# ---- the base model -------------------------------------------------------------------------------------------
+
+
+def tokenizer_corpus(run_dirs: list[str], cfg: TrainConfig, limit: int = 5000) -> list[str]:
+    """Texts a tiny tokenizer is trained on: captions and event texts of the runs, the stage prompts, timestamps."""
+    texts = []
+    for run in dict.fromkeys(run_dirs):
+        for tar in run_shards(run):
+            for _, members in iter_members(tar):
+                meta = json.loads(members["json"]) if "json" in members else {}
+                texts.append(meta.get("caption", ""))
+                texts += [str(e.get("text", "")) for e in meta.get("events") or []]
+                if len(texts) >= limit:
+                    break
+    for stage in cfg.stages:
+        lab = stage.labels
+        texts += lab.caption_queries + lab.image_queries + [lab.dense_query, lab.grounding_query]
+    texts += [f"From {i:02d} to {99 - i:02d}." for i in range(100)]
+    return texts
+
+
+def tiny_tokenizer(cfg: TrainConfig, out: Path, dist: Dist):
+    """Trained once on the run's texts by rank 0 and saved at OUT/tokenizer, so every rank and every resume shares it."""
+    path = out / "tokenizer"
+    if dist.is_main and not (path / "tokenizer.json").is_file():
+        runs = [s.data or cfg.data for s in cfg.stages]
+        tok = train_tokenizer(tokenizer_corpus(runs, cfg), vocab_size=cfg.base.tiny.vocab_size,
+                              video_token=cfg.model.video_token)
+        tmp = out / ".tokenizer.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tok.save_pretrained(str(tmp))
+        tmp.rename(path)
+    dist.barrier()
+    return load_tokenizer(path, cfg.model.video_token, key="tokenizer")
+
+
+def fresh_model(cfg: TrainConfig, out: Path, dist: Dist):
+    """(model, tokenizer, template) on the base LLM with new adapter and heads (seeded: the same on every rank)."""
+    config = PiteConfig.from_dict(asdict(cfg.model))
+    template = get_template(config.template)
+    if cfg.base.llm is None:
+        tokenizer = tiny_tokenizer(cfg, out, dist)
+        check_template(tokenizer, template)
+        llm = tiny_llama(tokenizer, cfg.base.tiny, seed=cfg.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)
+            model = PiteModel(llm, config, video_token_id=tokenizer.convert_tokens_to_ids(config.video_token))
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)
+            model, tokenizer = build_pretrained(cfg.base.llm, config, tokenizer_path=cfg.base.tokenizer,
+                                                dtype=cfg.base.dtype, device="cpu")
+    return model, tokenizer, template
+
+
+def stage_start(cfg: TrainConfig, index: int, out: Path, dist: Dist):
+    """The model a stage begins with: the previous stage's (LoRA merged) or `init_from`, else a fresh one."""
+    prev = str(out / cfg.stages[index - 1].name) if index > 0 else cfg.init_from
+    if not prev:
+        return fresh_model(cfg, out, dist)
+    if not (Path(prev) / "pite.json").is_file():
+        key = "init_from" if index == 0 else f"stage {cfg.stages[index - 1].name!r}"
+        raise ConfigError(f"{key}: {prev} is not a finished PiTe checkpoint dir (no pite.json)")
+    model, tokenizer, template = load_checkpoint(prev, device="cpu", dtype=cfg.base.dtype, trainable=False)
+    if model.has_lora:
+        merge_lora(model)
+    # The checkpoint fixes the network's shapes; this run chooses how it trains.
+    model.config.lora = cfg.model.lora
+    model.config.gradient_checkpointing = cfg.model.gradient_checkpointing
+    return model, tokenizer, template
+
+
+# ---- one stage ------------------------------------------------------------------------------------------------
+
+
+class StageRecipe:
+    def __init__(self, cfg: TrainConfig, index: int, out: Path, dist: Dist):
+        self.cfg, self.index, self.out, self.dist = cfg, index, out, dist
+        self.stage: StageConfig = cfg.stages[index]
+        self.dir = out / self.stage.name
+        self.max_steps = stage_steps(cfg, self.stage)
+        self.step = 0
+        self.history: list[dict] = []
+
+    # -- setup --
+
+    def setup(self) -> "StageRecipe":
+        cfg, stage, dist = self.cfg, self.stage, self.dist
+        torch.manual_seed(stream_seed(cfg.seed, 1000 + self.index))  # LoRA init draws from the global generator
+        model, self.tokenizer, self.template = stage_start(cfg, self.index, self.out, dist)
+        model.config.lambda_lm, model.config.lambda_loc = stage.lambda_lm, stage.lambda_loc
+        model.config.lambda_traj = stage.lambda_traj
+        if stage.traj_head_from_loc:
+            model.init_trajectory_from_localization()
+        if stage.lora and cfg.model.lora.enabled:
+            model.apply_lora(cfg.model.lora)
+        t = stage.trainable
+        model.set_trainable(adapter=t.adapter, lora=t.lora, loc_head=t.loc_head, traj_head=t.traj_head, llm=t.llm)
+        if cfg.model.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        self.model = model.to(dist.device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ConfigError(f"stages[{self.index}].trainable: nothing trains")
+        self.net = model
+        if dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda"
+                                               else None)
+        o = stage.optim
+        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+        self.scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            self.optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=self.max_steps,
+            min_lr_rate=o.min_lr_ratio)
+
+        position = Position()
+        ckpt = newest(self.dir) if cfg.resume else None
+        if ckpt is not None:
+            meta = load_state(ckpt, model, self.optimizer, self.scheduler, dist.rank, dist.world_size,
+                              self.config_hash())
+            self.step, position = meta["step"], Position(**meta["position"])
+            log.info("%s: resumed at step %d from %s", stage.name, self.step, ckpt)
+        elif dist.is_main and self.dir.exists():
+            # A fresh start: drop what an earlier run left here (its checkpoints would mix into a later resume).
+            shutil.rmtree(self.dir)
+        dist.barrier()
+
+        data = stage.data or cfg.data
+        lc = cfg.loader
+        builder = ExampleBuilder(self.tokenizer, self.template, model.video_token_id, stage.labels)
+        epoch_batches = lc.epoch_batches or default_epoch_batches(run_size(data), dist.world_size, lc.batch_size)
+        self.stream = TrainStream(run_shards(data, key=f"stages[{self.index}].data" if stage.data else "data"),
+                                  builder, lc.batch_size, seed=stream_seed(cfg.seed, self.index), rank=dist.rank,
+                                  world_size=dist.world_size, num_workers=lc.num_workers,
+                                  epoch_batches=epoch_batches, shuffle_buffer=lc.shuffle_buffer,
+                                  heldout_fraction=lc.heldout_fraction, prefetch_factor=lc.prefetch_factor,
+                                  position=position)
+        self._open_logs()
+        n_train = sum(p.numel() for p in self.params)
+        n_all = sum(p.numel() for p in model.parameters())
+        log.info("%s: %d/%d parameters train (%.2f%%), %d steps x %d micro-batches of %d, device %s, world %d",
+                 stage.name, n_train, n_all, 100 * n_train / max(1, n_all), self.max_steps, stage.optim.grad_accum,
+                 lc.batch_size, dist.device, dist.world_size)
+        return self
+
+    def config_hash(self) -> str:
+        """What must not change between a checkpoint and its resume (the data position is per rank)."""
+        import hashlib
+
+        blob = {"seed": self.cfg.seed, "base": to_dict(self.cfg.base), "model": to_dict(self.cfg.model),
+                "loader": to_dict(self.cfg.loader), "stage": to_dict(self.stage), "steps": self.max_steps,
+                "index": self.index, "world": self.dist.world_size}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _open_logs(self) -> None:
+        self.metrics_file = self.tb = None
+        if not self.dist.is_main:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / "metrics.jsonl"
+        if path.exists():  # resuming: forget the steps after the checkpoint, they are about to be redone
+            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= self.step]
+            self.history = [json.loads(ln) for ln in kept]
+            path.write_text("".join(ln + "\n" for ln in kept))
+        self.metrics_file = open(path, "a")
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.dir / "tb"), purge_step=self.step + 1)
+
+    # -- train --
+
+    def autocast(self):
+        p = self.cfg.precision
+        bf16 = p == "bf16" or (p == "auto" and self.dist.device.type == "cuda")
+        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def train(self) -> list[dict]:
+        from tqdm import tqdm
+
+        cfg, dist, o = self.cfg, self.dist, self.stage.optim
+        self.net.train()
+        batches = iter(self.stream)
+        bar = tqdm(total=self.max_steps, initial=self.step, desc=self.stage.name, unit="step", dynamic_ncols=True,
+                   disable=not (cfg.progress and dist.is_main), file=sys.stderr)
+        data_stats: dict = {}
+        while self.step < self.max_steps:
+            t0 = time.perf_counter()
+            micro = [next(batches) for _ in range(o.grad_accum)]
+            t_data = time.perf_counter() - t0
+            local = torch.zeros(3, dtype=torch.float64)
+            for b in micro:
+                c = target_counts(b)
+                local += torch.tensor([float(c[k]) for k in LOSSES], dtype=torch.float64)
+            counts = dist.all_reduce(local)
+            gcounts = {k: counts[i].to(dist.device, torch.float32) for i, k in enumerate(LOSSES)}
+            sums = torch.zeros(3, dtype=torch.float64)
+            examples = tokens = 0
+            for i, b in enumerate(micro):
+                inputs = to_device(model_inputs(b), dist.device)
+                last = i == len(micro) - 1
+                sync = nullcontext() if last or not dist.distributed else self.net.no_sync()
+                with sync:
+                    with self.autocast():
+                        out = self.net(**inputs, counts=gcounts)
+                    (out.loss * dist.world_size).backward()
+                sums += torch.tensor([float(out.sums[k]) for k in LOSSES], dtype=torch.float64)
+                examples += b["input_ids"].shape[0]
+                tokens += int(b["attention_mask"].sum())
+                self._data_warnings(b["stats"])
+                merge_stats(data_stats, b["stats"])
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, o.clip if o.clip > 0 else math.inf)
+            lr = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            totals = dist.all_reduce(torch.cat([sums, torch.tensor(
+                [examples, tokens, data_stats.get("skipped", 0), data_stats.get("samples", 0)], dtype=torch.float64)]))
+            means = {k: float(totals[i] / max(1.0, float(counts[i]))) for i, k in enumerate(LOSSES)}
+            c = self.model.config
+            row = {
+                "stage": self.stage.name, "step": self.step,
+                "loss": c.lambda_lm * means["lm"] + c.lambda_loc * means["loc"] + c.lambda_traj * means["traj"],
+                **{f"{k}_loss": means[k] for k in LOSSES},
+                **{f"n_{k}": int(counts[i]) for i, k in enumerate(LOSSES)},
+                "lr": lr, "grad_norm": float(grad_norm), "examples": int(totals[3]), "tokens": int(totals[4]),
+                "seconds": time.perf_counter() - t0, "data_seconds": t_data,
+                "skipped_samples": int(totals[5]), "samples_read": int(totals[6]),
+                "epoch": self.stream.position.epoch, "epoch_batch": self.stream.position.batch,
+            }
+            self.history.append(row)
+            self._log(row, bar)
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.max_steps:
+                self.save_resumable()
+            if cfg.stop_at and self.step == cfg.stop_at:
+                bar.close()
+                raise StoppedEarly(f"{self.stage.name}: stopped at step {self.step} (stop_at)")
+        bar.close()
+        return self.history
+
+    def _data_warnings(self, stats: dict) -> None:
+        if stats["skipped"]:
+            log.warning("data: %d sample(s) skipped on rank %d: %s", stats["skipped"], self.dist.rank,
+                        " | ".join(stats["errors"]))
+
+    def _log(self, row: dict, bar) -> None:
+        bar.update(1)
+        if not self.dist.is_main:
+            return
+        bar.set_postfix(loss=f"{row['loss']:.3f}", lm=f"{row['lm_loss']:.3f}", loc=f"{row['loc_loss']:.3f}",
+                        traj=f"{row['traj_loss']:.3f}", refresh=False)
+        if self.step % max(1, self.cfg.log_every) == 0 or self.step == self.max_steps:
+            self.metrics_file.write(json.dumps(row) + "\n")
+            self.metrics_file.flush()
+            if self.tb is not None:
+                for k in ("loss", "lm_loss", "loc_loss", "traj_loss", "lr", "grad_norm"):
+                    self.tb.add_scalar(f"{self.stage.name}/{k}", row[k], self.step)
+
+    # -- save --
+
+    def save_resumable(self) -> Path:
+        path = save_state(self.dir, self.step, self.model, self.optimizer, self.scheduler,
+                          self.stream.position.to_dict(), self.config_hash(), self.dist.rank, self.dist.world_size,
+                          self.dist.barrier)
+        if self.dist.is_main:
+            prune(self.dir, self.cfg.keep_checkpoints)
+        return path
+
+    def save(self) -> Path:
+        """The stage's PiTe checkpoint in OUT/<stage>/ (pite.json written last: its presence = stage done)."""
+        if self.dist.is_main:
+            last = self.history[-1] if self.history else {}
+            extra = {"stage": self.stage.name, "labels_stage": self.stage.labels.stage, "step": self.step,
+                     "complete": True, "losses": {k: last.get(k) for k in ("loss", "lm_loss", "loc_loss",
+                                                                             "traj_loss")}}
+            save_checkpoint(self.model, self.tokenizer, self.dir, self.template, extra=extra)
+            for old in list_checkpoints(self.dir):  # the stage is done: its resumable states are not needed
+                shutil.rmtree(old, ignore_errors=True)
+        self.dist.barrier()
+        return self.dir
+
+    def close(self) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ---- the run --------------------------------------------------------------------------------------------------
+
+
+def stage_done(stage_dir: Path) -> bool:
+    meta = stage_dir / "pite.json"
+    return meta.is_file() and bool(json.loads(meta.read_text()).get("extra", {}).get("complete"))
+
+
+def publish_final(stage_dir: Path, final: Path) -> Path:
+    """OUT/final: a copy of the last stage's checkpoint files (not its logs or resumable states)."""
+    tmp = final.with_name(".final.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in CHECKPOINT_ENTRIES:
+        src = stage_dir / name
+        if src.is_dir():
+            shutil.copytree(src, tmp / name)
+        elif src.is_file():
+            shutil.copy2(src, tmp / name)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def summarise(history: list[dict]) -> dict:
+    keys = ("loss", "lm_loss", "loc_loss", "traj_loss")
+    if not history:
+        return {}
+    return {"steps": history[-1]["step"], "first": {k: history[0][k] for k in keys},
+            "last": {k: history[-1][k] for k in keys},
+            "seconds": round(sum(r.get("seconds", 0.0) for r in history), 2)}
+
+
+def run(cfg: TrainConfig, dist: Dist) -> dict:
+    """Every stage in order (finished ones are kept when resuming), then OUT/final and the held-out evaluation."""
+    out = resolve_out(cfg)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        if not cfg.resume:
+            shutil.rmtree(out / "tokenizer", ignore_errors=True)  # a tiny base's tokenizer is retrained
+    dist.barrier()
+    summary = {}
+    for index, stage in enumerate(cfg.stages):
+        stage_dir = out / stage.name
+        if cfg.resume and stage_done(stage_dir):
+            log.info("%s: finished earlier, kept", stage.name)
+            rows = [json.loads(ln) for ln in (stage_dir / "metrics.jsonl").read_text().splitlines() if ln] \
+                if (stage_dir / "metrics.jsonl").is_file() else []
+            summary[stage.name] = summarise(rows)
+            continue
+        recipe = StageRecipe(cfg, index, out, dist).setup()
+        try:
+            history = recipe.train()
+            recipe.save()
+        finally:
+            recipe.close()
+        summary[stage.name] = summarise(history)
+        if dist.report is not None:
+            dist.report({"stage": stage.name, "step": recipe.step, **summary[stage.name].get("last", {})})
+    if dist.is_main:
+        publish_final(out / cfg.stages[-1].name, out / "final")
+        (out / "train.json").write_text(json.dumps({"stages": summary, "final": str(out / "final")}, indent=1))
+        if cfg.eval.data:
+            from pipelines.train_eval import evaluate_run
+
+            summary["eval"] = evaluate_run(cfg, out, device=dist.device)
+    dist.barrier()
+    return summary
+
+
+# ---- launchers ------------------------------------------------------------------------------------------------
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Ray workers may start in another working dir: send them absolute paths."""
+    def fix(p: Optional[str]) -> Optional[str]:
+        return str(Path(p).resolve()) if p else p
+
+    cfg.data, cfg.init_from = fix(cfg.data), fix(cfg.init_from)
+    cfg.out = str(resolve_out(cfg).resolve())
+    cfg.base.llm, cfg.base.tokenizer = fix(cfg.base.llm), fix(cfg.base.tokenizer)
+    cfg.eval.data, cfg.eval.annotate_config = fix(cfg.eval.data), fix(cfg.eval.annotate_config)
+    cfg.eval.synth_out = fix(cfg.eval.synth_out)
+    for s in cfg.stages:
+        s.data = fix(s.data)
+    return cfg
+
+
+def _ray_train_loop(config: dict) -> None:
+    """Ray Train's train_loop_per_worker: the same `run` on this worker's rank and device."""
+    _setup_logging()
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(config)))
+    run(cfg, ray_worker_dist())
+
+
+def launch_ray(cfg: TrainConfig) -> dict:
+    """Ray Train's TorchTrainer (DDP): `num_workers` workers, one GPU each when `device` is CUDA."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg = absolute_paths(cfg)
+    use_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    if not ray.is_initialized():
+        # "" = RAY_ADDRESS (set by `ray job submit`) if any, else a local instance.
+        ray.init(address=cfg.ray_address or None, log_to_driver=True)
+    trainer = TorchTrainer(
+        _ray_train_loop,
+        train_loop_config=to_dict(cfg),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(name=cfg.name, storage_path=cfg.ray_storage or str(Path(cfg.out) / "ray")),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    path = Path(cfg.out) / "train.json"
+    return json.loads(path.read_text())["stages"] if path.is_file() else {}
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="pite train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="YAML in configs/train/")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. data=runs/annotate/demo out=runs/train/x "
+                                                 "stages.0.optim.max_steps=5 device=cpu resume=true")
+    args = p.parse_args(argv)
+    _setup_logging()
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+        if cfg.name == "train":
+            cfg.name = Path(args.config).stem
+        if cfg.launcher == "ray":
+            summary = launch_ray(cfg)
+        else:
+            dist = local_dist(cfg.device)
+            try:
+                summary = run(cfg, dist)
+            finally:
+                close(dist)
+            if not dist.is_main:
+                return 0
+    except PiteError as exc:
+        print(f"pite train: {exc}", file=sys.stderr)
+        return 2
+    except StoppedEarly as exc:
+        print(f"pite train: {exc}", file=sys.stderr)
+        return 3
+    out = resolve_out(cfg)
+    for name, s in summary.items():
+        if name != "eval" and s:
+            print(f"{name}: {s['steps']} steps in {s['seconds']:.0f} s, loss {s['first']['loss']:.3f} -> "
+                  f"{s['last']['loss']:.3f} (lm {s['last']['lm_loss']:.3f}, loc {s['last']['loc_loss']:.3f}, "
+                  f"traj {s['last']['traj_loss']:.3f})")
+    if "eval" in summary:
+        e = summary["eval"]
+        print(f"held-out trajectory L1 {e['traj_l1']:.4f} vs constant {e['traj_l1_baseline']:.4f} "
+              f"(ratio {e['ratio_to_baseline']:.2f}) and clip-mean oracle {e['traj_l1_clip_mean']:.4f}")
+    print(f"outputs: {out}/ (final/, <stage>/metrics.jsonl, <stage>/tb/, train.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""`ray job submit` of the annotation pipeline to a local Ray head on 127.0.0.1 (README "Running on a Ray cluster").
+
+The head is a separate set of processes with its own ports and temp dir, so an in-process `ray.init` of another test
+is left alone. Ray 2.60's catches (../shared/FIELD-NOTES.md): the head starts with the venv's bin/ first on PATH (the
+job's `python` is the head's), token auth is switched off explicitly for this loopback-only head (the client would
+otherwise pick up ~/.ray/auth_token and send it), and everything binds to 127.0.0.1. Teardown kills exactly the
+processes this head started: they carry a marker in their environment. `ray stop --force` would kill every Ray
+on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+from pipelines.shards import iter_samples, list_done_shards
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent  # the interpreter running the tests: .venv/bin under `make test`
+RAY = str(VENV_BIN / "ray")
+MARKER = "PITE_TEST_RAY_HEAD"
+# What the job upload leaves out (the 100 MiB package limit; runs/ and data/ hold outputs and generated clips).
+EXCLUDES = [".venv", "runs", "data", ".git", "**/__pycache__", ".pytest_cache", "*.egg-info"]
+
+pytestmark = pytest.mark.slow
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def pids_with_marker(value: str) -> list[int]:
+    """Processes whose environment holds MARKER=value: the head's daemons, workers and the job's driver."""
+    needle = f"{MARKER}={value}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            env = Path(entry.path, "environ").read_bytes()
+        except OSError:  # gone, or not ours
+            continue
+        if needle in env.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def stop_head(marker: str, grace_s: float = 10.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids_with_marker(marker):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while pids_with_marker(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not pids_with_marker(marker):
+            return
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head on 127.0.0.1 with 2 CPUs; yields (dashboard url, client env); always stopped afterwards."""
+    gcs, dash, client, agent, agent_grpc, metrics, runtime_env, node_mgr, obj_mgr = free_ports(9)
+    marker = uuid.uuid4().hex
+    # Short and under /tmp: Ray's unix sockets live below it and their paths are limited to ~107 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="pite-ray-", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update({"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "disabled",
+                MARKER: marker, "RAY_USAGE_STATS_ENABLED": "0"})
+    cmd = [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+           "--port", str(gcs), "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
+           "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
+           "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env),
+           "--node-manager-port", str(node_mgr), "--object-manager-port", str(obj_mgr),
+           "--num-cpus", "2", "--num-gpus", "0", "--object-store-memory", str(300 * 2**20),
+           "--temp-dir", temp_dir, "--include-dashboard", "true", "--disable-usage-stats"]
+    try:
+        started = subprocess.run(cmd, env=env, cwd=temp_dir, capture_output=True, text=True, timeout=180)
+        assert started.returncode == 0, f"ray start failed:\n{started.stdout}\n{started.stderr}"
+        yield f"http://127.0.0.1:{dash}", env, Path(temp_dir)
+    finally:
+        stop_head(marker)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def make_manifest(tmp_path: Path, n: int = 6) -> Path:
+    from pipelines.synth import main as synth_main
+
+    out = tmp_path / "synth"
+    assert synth_main(["--n", str(n), "--seed", "3", "--out", str(out), "--width", "128", "--height", "128",
+                       "--frames", "30"]) == 0
+    return out / "manifest.jsonl"
+
+
+def test_ray_job_submit_annotates_the_demo_on_a_local_head(ray_head, tmp_path):
+    dashboard, env, temp_dir = ray_head
+    manifest = make_manifest(tmp_path)
+    out = tmp_path / "run"
+    sid = f"pite-test-{uuid.uuid4().hex[:8]}"
+    runtime_env = json.dumps({"excludes": EXCLUDES})
+    submit = [RAY, "job", "submit", "--address", dashboard, "--submission-id", sid, "--working-dir", str(REPO),
+              "--runtime-env-json", runtime_env, "--",
+              "python", "-m", "pipelines.annotate", "--config", "configs/annotate/demo.yaml",
+              f"input={manifest}", f"out={out}", "synth.n=0", "rows_per_shard=4", "batch_size=2", "progress=false"]
+    # Run from elsewhere: the working dir is uploaded from --working-dir, not from the client's cwd.
+    job = subprocess.run(submit, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    log = job.stdout + job.stderr
+    assert job.returncode == 0, f"ray job submit exited {job.returncode}:\n{log[-6000:]}"
+    status = subprocess.run([RAY, "job", "status", "--address", dashboard, sid], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert f"Job '{sid}' succeeded" in status.stdout, status.stdout + status.stderr
+
+    # The working dir the head unpacked holds the code and left the venv, runs/ and data/ behind.
+    unpacked = [p for p in temp_dir.glob("session_latest/runtime_resources/working_dir_files/_ray_pkg_*") if p.is_dir()]
+    assert len(unpacked) == 1, unpacked
+    assert (unpacked[0] / "pipelines" / "annotate.py").is_file()
+    assert not [d for d in (".venv", "runs", "data", ".git") if (unpacked[0] / d).exists()]
+    size = sum(p.stat().st_size for p in unpacked[0].rglob("*") if p.is_file())
+    assert size < 5 * 2**20, f"working dir upload is {size / 2**20:.1f} MiB"
+    # The closing summary line comes back in the job's log.
+    assert re.search(r"annotate: 6 samples, 0 rejects", log), log[-3000:]
+
+    # The run layout, written by the job to the absolute `out`.
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["input_rows"], stats["written"], stats["rejected"]) == (6, 6, 0)
+    assert stats["shards"] == 2 and list_done_shards(out) == [0, 1]
+    index = ds.dataset(str(out / "index")).to_table().to_pandas()
+    assert sorted(index["video_id"]) == [f"synth-{i:06d}" for i in range(6)]
+    ids = []
+    for tar in sorted((out / "shards").glob("pite-*.tar")):
+        for sample in iter_samples(tar):
+            ids.append(sample.meta["video_id"])
+            n_objects = sample.traj.shape[0]
+            assert n_objects >= 1 and sample.traj.shape == (n_objects, 3, 100, 2)  # K = 3 points, T = 100 frames
+            assert sample.vis.shape == (n_objects, 3, 100) and sample.feat.shape[0] == 100
+    assert ids == [f"synth-{i:06d}" for i in range(6)]  # in row order, each once
+    assert (out / "report.html").is_file()
+
+    # It ran on this head, not on a Ray of its own: the stage actors' logs are in the head's session.
+    worker_logs = list(temp_dir.glob("session_latest/logs/worker-*"))
+    assert any("StageGroup" in p.read_text(errors="replace") for p in worker_logs), "no StageGroup actor on the head"
