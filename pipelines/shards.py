@@ -44,7 +44,7 @@ INDEX_SCHEMA = pa.schema(
 )
 # Quality figures (when ground truth exists) are float64 columns after these. Every shard of a run declares the
 # same ones, null where a sample has no ground truth, so all index files share one schema.
-QUALITY_COLUMNS: tuple[str, ...] = ("delta_avg", "aj", "oa", "box_iou", "mask_iou")
+QUALITY_COLUMNS: tuple[str, ...] = ("ground_recall", "box_iou", "mask_iou", "delta_avg", "oa", "aj")
 REJECTS_SCHEMA = pa.schema(
     [("video_id", pa.string()), ("row", pa.int64()), ("stage", pa.string()), ("error", pa.string())]
 )
