@@ -24,7 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+# Run as `python bench/stages.py`: the script's folder comes first on sys.path, where bench/annotate.py would shadow
+# the `annotate` package, so the repository root takes its place.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np  # noqa: E402
 
 from annotate.config import AnnotateConfig
 from annotate.pipeline import STAGE_NAMES, ClipAnnotator, make_item

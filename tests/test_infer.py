@@ -49,7 +49,7 @@ def make_video(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_tiny_checkpoint(out: Path, steps: int = 150, seed: int = 0):
-    """(checkpoint dir, video, target trajectories (2, 3, T, 2)): a tiny model overfit on one clip."""
+    """(checkpoint dir, video, target trajectories (2, 3, T, 2), sample): a tiny model overfit on one clip."""
     out.mkdir(parents=True, exist_ok=True)
     video = out / "clip.mp4"
     ball, box = make_video(video)
@@ -84,7 +84,7 @@ def train_tiny_checkpoint(out: Path, steps: int = 150, seed: int = 0):
         opt.step()
     model.eval()
     ckpt = save_checkpoint(model, tok, out / "ckpt", template)
-    return ckpt, video, sample.traj.astype(np.float32)
+    return ckpt, video, sample.traj.astype(np.float32), sample
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def trained(tmp_path_factory):
 
 @pytest.mark.slow
 def test_infer_json_gives_each_noun_phrase_its_trained_trajectory(trained, tmp_path):
-    ckpt, video, target = trained
+    ckpt, video, target, _ = trained
     out_json, out_png = tmp_path / "pred.json", tmp_path / "traj.png"
     rc = cli_main(["infer", "--checkpoint", str(ckpt), "--video", str(video), "--query", QUERY,
                    "--json", str(out_json), "--trajectories", str(out_png), "--max-new-tokens", "40"])
@@ -122,7 +122,7 @@ def test_infer_json_gives_each_noun_phrase_its_trained_trajectory(trained, tmp_p
 
 @pytest.mark.slow
 def test_root_inference_py_keeps_the_released_command_line(trained):
-    ckpt, video, _ = trained
+    ckpt, video, _, _ = trained
     res = subprocess.run([sys.executable, "inference.py", "--video_path", str(video), "--query", QUERY,
                           "--checkpoint", str(ckpt), "--temperature", "0", "--max_new_tokens", "40"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -1,0 +1,448 @@
+"""`pite evaluate TASK`: temporal grounding, dense captioning, trajectory accuracy and open-ended QA.
+
+    pite evaluate grounding  --checkpoint CKPT --data ANNOTATIONS --features FEAT_DIR --out OUT
+    pite evaluate captioning --checkpoint CKPT --data ANNOTATIONS --features FEAT_DIR --out OUT
+    pite evaluate trajectory --checkpoint CKPT --run RUN_DIR --out OUT
+    pite evaluate qa         --checkpoint CKPT --data QA.json --features FEAT_DIR --out OUT [--judge mod:fn]
+
+Each writes OUT/metrics.json (the figures, the protocol, the baselines) and OUT/items.jsonl (one line per query:
+its question, the model's answer and its score), so any figure can be traced back to answers. The release layout
+loads with --model_base/--stage1/--stage2/--stage3 instead of --checkpoint (see `pite infer`).
+
+Accepted annotation layouts (grounding and captioning), one entry per video:
+  * ActivityNet Captions / VTimeLLM (`val_2.json`), also Charades-STA converted to it (2D-TAN's JSON):
+      {"VIDEO_ID": {"duration": 73.1, "timestamps": [[6.94, 69.08], ...], "sentences": ["...", ...]}, ...}
+  * a list of queries: [{"video" | "video_id": ID, "duration": s, "timestamp": [s, e], "sentence" | "query": str}]
+  * Charades-STA's own text file (`charades_sta_test.txt`): lines "ID START END##sentence", with --durations
+    a JSON {ID: seconds} or a CSV with columns id and length (Charades_v1_test.csv).
+Features: FEAT_DIR/ID.npy, (T, D) per video as VTimeLLM's feat folder (a video without one is skipped and
+counted, as VTimeLLM's eval does). QA files: a JSON list of {"video_id" | "video_name" | "video", "question",
+"answer"}.
+
+Protocols: grounding asks "During which frames can we see {sentence}?" (sentence lower-cased, final period
+dropped), parses "NN to NN", IoU against [start, end] / duration rounded to 2 decimals, R@1 at 0.3/0.5/0.7 and
+mIoU x 100; an answer with no span is a miss (IoU 0). Captioning: see pipelines.eval_metrics. Trajectories: the
+caption is teacher-forced and the trajectory head read at each annotated phrase's last token (DESIGN's readout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from annotate.errors import ConfigError, PiteError
+from model.config import LabelConfig
+from pipelines import eval_metrics as M
+
+GROUNDING_QUERY = LabelConfig().grounding_query  # "During which frames can we see {query}?"
+DENSE_QUERY = LabelConfig().dense_query
+
+AnswerFn = Callable[[list[np.ndarray], list[str]], list[str]]
+
+
+# --- inputs -----------------------------------------------------------------------------------------------------
+
+
+def _read_durations(path: Optional[str]) -> dict[str, float]:
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--durations: {p} not found")
+    if p.suffix == ".json":
+        return {str(k): float(v) for k, v in json.loads(p.read_text()).items()}
+    with open(p, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "id" not in rows[0] or "length" not in rows[0]:
+        raise ConfigError(f"--durations: {p} needs columns id and length (Charades_v1_*.csv)")
+    return {r["id"]: float(r["length"]) for r in rows}
+
+
+def load_temporal_annotations(path: str | Path, durations: Optional[str] = None) -> dict[str, dict]:
+    """video -> {"duration", "timestamps": [[s, e], ...], "sentences": [...]} from any accepted layout."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--data: {p} not found")
+    out: dict[str, dict] = {}
+
+    def add(vid: str, duration, ts, sentence, where: str):
+        try:
+            duration, s, e = float(duration), float(ts[0]), float(ts[1])
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            raise ConfigError(f"{p}: {where}: needs a duration and a [start, end] timestamp ({exc})") from None
+        if not duration > 0:
+            raise ConfigError(f"{p}: {where}: duration {duration} is not positive")
+        if not isinstance(sentence, str):
+            raise ConfigError(f"{p}: {where}: sentence is not a string")
+        entry = out.setdefault(vid, {"duration": duration, "timestamps": [], "sentences": []})
+        entry["timestamps"].append([s, e])
+        entry["sentences"].append(sentence)
+
+    if p.suffix == ".txt":
+        dur = _read_durations(durations)
+        for n, line in enumerate(p.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            head, sep, sentence = line.partition("##")
+            parts = head.split()
+            if not sep or len(parts) != 3:
+                raise ConfigError(f"{p}:{n}: expected 'ID START END##sentence'")
+            if parts[0] not in dur:
+                raise ConfigError(f"{p}:{n}: no duration for {parts[0]!r} (pass --durations)")
+            add(parts[0], dur[parts[0]], parts[1:], sentence, f"line {n}")
+        return out
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{p}: not valid JSON ({exc})") from None
+    if isinstance(data, dict):
+        for vid, entry in data.items():
+            if not isinstance(entry, dict) or len(entry.get("timestamps", [])) != len(entry.get("sentences", [None])):
+                raise ConfigError(f"{p}: {vid!r}: needs duration, timestamps and as many sentences")
+            for i, (ts, sent) in enumerate(zip(entry["timestamps"], entry["sentences"])):
+                add(str(vid), entry.get("duration"), ts, sent, f"{vid!r} event {i}")
+    elif isinstance(data, list):
+        for i, row in enumerate(data):
+            if not isinstance(row, dict):
+                raise ConfigError(f"{p}: item {i}: expected an object")
+            vid = row.get("video_id", row.get("video"))
+            if vid is None:
+                raise ConfigError(f"{p}: item {i}: no video_id / video")
+            add(str(vid), row.get("duration"), row.get("timestamp", row.get("timestamps")),
+                row.get("sentence", row.get("query")), f"item {i}")
+    else:
+        raise ConfigError(f"{p}: expected an object of videos or a list of queries")
+    return out
+
+
+def load_feature(folder: str | Path, vid: str) -> Optional[np.ndarray]:
+    """FEAT_DIR/ID.npy as float32 (T, D) (a 1-d vector is one frame), or None when there is none."""
+    path = Path(folder) / f"{vid}.npy"
+    if not path.is_file():
+        return None
+    try:
+        feat = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"{path}: not a readable .npy ({exc})") from None
+    feat = np.asarray(feat, np.float32)
+    if feat.ndim == 1:
+        feat = feat[None]
+    if feat.ndim != 2:
+        raise ConfigError(f"{path}: features of shape {feat.shape}, expected (T, D)")
+    return feat
+
+
+def grounding_sentence(sentence: str) -> str:
+    """VTimeLLM's query text: stripped, lower-cased, without a final period."""
+    s = sentence.strip().lower()
+    return s[:-1] if s.endswith(".") else s
+
+
+# --- the model side ---------------------------------------------------------------------------------------------
+
+
+def model_answers(predictor, batch_size: int = 8, max_new_tokens: int = 64) -> AnswerFn:
+    """An AnswerFn that generates greedily in left-padded batches."""
+    from model.labels import encode_prompt
+
+    model, tok, template = predictor.model, predictor.tokenizer, predictor.template
+    device = model.vision_adapter.weight.device
+
+    def answer(feats: list[np.ndarray], queries: list[str]) -> list[str]:
+        out = []
+        for s in range(0, len(queries), batch_size):
+            ids = [encode_prompt(tok, template, model.video_token_id, q, n_video=len(f))
+                   for f, q in zip(feats[s:s + batch_size], queries[s:s + batch_size])]
+            length = max(len(x) for x in ids)
+            input_ids = torch.full((len(ids), length), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(ids), length), dtype=torch.long)
+            for i, x in enumerate(ids):
+                input_ids[i, length - len(x):] = x
+                mask[i, length - len(x):] = 1
+            video = [torch.from_numpy(f).float().to(device) for f in feats[s:s + batch_size]]
+            gens = model.generate(input_ids.to(device), attention_mask=mask.to(device), video_features=video,
+                                  max_new_tokens=max_new_tokens, tokenizer=tok)
+            out += [(g.text or "").strip() for g in gens]
+        return out
+
+    return answer
+
+
+# --- temporal grounding -----------------------------------------------------------------------------------------
+
+
+def grounding_items(annotations: dict, features: str | Path, limit: int = 0) -> tuple[list[dict], list[str]]:
+    """One item per (video, sentence) that has features; and the videos skipped for lack of them."""
+    items, missing = [], []
+    for vid, entry in annotations.items():
+        feat = load_feature(features, vid)
+        if feat is None:
+            missing.append(vid)
+            continue
+        for i, (ts, sent) in enumerate(zip(entry["timestamps"], entry["sentences"])):
+            items.append({"video_id": vid, "sentence_id": i, "sentence": sent, "gt": list(ts),
+                          "duration": entry["duration"], "feat": feat,
+                          "query": GROUNDING_QUERY.format(query=grounding_sentence(sent))})
+            if limit and len(items) >= limit:
+                return items, missing
+    return items, missing
+
+
+def score_grounding(items: list[dict], answers: list[str]) -> tuple[dict, list[dict]]:
+    rows, ious = [], []
+    for item, answer in zip(items, answers):
+        span, iou = M.grounding_iou(answer, item["gt"], item["duration"])
+        ious.append(iou)
+        rows.append({"video_id": item["video_id"], "sentence_id": item["sentence_id"], "query": item["query"],
+                     "answer": answer, "pred_frames": list(span) if span else None,
+                     "pred_seconds": [span[0] / 100 * item["duration"], span[1] / 100 * item["duration"]]
+                     if span else None, "gt_seconds": item["gt"], "iou": iou})
+    metrics = M.grounding_summary(ious)
+    metrics["unparsed"] = sum(r["pred_frames"] is None for r in rows)
+    return metrics, rows
+
+
+def grounding_baselines(items: list[dict], seed: int = 0) -> dict:
+    """Answers that look at nothing: a random span (two uniform frame indices, sorted) and the whole clip."""
+    rng = random.Random(seed)
+    rand = []
+    for _ in items:
+        a, b = sorted(rng.randrange(100) for _ in range(2))
+        rand.append(f"From {a:02d} to {b:02d}.")
+    return {"random": score_grounding(items, rand)[0],
+            "constant (00 to 99)": score_grounding(items, ["From 00 to 99."] * len(items))[0]}
+
+
+def run_grounding(answer_fn: AnswerFn, annotations: dict, features: str | Path, limit: int = 0) -> dict:
+    items, missing = grounding_items(annotations, features, limit)
+    if not items:
+        raise ConfigError(f"--features: no features for any of the {len(annotations)} videos in {features}")
+    answers = answer_fn([it["feat"] for it in items], [it["query"] for it in items])
+    metrics, rows = score_grounding(items, answers)
+    return {"task": "grounding", "metrics": metrics, "baselines": grounding_baselines(items),
+            "skipped_videos": missing, "rows": rows,
+            "protocol": "VTimeLLM: 'During which frames can we see {q}?', (\\d{2}) (to|and) (\\d{2}) / 100, "
+                        "IoU vs [s, e] / duration rounded to 2 d.p., R1@m = IoU >= m, x 100; no span = IoU 0"}
+
+
+# --- dense captioning -------------------------------------------------------------------------------------------
+
+
+def run_captioning(answer_fn: AnswerFn, annotations: dict, features: str | Path, query: str = DENSE_QUERY,
+                   limit: int = 0) -> dict:
+    vids, feats, missing = [], [], []
+    for vid in annotations:
+        feat = load_feature(features, vid)
+        if feat is None:
+            missing.append(vid)
+            continue
+        vids.append(vid)
+        feats.append(feat)
+        if limit and len(vids) >= limit:
+            break
+    if not vids:
+        raise ConfigError(f"--features: no features for any of the {len(annotations)} videos in {features}")
+    answers = answer_fn(feats, [query] * len(vids))
+    preds = {vid: M.parse_dense(a, annotations[vid]["duration"]) for vid, a in zip(vids, answers)}
+    gts = {vid: annotations[vid] for vid in vids}
+    meteor, why = M.meteor_scorer()
+    metrics = M.dense_captioning_scores(preds, gts, meteor=meteor)
+    if meteor is None:
+        metrics["METEOR"] = why
+        metrics["SODA_c"] = why.replace("METEOR needs", "SODA_c needs METEOR, which needs")
+    else:
+        metrics["SODA_c"] = M.soda_c(preds, gts, lambda h, r: meteor.compute_score(
+            {0: [M.ptb_tokenize(r)]}, {0: [M.ptb_tokenize(h)]})[0])
+    rows = [{"video_id": vid, "answer": a, "events": preds[vid]} for vid, a in zip(vids, answers)]
+    return {"task": "captioning", "metrics": metrics, "skipped_videos": missing, "rows": rows,
+            "protocol": "densevid_eval as in VTimeLLM: pairs with tIoU >= t (0.3/0.5/0.7/0.9), unmatched "
+                        "predictions vs a random string, scores per video then averaged, x 100; CIDEr-D "
+                        "implemented here after coco-caption (regex PTB-style tokenisation)"}
+
+
+# --- trajectories -----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def trajectory_predictions(model, tokenizer, template, run_dir: str | Path, limit: int = 0):
+    """Yield (sample, phrases, pred (M, K, T, 2), target, mask) per sample: the caption teacher-forced (stage-2
+    conversation with the first caption query) and the trajectory head read at each phrase's last token."""
+    from model.batch import collate, to_device
+    from model.labels import build_examples
+    from pipelines.shards import iter_samples, list_done_shards, shard_paths
+
+    run = Path(run_dir)
+    shards = list_done_shards(run)
+    if not shards:
+        raise ConfigError(f"--run: {run} has no finished shards")
+    device = model.vision_adapter.weight.device
+    model.eval()
+    n = 0
+    for i in shards:
+        for sample in iter_samples(shard_paths(run, i)["tar"]):
+            examples, _ = build_examples(sample, tokenizer, template, model.video_token_id, LabelConfig(stage=2))
+            if not examples or not len(examples[0].head_pos):
+                continue
+            batch = to_device(collate(examples, tokenizer.pad_token_id), device)
+            out = model(**batch)
+            yield (sample, examples[0].phrases, out.traj_pred.float().cpu().numpy(),
+                   batch["traj_target"].cpu().numpy(), batch["traj_mask"].cpu().numpy())
+            n += 1
+            if limit and n >= limit:
+                return
+
+
+def run_trajectory(model, tokenizer, template, run_dir: str | Path, limit: int = 0, seed: int = 0) -> dict:
+    rows, sums, base_sums = [], [], {"constant (0.5, 0.5)": [], "random": []}
+    rng = np.random.default_rng(seed)
+    for sample, phrases, pred, target, mask in trajectory_predictions(model, tokenizer, template, run_dir, limit):
+        for j, phrase in enumerate(phrases):
+            s = M.trajectory_errors(pred[j], target[j], mask[j])
+            sums.append(s)
+            base_sums["constant (0.5, 0.5)"].append(M.trajectory_errors(np.full_like(target[j], 0.5), target[j],
+                                                                        mask[j]))
+            base_sums["random"].append(M.trajectory_errors(rng.uniform(size=target[j].shape), target[j], mask[j]))
+            one = M.trajectory_summary([s])
+            rows.append({"video_id": sample.meta["video_id"], "phrase": phrase, "n_points": s["n"],
+                         "L1": one["L1"], "delta_avg": one["delta_avg"]})
+    if not sums:
+        raise ConfigError(f"--run: {run_dir} has no sample with a supervised phrase")
+    return {"task": "trajectory", "metrics": M.trajectory_summary(sums),
+            "baselines": {k: M.trajectory_summary(v) for k, v in base_sums.items()}, "rows": rows,
+            "protocol": "caption teacher-forced, trajectory head at each phrase's last token; L1 of normalised "
+                        "x/y over visible points; <delta^x_avg> at 256x256, x in 1,2,4,8,16 px, every frame scored"}
+
+
+# --- open-ended QA ----------------------------------------------------------------------------------------------
+
+
+def load_qa(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--data: {p} not found")
+    data = json.loads(p.read_text())
+    if not isinstance(data, list):
+        raise ConfigError(f"{p}: expected a list of {{video_id, question, answer}}")
+    items = []
+    for i, row in enumerate(data):
+        vid = row.get("video_id", row.get("video_name", row.get("video"))) if isinstance(row, dict) else None
+        if vid is None or not isinstance(row.get("question"), str) or "answer" not in row:
+            raise ConfigError(f"{p}: item {i}: needs video_id (or video_name / video), question and answer")
+        items.append({"video_id": str(vid), "question": row["question"], "answer": str(row["answer"]),
+                      "question_id": row.get("question_id", i)})
+    return items
+
+
+def run_qa(answer_fn: AnswerFn, items: list[dict], features: str | Path, judge=None, limit: int = 0) -> dict:
+    judge = judge or M.exact_match
+    kept, feats, missing = [], [], set()
+    for it in items[: limit or None]:
+        feat = load_feature(features, it["video_id"])
+        if feat is None:
+            missing.add(it["video_id"])
+            continue
+        kept.append(it)
+        feats.append(feat)
+    if not kept:
+        raise ConfigError(f"--features: no features for any question's video in {features}")
+    answers = answer_fn(feats, [it["question"] for it in kept])
+    rows = []
+    for it, a in zip(kept, answers):
+        rows.append({**it, "prediction": a, "score": float(judge(it["question"], a, it["answer"]))})
+    acc = 100.0 * sum(r["score"] for r in rows) / len(rows)
+    return {"task": "qa", "metrics": {"n": len(rows), "accuracy": acc}, "skipped_videos": sorted(missing),
+            "rows": rows, "protocol": "judge(question, prediction, reference) averaged x 100; default: SQuAD-"
+                                      "normalised exact match"}
+
+
+# --- output -----------------------------------------------------------------------------------------------------
+
+
+def write_result(result: dict, out: str | Path) -> Path:
+    """OUT/metrics.json (everything but the rows) and OUT/items.jsonl (the rows)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "items.jsonl", "w") as f:
+        for row in result["rows"]:
+            f.write(json.dumps(row) + "\n")
+    summary = {k: v for k, v in result.items() if k != "rows"}
+    summary["items"] = "items.jsonl"
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1, default=float))
+    return out / "metrics.json"
+
+
+def format_metrics(result: dict) -> str:
+    """One line per figure, baselines beside the model's."""
+    lines = [f"{result['task']}:"]
+    base = result.get("baselines", {})
+    for k, v in result["metrics"].items():
+        if isinstance(v, float):
+            extra = "  ".join(f"{name} {b[k]:.3f}" for name, b in base.items() if isinstance(b.get(k), float))
+            lines.append(f"  {k:<12} {v:8.3f}" + (f"   ({extra})" if extra else ""))
+        else:
+            lines.append(f"  {k:<12} {v}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from pipelines.infer import add_release_args, load_predictor
+
+    ap = argparse.ArgumentParser(prog="pite evaluate", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="task", required=True)
+    for task in ("grounding", "captioning", "trajectory", "qa"):
+        p = sub.add_parser(task)
+        p.add_argument("--checkpoint", default=None)
+        p.add_argument("--out", required=True, help="output dir (metrics.json, items.jsonl)")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--dtype", default="float32")
+        p.add_argument("--clip_path", default=None)
+        p.add_argument("--limit", type=int, default=0, help="evaluate only the first N items (0 = all)")
+        add_release_args(p)
+        if task == "trajectory":
+            p.add_argument("--run", required=True, help="annotation run dir (shards) with ground-truth tracks")
+        else:
+            p.add_argument("--data", required=True, help="annotation file (see the module doc for layouts)")
+            p.add_argument("--features", required=True, help="dir of ID.npy features")
+            p.add_argument("--batch-size", type=int, default=8)
+            p.add_argument("--max-new-tokens", type=int, default=256 if task == "captioning" else 64)
+        if task in ("grounding", "captioning"):
+            p.add_argument("--durations", default=None, help="Charades-STA .txt: JSON {id: s} or CSV id,length")
+        if task == "captioning":
+            p.add_argument("--query", default=DENSE_QUERY)
+        if task == "qa":
+            p.add_argument("--judge", default=None, help="module:function(question, prediction, reference)")
+    args = ap.parse_args(argv)
+    try:
+        predictor = load_predictor(args)
+        if args.task == "trajectory":
+            result = run_trajectory(predictor.model, predictor.tokenizer, predictor.template, args.run, args.limit)
+        else:
+            answer = model_answers(predictor, args.batch_size, args.max_new_tokens)
+            if args.task == "qa":
+                result = run_qa(answer, load_qa(args.data), args.features, M.load_judge(args.judge), args.limit)
+            else:
+                ann = load_temporal_annotations(args.data, args.durations)
+                if args.task == "grounding":
+                    result = run_grounding(answer, ann, args.features, args.limit)
+                else:
+                    result = run_captioning(answer, ann, args.features, args.query, args.limit)
+        result["checkpoint"] = predictor.source
+        path = write_result(result, args.out)
+    except PiteError as exc:
+        print(f"pite evaluate: {exc}", file=sys.stderr)
+        return 2
+    print(format_metrics(result))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

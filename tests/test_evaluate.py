@@ -1,0 +1,259 @@
+"""`pite evaluate`: metric code on worked examples, annotation layouts, and the tasks end to end on a tiny model."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from annotate.errors import ConfigError
+from pipelines import eval_metrics as M
+from pipelines import evaluate as E
+
+
+# --- temporal IoU and grounding ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pred, gt, want", [
+    ((0.1, 0.5), (0.1, 0.5), 1.0),  # identical
+    ((0.0, 0.2), (0.3, 0.5), 0.0),  # disjoint
+    ((0.0, 0.3), (0.3, 0.5), 0.0),  # touching
+    ((0.2, 0.3), (0.1, 0.5), 0.25),  # contained: 0.1 / 0.4
+    ((0.0, 1.0), (0.2, 0.4), 0.2),  # containing
+    ((0.2, 0.4), (0.3, 0.7), 0.2),  # partial: 0.1 / 0.5
+    ((0.3, 0.3), (0.1, 0.5), 0.0),  # zero-length prediction inside the event
+    ((0.3, 0.3), (0.3, 0.3), 0.0),  # both zero-length and equal: empty union, no division by zero
+    ((0.4, 0.12), (0.1, 0.5), 0.0),  # reversed prediction overlaps nothing
+])
+def test_span_iou_edge_cases(pred, gt, want):
+    assert M.span_iou(pred, gt) == pytest.approx(want)
+
+
+def test_grounding_iou_parses_frames_and_rounds_like_vtimellm():
+    # "10 to 30" of a 20 s clip = 2..6 s
+    assert M.grounding_iou("From 10 to 30.", (2.0, 6.0), 20.0) == ((10, 30), 1.0)
+    assert M.grounding_iou("between 10 and 30", (2.0, 6.0), 20.0) == ((10, 30), 1.0)
+    # Unparseable answers are misses.
+    assert M.grounding_iou("at frame 5", (2.0, 6.0), 20.0) == (None, 0.0)
+    assert M.grounding_iou("From 5 to 30.", (2.0, 6.0), 20.0) == (None, 0.0)  # one digit: not a VTimeLLM span
+    # IoU 0.4975 (= 0.199 / 0.4 ...) rounds to 0.5 and then counts for R@0.5, as in VTimeLLM.
+    span, iou = M.grounding_iou("From 00 to 20.", (0.0, 40.2), 100.0)
+    assert span == (0, 20) and iou == 0.5 and 0.2 / 0.402 < 0.5
+
+
+def test_grounding_summary_worked_example():
+    s = M.grounding_summary([1.0, 0.5, 0.29, 0.0])
+    assert s == {"n": 4, "mIoU": pytest.approx(44.75), "R1@0.3": 50.0, "R1@0.5": 50.0, "R1@0.7": 25.0}
+
+
+def _layouts(tmp_path):
+    """The same two queries in the three accepted layouts."""
+    anet = {"v1": {"duration": 20.0, "timestamps": [[2.0, 6.0], [10.0, 20.0]],
+                   "sentences": ["A man opens a door.", "He sits"]}}
+    (tmp_path / "anet.json").write_text(json.dumps(anet))
+    rows = [{"video": "v1", "duration": 20.0, "timestamp": [2.0, 6.0], "sentence": "A man opens a door."},
+            {"video_id": "v1", "duration": 20.0, "timestamp": [10.0, 20.0], "query": "He sits"}]
+    (tmp_path / "list.json").write_text(json.dumps(rows))
+    (tmp_path / "sta.txt").write_text("v1 2.0 6.0##A man opens a door.\nv1 10.0 20.0##He sits\n")
+    (tmp_path / "dur.csv").write_text("id,length\nv1,20.0\n")
+    return anet
+
+
+def test_annotation_layouts_agree(tmp_path):
+    anet = _layouts(tmp_path)
+    a = E.load_temporal_annotations(tmp_path / "anet.json")
+    b = E.load_temporal_annotations(tmp_path / "list.json")
+    c = E.load_temporal_annotations(tmp_path / "sta.txt", durations=str(tmp_path / "dur.csv"))
+    assert a == b == c == anet
+    with pytest.raises(ConfigError, match="no duration for 'v1'"):
+        E.load_temporal_annotations(tmp_path / "sta.txt")
+    (tmp_path / "bad.json").write_text(json.dumps([{"video": "v1", "timestamp": [1, 2], "sentence": "x"}]))
+    with pytest.raises(ConfigError, match="bad.json: item 0: needs a duration"):
+        E.load_temporal_annotations(tmp_path / "bad.json")
+
+
+def test_run_grounding_with_given_answers(tmp_path):
+    _layouts(tmp_path)
+    feats = tmp_path / "feat"
+    feats.mkdir()
+    np.save(feats / "v1.npy", np.zeros((100, 8), np.float16))
+    ann = E.load_temporal_annotations(tmp_path / "anet.json")
+    ann["v2"] = {"duration": 5.0, "timestamps": [[0, 1]], "sentences": ["x"]}  # no features: skipped, counted
+    seen = {}
+
+    def answers(feats_, queries):
+        seen["queries"] = queries
+        assert all(f.shape == (100, 8) and f.dtype == np.float32 for f in feats_)
+        return ["From 10 to 30.", "I do not know."]
+
+    result = E.run_grounding(answers, ann, feats)
+    assert seen["queries"] == ["During which frames can we see a man opens a door?",
+                               "During which frames can we see he sits?"]
+    m = result["metrics"]
+    assert m["n"] == 2 and m["R1@0.7"] == 50.0 and m["mIoU"] == 50.0 and m["unparsed"] == 1
+    assert result["skipped_videos"] == ["v2"]
+    assert result["rows"][0]["pred_seconds"] == [2.0, 6.0]
+    # Baselines score the same items: "00 to 99" is [0, 0.99]: IoU 0.2/0.99 -> 0.2 and 0.49/1.0 = 0.49.
+    assert result["baselines"]["constant (00 to 99)"]["mIoU"] == pytest.approx(100 * (0.2 + 0.49) / 2)
+    path = E.write_result(result, tmp_path / "out")
+    assert json.loads(path.read_text())["metrics"]["n"] == 2
+    assert len((tmp_path / "out" / "items.jsonl").read_text().splitlines()) == 2
+
+
+# --- dense captioning -------------------------------------------------------------------------------------------
+
+
+def test_ptb_tokenize():
+    assert M.ptb_tokenize("A man's dog, running!  He doesn't stop.") == "a man 's dog running he does n't stop"
+
+
+def test_cider_d_worked_examples():
+    # Two ids, each hypothesis equal to its reference, no shared words: per n-gram order the cosine is 1 for
+    # unigrams and bigrams, 0 for 3/4-grams (none): mean 0.5, x 10 = 5.
+    refs, hyps = {0: ["a b"], 1: ["c d"]}, {0: ["a b"], 1: ["c d"]}
+    assert M.cider_d(refs, hyps) == (pytest.approx(5.0), [pytest.approx(5.0), pytest.approx(5.0)])
+    # "a c" against "a b": unigram "a" matches ("c" has weight log 2 in the hypothesis but 0 in the reference):
+    # cos = log2^2 / (sqrt2 log2)^2 = 0.5 on unigrams, 0 elsewhere: mean 0.125, x 10 = 1.25.
+    assert M.cider_d(refs, {0: ["a c"], 1: ["c d"]})[1][0] == pytest.approx(1.25)
+    # A length gap of 3 bigrams costs exp(-9 / 72).
+    score = M.cider_d({0: ["a b"], 1: ["c d"]}, {0: ["a b e f g"], 1: ["c d"]})[1][0]
+    w = math.log(2)
+    uni = 2 * w * w / (math.sqrt(2) * w * math.sqrt(2 * w * w + 3 * (w - 0) ** 2))
+    bi = w * w / (w * math.sqrt(4 * w * w))
+    assert score == pytest.approx(10 * (uni + bi) / 4 * math.exp(-9 / 72))
+    # One id alone: every n-gram has document frequency 1 of 1, so every weight (log 1 - log 1) is 0.
+    assert M.cider_d({0: ["a b"]}, {0: ["a b"]})[0] == 0.0
+
+
+def test_dense_captioning_scores_follow_densevid_eval():
+    gts = {"v": {"timestamps": [[0, 10], [10, 20]], "sentences": ["a man walks", "a dog runs"]}}
+    perfect = {"v": [{"timestamp": [0, 10], "sentence": "A man walks."},
+                     {"timestamp": [10, 20], "sentence": "a dog runs"}]}
+    s = M.dense_captioning_scores(perfect, gts)
+    # Two matched pairs, each hypothesis = its reference: unigrams "a" (df 2: weight 0) aside, cosines 1 on
+    # orders 1-3, 0 on 4-grams: 0.75 x 10 = 7.5 per pair, x 100 = 750 at every tIoU.
+    assert s["CIDEr"] == pytest.approx(750.0) and s["Recall"] == 100.0 and s["Precision"] == 100.0
+    shifted = {"v": [{"timestamp": [0, 6], "sentence": "a man walks"}, {"timestamp": [10, 20], "sentence": "x"}]}
+    s = M.dense_captioning_scores(shifted, gts)
+    # tIoU of the first prediction is 0.6: matched at 0.3 and 0.5, paired with a random string at 0.7 / 0.9.
+    assert s["CIDEr@0.3"] > 0 and s["CIDEr@0.7"] == 0.0 and s["Recall"] == pytest.approx(100 * (1 + 1 + .5 + .5) / 4)
+
+
+def test_parse_dense_reads_both_answer_styles():
+    ours = "From 00 to 17, a man walks. From 20 to 99, a dog runs."
+    got = M.parse_dense(ours, 50.0)
+    assert got == [{"timestamp": [0.0, 9.0], "sentence": "a man walks"},
+                   {"timestamp": [10.0, 50.0], "sentence": "a dog runs"}]
+    vt = 'Sure. [{"event": "a man walks", "timestamps": "from 00 to 17"}]'
+    assert M.parse_dense(vt, 50.0) == [{"timestamp": [0.0, 9.0], "sentence": "a man walks"}]
+    assert M.parse_dense("no events here", 50.0) == []
+
+
+def test_soda_assignment_keeps_order():
+    assert M.chased_dp_assignment(np.array([[1.0, 0.0], [0.0, 1.0]])) == (2.0, [(0, 0), (1, 1)])
+    best, pairs = M.chased_dp_assignment(np.array([[0.0, 1.0], [1.0, 0.0]]))  # crossing pairs: only one
+    assert best == 1.0 and len(pairs) == 1
+    best, pairs = M.chased_dp_assignment(np.array([[0.2, 0.9, 0.1], [0.8, 0.3, 0.7]]))
+    assert best == pytest.approx(1.6) and pairs == [(0, 1), (1, 2)]
+    gts = {"v": {"timestamps": [[0, 10], [10, 20]], "sentences": ["a", "b"]}}
+    preds = {"v": [{"timestamp": [0, 10], "sentence": "a"}]}
+    # One perfect pair of two events: precision 1, recall 0.5, F 2/3.
+    assert M.soda_c(preds, gts, lambda h, r: float(h == r)) == pytest.approx(100 * 2 / 3, abs=1e-4)
+
+
+def test_meteor_is_unavailable_not_approximated():
+    scorer, why = M.meteor_scorer()
+    if scorer is None:
+        assert why.startswith("unavailable:") and "pycocoevalcap" in why or "Java" in why
+
+
+# --- trajectories and QA ----------------------------------------------------------------------------------------
+
+
+def test_trajectory_errors_worked_example():
+    target = np.zeros((2, 4, 2)) + 0.5
+    pred = target.copy()
+    pred[..., 0] += 1.5 / 256  # 1.5 px at 256 x 256: within 2, 4, 8, 16 but not 1
+    vis = np.ones((2, 4), bool)
+    vis[1, :2] = False
+    pred[1, :2] = 5.0  # far off, but not visible: not scored
+    s = M.trajectory_errors(pred, target, vis)
+    assert s["n"] == 6 and s["l1_sum"] == pytest.approx(6 * 0.75 / 256)
+    out = M.trajectory_summary([s])
+    assert out["L1"] == pytest.approx(0.75 / 256) and out["delta_avg"] == pytest.approx(80.0)
+    assert out["delta_1"] == 0.0 and out["delta_2"] == 100.0
+
+
+def test_qa_exact_match_and_pluggable_judge(tmp_path):
+    assert M.exact_match("q", "The Red ball.", "red ball") == 1.0
+    assert M.exact_match("q", "a blue ball", "red ball") == 0.0
+    judge = M.load_judge("tests.test_evaluate:_contains_judge")
+    feats = tmp_path / "feat"
+    feats.mkdir()
+    np.save(feats / "v.npy", np.zeros((4, 8), np.float32))
+    (tmp_path / "qa.json").write_text(json.dumps([
+        {"video_name": "v", "question": "What rolls?", "answer": "a ball"},
+        {"video_id": "v", "question": "What colour?", "answer": "red"},
+        {"video_id": "missing", "question": "?", "answer": "x"}]))
+    items = E.load_qa(tmp_path / "qa.json")
+    answer = lambda feats_, qs: ["The ball.", "It is blue."]  # noqa: E731
+    assert E.run_qa(answer, items, feats)["metrics"] == {"n": 2, "accuracy": 50.0}
+    r = E.run_qa(lambda f, q: ["a red ball rolls", "blue"], items, feats, judge)
+    assert r["metrics"]["accuracy"] == 50.0 and r["skipped_videos"] == ["missing"]
+    with pytest.raises(ConfigError, match="module:function"):
+        M.load_judge("nojudge")
+
+
+def _contains_judge(question, prediction, reference):
+    return float(M.normalize_answer(reference) in M.normalize_answer(prediction))
+
+
+# --- end to end with a tiny trained model -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from pipelines.shards import ShardWriter
+    from tests.test_infer import train_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("eval")
+    ckpt, video, target, sample = train_tiny_checkpoint(root, steps=120)
+    with ShardWriter(root / "run", 0) as w:
+        w.add(sample)
+    return ckpt, root / "run", sample
+
+
+@pytest.mark.slow
+def test_evaluate_trajectory_cli_beats_baselines(trained_run, tmp_path):
+    from pipelines.cli import main as cli_main
+
+    ckpt, run, _ = trained_run
+    assert cli_main(["evaluate", "trajectory", "--checkpoint", str(ckpt), "--run", str(run),
+                     "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    m, base = result["metrics"], result["baselines"]
+    assert m["n_points"] == 2 * 3 * 32
+    assert m["L1"] < 0.05 and m["L1"] < base["constant (0.5, 0.5)"]["L1"] / 3 and m["L1"] < base["random"]["L1"] / 3
+    assert m["delta_avg"] > base["constant (0.5, 0.5)"]["delta_avg"]
+    rows = [json.loads(x) for x in (tmp_path / "items.jsonl").read_text().splitlines()]
+    assert [r["phrase"] for r in rows] == ["A red ball", "a blue box"]
+
+
+@pytest.mark.slow
+def test_evaluate_grounding_cli_counts_unparseable_answers_as_misses(trained_run, tmp_path, capsys):
+    """The model was trained to describe, not to ground: it answers with its caption, which has no span."""
+    from pipelines.cli import main as cli_main
+
+    ckpt, run, sample = trained_run
+    feats = tmp_path / "feat"
+    feats.mkdir()
+    np.save(feats / "clip.npy", sample.feat)
+    (tmp_path / "ann.json").write_text(json.dumps({"clip": {"duration": 4.0, "timestamps": [[0, 2], [1, 4]],
+                                                            "sentences": ["the red ball", "the blue box"]}}))
+    assert cli_main(["evaluate", "grounding", "--checkpoint", str(ckpt), "--data", str(tmp_path / "ann.json"),
+                     "--features", str(feats), "--out", str(tmp_path / "out"), "--max-new-tokens", "12"]) == 0
+    result = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert result["metrics"]["n"] == 2 and result["metrics"]["unparsed"] == 2 and result["metrics"]["mIoU"] == 0
+    rows = [json.loads(x) for x in (tmp_path / "out" / "items.jsonl").read_text().splitlines()]
+    assert all(r["answer"] and r["iou"] == 0.0 for r in rows)
+    assert "R1@0.5" in capsys.readouterr().out
