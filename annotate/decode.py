@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import os
 import tarfile
 
 from annotate.item import ClipItem
@@ -46,14 +48,24 @@ class DecodeStage(Stage):
 
 def read_member_bytes(tar_path: str, member: str) -> bytes:
     """The bytes of one member of a tar (a video inside a video2dataset shard)."""
+    st = os.stat(tar_path)
+    info = _tar_members(tar_path, st.st_mtime_ns, st.st_size).get(member)
+    if info is None:
+        raise FileNotFoundError(f"{tar_path}: no member {member}")
+    with open(tar_path, "rb") as f:
+        f.seek(info.offset_data)
+        data = f.read(info.size)
+    if len(data) != info.size:
+        raise EOFError(f"{tar_path}: member {member} is truncated ({len(data)} of {info.size} bytes)")
+    return data
+
+
+@functools.lru_cache(maxsize=4)
+def _tar_members(tar_path: str, mtime_ns: int, size: int) -> dict[str, tarfile.TarInfo]:
+    # Keyed by mtime and size too, so a rewritten tar is read again. A worker reads many clips of the same tar in a row: its member table is read once, not once per clip
+    # (tarfile finds a member by scanning every header before it).
     with tarfile.open(tar_path) as tar:
-        try:
-            f = tar.extractfile(member)
-        except KeyError:
-            f = None
-        if f is None:
-            raise FileNotFoundError(f"{tar_path}: no member {member}")
-        return f.read()
+        return {m.name: m for m in tar.getmembers() if m.isfile()}
 
 
 def _is_index(value) -> bool:

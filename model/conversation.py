@@ -56,7 +56,7 @@ def get_template(name: str) -> Template:
 class Rendered:
     text: str
     message_spans: list[tuple[int, int]]  # [start, end) of each message's own text
-    answer_spans: list[tuple[int, int]]  # [start, end) of each assistant message including its sep2
+    answer_spans: list[tuple[int, int]]  # [start, end) of each assistant message, its leading space and sep2
 
 
 def first_message(template: Template, query: str, n_frames: int) -> str:
@@ -82,7 +82,9 @@ def render(template: Template, turns: list[tuple[str, str]], add_generation_prom
             text += template.sep
         else:
             text += template.sep2
-            answer_spans.append((start, len(text)))
+            # The answer span starts at the space after "ASSISTANT:": generation prompts end at the colon, so
+            # a tokenizer that gives that space its own token (byte-level BPE) must learn to produce it.
+            answer_spans.append((start - 1, len(text)))
     if add_generation_prompt:
         if turns and turns[-1][0] == "user":
             text += template.assistant + ":"

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import shutil
 import sys
 import time
 import uuid
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -30,6 +33,7 @@ import numpy as np
 
 from annotate.config import AnnotateConfig
 from annotate.errors import ConfigError, PiteError
+from annotate.schema import MEMBERS
 from annotate.stage import one_line
 from pipelines.config import config_hash, load_config, save_config, to_dict
 
@@ -70,36 +74,45 @@ def resolve_out(cfg: AnnotateJobConfig) -> Path:
 
 
 class _Ledger:
-    """Counts, per (group, row), the attempts that were in flight when a worker died: files in OUT/.attempts."""
+    """The attempts in flight, as files in OUT/.attempts: one per chunk of rows a worker is processing, naming the
+    rows and the stage it is running. A worker that dies leaves its file behind, so the retry of its batch can
+    count how often each row was in flight at a death, and in which stage.
+
+    Files, not a Ray actor: they outlive the worker and need no extra process; OUT is shared storage on a cluster.
+    """
 
     def __init__(self, root: str, group: int):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.group = group
 
-    def _prefix(self, row: int) -> str:
-        return f"g{self.group}-r{row}-"
+    def deaths(self, rows: list[int]) -> dict[int, list[str]]:
+        """row -> the stage each earlier death happened in (one entry per death)."""
+        wanted = set(rows)
+        found: dict[int, list[str]] = {r: [] for r in rows}
+        for path in self.root.glob(f"g{self.group}-*.json"):
+            try:
+                mark = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # removed or being replaced by a live worker right now: not a death
+            for r in mark.get("rows", []):
+                if r in wanted:
+                    found[r].append(mark.get("stage") or "?")
+        return found
 
-    def deaths(self, rows: list[int]) -> dict[int, int]:
-        wanted = {self._prefix(r): r for r in rows}
-        counts = {r: 0 for r in rows}
-        for name in os.listdir(self.root):
-            prefix = name[: name.rfind("-") + 1]
-            if prefix in wanted:
-                counts[wanted[prefix]] += 1
-        return counts
+    def start(self, rows: list[int]) -> Path:
+        mark = self.root / f"g{self.group}-{uuid.uuid4().hex}.json"
+        self.at(mark, rows, "")
+        return mark
 
-    def start(self, rows: list[int]) -> list[Path]:
-        marks = [self.root / f"{self._prefix(r)}{uuid.uuid4().hex[:8]}" for r in rows]
-        for m in marks:
-            m.touch()
-        return marks
+    def at(self, mark: Path, rows: list[int], stage: str) -> None:
+        # Replaced whole (write + rename), so a reader never sees half a file even if the worker dies mid-write.
+        tmp = mark.with_name(mark.stem + ".tmp")
+        tmp.write_text(json.dumps({"rows": rows, "stage": stage}))
+        os.replace(tmp, mark)
 
-    def clear(self, rows: list[int]) -> None:
-        prefixes = tuple(self._prefix(r) for r in rows)
-        for name in os.listdir(self.root):
-            if name.startswith(prefixes):
-                (self.root / name).unlink(missing_ok=True)
+    def clear(self, mark: Path) -> None:
+        mark.unlink(missing_ok=True)
 
 
 class StageGroup:
@@ -122,18 +135,23 @@ class StageGroup:
         live = [it for it in items if it.ok]
         deaths = self.ledger.deaths([it.row for it in live])
         for it in live:
-            if deaths[it.row] >= self.cfg.max_attempts:
-                it.reject(self.stages[0].name, f"poison row: its worker died {deaths[it.row]} times while "
-                                               f"processing it (stages {', '.join(s.name for s in self.stages)})")
+            died_in = deaths[it.row]
+            if len(died_in) >= self.cfg.max_attempts:
+                stage = Counter(died_in).most_common(1)[0][0]
+                stage = stage if stage != "?" else self.stages[0].name
+                it.reject(stage, f"poison row: the worker process died {len(died_in)} times while running stage "
+                                 f"{stage} on it (a crash or out of memory; max_attempts={self.cfg.max_attempts})")
         live = [it for it in live if it.ok]
-        suspects = [it for it in live if deaths[it.row] > 0]
-        clean = [it for it in live if deaths[it.row] == 0]
+        suspects = [it for it in live if deaths[it.row]]
+        clean = [it for it in live if not deaths[it.row]]
         # Rows that were in flight when a worker died run one at a time, so the next death names its row.
         for chunk in ([clean] if clean else []) + [[it] for it in suspects]:
             rows = [it.row for it in chunk]
-            self.ledger.start(rows)
-            self._run(chunk)
-            self.ledger.clear(rows)
+            mark = self.ledger.start(rows)
+            for stage in self.stages:
+                self.ledger.at(mark, rows, stage.name)
+                self._run_stage(stage, chunk)
+            self.ledger.clear(mark)
         return _outputs(items, self.cfg, self.chash) if self.last else {"item": _object_array(items)}
 
     def _items(self, batch: dict):
@@ -153,61 +171,100 @@ class StageGroup:
             items.append(it)
         return items
 
-    def _run(self, items) -> None:
-        for stage in self.stages:
-            for it in items:
-                fault = self.faults.get((stage.name, it.video_id))
-                if fault and it.ok:
-                    if fault == "exit":
-                        os._exit(1)  # simulates a decoder segfault / OOM kill of the worker process
-                    it.reject(stage.name, f"injected fault in {stage.name}")
-            stage.process(items)
+    def _run_stage(self, stage, items) -> None:
+        live = [it for it in items if it.ok]
+        if not live:
+            return
+        try:
+            self._inject_faults(stage.name, live)
+            stage.process(live)
+        except Exception as exc:  # noqa: BLE001
+            # Stages reject a bad item themselves; one that fails a whole batch (a batched model call) is run again
+            # item by item, so only the item that fails alone is rejected, and an exception never ends the job.
+            if len(live) == 1:
+                live[0].reject(stage.name, one_line(exc))
+                return
+            for it in live:
+                if it.ok:
+                    try:
+                        self._inject_faults(stage.name, [it])
+                        stage.process([it])
+                    except Exception as exc_one:  # noqa: BLE001 - any failure of one item is that item's reject
+                        it.reject(stage.name, one_line(exc_one))
+
+    def _inject_faults(self, stage: str, items) -> None:
+        for it in items:
+            kind = self.faults.get((stage, it.video_id))
+            if kind == "exit":
+                os._exit(1)  # simulates a decoder segfault / OOM kill of the worker process
+            if kind == "raise":
+                raise RuntimeError(f"injected fault in stage {stage} (row {it.row})")
 
 
-def _parse_faults(specs: list[str], names: list[str]) -> dict[tuple[str, str], str]:
+def _parse_faults(specs: list[str], names) -> dict[tuple[str, str], str]:
+    """"<stage>:<video_id>:raise|exit" for the stages in `names` (a video_id may hold colons: the kind is last)."""
+    from annotate.pipeline import STAGE_NAMES
+
     faults = {}
     for spec in specs:
         stage, _, rest = spec.partition(":")
         video_id, _, kind = rest.rpartition(":")
+        if stage not in STAGE_NAMES or kind not in ("raise", "exit") or not video_id:
+            raise ConfigError(f"fault_injection: {spec!r}: expected <stage>:<video_id>:raise|exit with a stage "
+                              f"among {', '.join(STAGE_NAMES)}")
         if stage in names:
             faults[(stage, video_id)] = kind
     return faults
 
 
 def _outputs(items, cfg: AnnotateJobConfig, chash: str) -> dict:
-    """Serialise each item as sample members (or a reject) + its index figures, timings and preview."""
-    from annotate.assemble import assemble
+    """Serialise each item as sample members (or a reject) + its index figures, timings and preview.
 
+    Every item leaves as one output row: a failure while building its sample makes it a reject, and a failure of
+    the extras (quality against ground truth, preview picture) only drops that extra, noted in `note`.
+    """
     cols: dict[str, list] = defaultdict(list)
     for it in items:
-        sample, quality, preview = None, {}, b""
+        members, quality, preview, note = {}, {}, b"", ""
         if it.ok:
             try:
-                sample = assemble(it, cfg, chash)
-                from annotate.schema import validate_sample
-
-                validate_sample(sample, num_frames=cfg.num_frames, num_points=cfg.num_points)
-                if it.gt:
-                    from annotate.quality import clip_quality
-
-                    quality = clip_quality(it, cfg)
-                if it.row < cfg.report_samples:
-                    preview = _preview(it)
-            except Exception as exc:  # a sample that cannot be built is a reject, never a crash of the job
+                members = _sample_members(it, cfg, chash)
+            except Exception as exc:  # noqa: BLE001 - a sample that cannot be built is a reject, never a crash
                 it.reject(getattr(exc, "stage", "assemble"), one_line(exc))
-                sample = None
-        members = sample.to_members() if sample is not None and it.ok else {}
+                members = {}
+        if it.ok and it.gt:
+            try:
+                from annotate.quality import clip_quality
+
+                quality = clip_quality(it, cfg)
+            except Exception as exc:  # noqa: BLE001 - ground truth only feeds the report
+                note = f"quality: {one_line(exc)}"
+        if it.ok and it.row < cfg.report_samples:
+            try:
+                preview = _preview(it)
+            except Exception as exc:  # noqa: BLE001 - a picture for the report, not part of the sample
+                note = (note + "; " if note else "") + f"preview: {one_line(exc)}"
         cols["row"].append(it.row)
         cols["video_id"].append(it.video_id)
         cols["ok"].append(it.ok)
         cols["stage"].append(it.error[0] if it.error else "")
         cols["error"].append(it.error[1] if it.error else "")
-        for m in ("json", "traj.npy", "vis.npy", "feat.npy"):
+        for m in MEMBERS:
             cols["m_" + m.replace(".", "_")].append(members.get(m, b""))
         cols["quality"].append(json.dumps(quality))
         cols["timings"].append(json.dumps(it.timings))
         cols["preview"].append(preview)
+        cols["note"].append(note)
     return {k: (np.array(v) if k in ("row", "ok") else _object_array(v)) for k, v in cols.items()}
+
+
+def _sample_members(item, cfg: AnnotateJobConfig, chash: str) -> dict[str, bytes]:
+    from annotate.assemble import assemble
+    from annotate.schema import validate_sample
+
+    sample = assemble(item, cfg, chash)
+    validate_sample(sample, num_frames=cfg.num_frames, num_points=cfg.num_points)
+    return sample.to_members()
 
 
 def _preview(item) -> bytes:
@@ -246,25 +303,46 @@ def _py(v):
 
 # --- the driver ------------------------------------------------------------------------------------------------
 
+# Settings that do not change a sample: left out of the config hash, so they may differ on resume.
+NOT_HASHED = ("input", "out", "progress", "ray_address", "num_cpus", "cpu_workers", "gpu_workers", "report_samples",
+              "synth", "name", "batch_size")
+
 
 def prepare_input(cfg: AnnotateJobConfig, out: Path) -> tuple[list[int], dict[int, int], str, int]:
-    """Split the manifest into per-shard input files (once); returns all shard ids, rows per shard, fingerprint, rows."""
+    """Split the manifest into per-shard input files (once); returns all shard ids, rows per shard, config hash, rows.
+
+    On resume (OUT/run.json exists) nothing is re-read: the manifest's fingerprint and the config hash must match
+    those of the run being resumed, or it is a ConfigError that names what differs.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from pipelines.manifest import RECORD_SCHEMA_FIELDS, expand_inputs, fingerprint, iter_manifest
+    from pipelines.shards import list_done_shards, list_partial_shards
 
     fp = fingerprint(expand_inputs(cfg.input))
     run_file = out / "run.json"
-    chash = config_hash(cfg, exclude=("input", "out", "progress", "ray_address", "num_cpus", "cpu_workers",
-                                      "gpu_workers", "report_samples", "synth", "name", "batch_size"))
+    chash = config_hash(cfg, exclude=NOT_HASHED)
     if run_file.exists():
-        prev = json.loads(run_file.read_text())
-        if prev.get("manifest") != fp or prev.get("config_hash") != chash:
-            what = "manifest" if prev.get("manifest") != fp else "config"
-            raise ConfigError(f"out: {out} holds a run of a different {what}; choose another out= or delete it")
-        counts = {int(k): v for k, v in prev["rows_per_shard_file"].items()}
-        return sorted(counts), counts, chash, prev["rows"]
+        try:
+            prev = json.loads(run_file.read_text())
+            counts = {int(k): int(v) for k, v in prev["rows_per_shard_file"].items()}
+            rows = int(prev["rows"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"out: {run_file} is unreadable ({one_line(exc)}); delete {out} or choose another "
+                              f"out=") from None
+        if prev.get("manifest") != fp:
+            raise ConfigError(f"out: {out} holds a run of another manifest (or the manifest changed since); "
+                              f"choose another out= or delete it")
+        if prev.get("config_hash") != chash:
+            raise ConfigError(f"out: {out} holds a run of another config (hash {prev.get('config_hash')}, now "
+                              f"{chash}; see its config.yaml); choose another out= or delete it")
+        if prev.get("rows_per_shard") != cfg.rows_per_shard:  # also in the hash; said plainly here
+            raise ConfigError(f"out: {out} was split with rows_per_shard={prev.get('rows_per_shard')}")
+        return sorted(counts), counts, chash, rows
+    if list_done_shards(out) or list_partial_shards(out):
+        raise ConfigError(f"out: {out} holds shards but no run.json, so they cannot be checked against this "
+                          f"manifest and config; choose another out= or delete it")
     schema = pa.schema([(n, getattr(pa, t)()) for n, t in RECORD_SCHEMA_FIELDS])
     in_dir = out / "input"
     in_dir.mkdir(parents=True, exist_ok=True)
@@ -285,13 +363,20 @@ def prepare_input(cfg: AnnotateJobConfig, out: Path) -> tuple[list[int], dict[in
         total += 1
     if buf:
         flush(buf[-1]["row"] // cfg.rows_per_shard)
-    run_file.write_text(json.dumps({"manifest": fp, "config_hash": chash, "rows": total,
-                                    "rows_per_shard": cfg.rows_per_shard,
-                                    "rows_per_shard_file": {str(k): v for k, v in counts.items()}}, indent=1))
+    # run.json goes last and whole (write + rename): once it exists, every input file it lists is complete.
+    _write_atomic(run_file, json.dumps({"manifest": fp, "config_hash": chash, "rows": total,
+                                        "rows_per_shard": cfg.rows_per_shard,
+                                        "rows_per_shard_file": {str(k): v for k, v in counts.items()}}, indent=1))
     return sorted(counts), counts, chash, total
 
 
 def run(cfg: AnnotateJobConfig) -> dict:
+    """Annotate `cfg.input` into `resolve_out(cfg)`; returns the stats (also written to OUT/stats.json).
+
+    Uses the Ray that is already initialised in this process if any (a notebook, a test), else connects to the
+    cluster of `ray job submit` (RAY_ADDRESS) or `cfg.ray_address`, else starts a local Ray of its own, which it
+    shuts down at the end.
+    """
     import ray
 
     from annotate.pipeline import STAGE_NAMES, build_stage, group_resources, group_stages
@@ -299,11 +384,14 @@ def run(cfg: AnnotateJobConfig) -> dict:
 
     t_start = time.perf_counter()
     out = resolve_out(cfg)
+    _parse_faults(cfg.fault_injection, STAGE_NAMES)  # a malformed spec is a ConfigError here, not in a worker
     _maybe_synthesize(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     shards, counts, chash, total = prepare_input(cfg, out)
+    save_config(cfg, out / "config.yaml")  # after the resume check: a mismatching run keeps its own config.yaml
     remove_partial(out)
+    ledger = out / ".attempts"
+    shutil.rmtree(ledger, ignore_errors=True)  # deaths of an earlier (killed) run are not this run's poison rows
     done = set(list_done_shards(out))
     pending = [s for s in shards if s not in done]
     (out / "stats.json").unlink(missing_ok=True)  # written last: its presence marks a finished run
@@ -313,82 +401,151 @@ def run(cfg: AnnotateJobConfig) -> dict:
     groups = group_stages(probe_stages)
 
     t_ray = time.perf_counter()
-    if not ray.is_initialized():
-        kwargs = {"address": cfg.ray_address} if cfg.ray_address else {}
-        if not cfg.ray_address and not os.environ.get("RAY_ADDRESS"):
-            kwargs.update(num_cpus=cfg.num_cpus or None, include_dashboard=False)
-        ray.init(logging_level="ERROR", log_to_driver=False, **kwargs)
+    started_ray = _init_ray(cfg)
     ray_startup = time.perf_counter() - t_ray
+    try:
+        written, rejects_by_stage, reasons = 0, Counter(), Counter()
+        stage_seconds: Counter = Counter()
+        quality_sums: dict[str, list[float]] = defaultdict(list)
+        notes: list[str] = []
+        previews: list[tuple[int, str, bytes]] = []
+        prev_counts = _counts_from_done(out, sorted(done))
+        t_run = time.perf_counter()
+        if pending:
+            with _data_context():
+                ds = _build_dataset(cfg, out, pending, groups, group_resources, str(ledger), chash)
+                bar = _progress(cfg, sum(counts[s] for s in pending))
+                # Rows arrive in order, so at most a shard or two is buffered. Keyed by row: a row that Ray hands
+                # over twice (a retried task) is kept once.
+                buffers: dict[int, dict[int, dict]] = defaultdict(dict)
+                for rec in ds.iter_rows():
+                    row = int(rec["row"])
+                    shard = row // cfg.rows_per_shard
+                    if row in buffers[shard]:
+                        continue
+                    buffers[shard][row] = rec
+                    bar.update(1)
+                    if len(buffers[shard]) < counts[shard]:
+                        continue
+                    recs = [r for _, r in sorted(buffers.pop(shard).items())]
+                    w, rj = _write_shard(ShardWriter, out, shard, recs, cfg)
+                    written += w
+                    for r in recs:
+                        for k, v in json.loads(r["timings"]).items():
+                            stage_seconds[k] += v
+                        if r["note"]:
+                            notes.append(f"row {int(r['row'])} ({r['video_id']}): {r['note']}")
+                        if not r["ok"] or not r["m_json"]:
+                            continue
+                        for k, v in json.loads(r["quality"]).items():
+                            if v is not None and np.isfinite(v):
+                                quality_sums[k].append(v)
+                        if r["preview"] is not None and len(r["preview"]):
+                            previews.append((int(r["row"]), r["video_id"], bytes(r["preview"])))
+                    for stage, msg in rj:
+                        rejects_by_stage[stage] += 1
+                        reasons[f"{stage}: {_reason_class(msg)}"] += 1
+                bar.close()
+            missing = {s: counts[s] - len(b) for s, b in buffers.items() if b}
+            if missing:
+                raise PiteError(f"rows missing from shards {sorted(missing)} after the run: the job is incomplete; "
+                                f"re-run the same command to redo them")
+        run_seconds = time.perf_counter() - t_run
+
+        stats = _stats(cfg, out, total, written, rejects_by_stage, reasons, stage_seconds, quality_sums,
+                       prev_counts, run_seconds, ray_startup, time.perf_counter() - t_start, pending, chash)
+        stats["notes"] = notes[:50]
+        from pipelines.report import write_report
+
+        write_report(out, stats, previews)
+        shutil.rmtree(ledger, ignore_errors=True)  # every row is a sample or a reject now: nothing to retry
+        _write_atomic(out / "stats.json", json.dumps(stats, indent=1, default=str))  # last: marks the run complete
+    finally:
+        if started_ray:
+            # Our own Ray goes down before the summary is printed, so its late messages do not follow it.
+            ray.shutdown()
+    return stats
+
+
+def _init_ray(cfg: AnnotateJobConfig) -> bool:
+    """Connect to / start Ray unless this process already did; True when this call did (and so shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # Ray Data hands every actor its function through the object store and allows restarts, so Ray's C++ core
+    # logs an ERROR line per actor about it (ray-project/ray#53727); worker deaths still reach the console as
+    # "(raylet)" messages, and every row's fate is in rejects/. RAY_BACKEND_LOG_LEVEL=info brings the C++ logs back.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    kwargs: dict = dict(logging_level="ERROR", log_to_driver=False)
+    if cfg.ray_address:
+        kwargs["address"] = cfg.ray_address
+    elif not os.environ.get("RAY_ADDRESS"):  # not under `ray job submit`: a local Ray of our own, never another's
+        kwargs.update(address="local", num_cpus=cfg.num_cpus or None, include_dashboard=False)
+    ray.init(**kwargs)
+    return True
+
+
+@contextmanager
+def _data_context():
+    """Ray Data settings of this job, restored afterwards (a notebook or test may go on using Ray Data)."""
     from ray.data import DataContext
+    from ray.util.debug import log_once
 
     ctx = DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # a shard's rows arrive together: bounded buffers, fixed order
-    ctx.enable_progress_bars = False
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start,
+             ctx.target_max_block_size)
+    ctx.execution_options.preserve_order = True  # rows in order: a shard completes before the next, fixed order
+    ctx.enable_progress_bars = False  # ours counts rows; Ray's would interleave with it
     ctx.print_on_execution_start = False
+    # One row per block: rows stream out of the actors batch by batch (smooth progress, small objects) instead of
+    # a shard-sized block at a time; the actors still get `batch_size` rows per call.
+    ctx.target_max_block_size = 1
+    log_once("ray_data_progress_manager_disabled")  # marks Ray Data's "Progress bars disabled" notice as shown
+    console = [h for h in logging.getLogger("ray.data").handlers if type(h).__name__ != "SessionFileHandler"]
+    levels = [h.level for h in console]
+    for h in console:  # "execution finished" and other INFO lines stay in Ray Data's log file only
+        h.setLevel(max(h.level, logging.WARNING))
+    try:
+        yield ctx
+    finally:
+        (ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start,
+         ctx.target_max_block_size) = saved
+        for h, level in zip(console, levels):
+            h.setLevel(level)
+
+
+def _build_dataset(cfg: AnnotateJobConfig, out: Path, pending: list[int], groups, group_resources, ledger: str,
+                   chash: str):
+    import ray
+
     cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
+    # The driver lists the per-shard input files; 0-CPU tasks read them. Ray's own read_parquet is avoided on
+    # purpose: its file-listing and read tasks take a CPU each, and on a cluster whose CPUs all hold stage
+    # actors they would wait forever (as would repartition's tasks).
+    files = [{"path": str(out / "input" / f"pite-{s:06d}.parquet")} for s in pending]
+    ds = ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
+        _read_input_files, batch_size=1, num_cpus=0, batch_format="pyarrow")
+    # CPUs left for the CPU groups once every GPU actor holds its CPUs, shared among those groups.
+    gpu_cpus = sum(group_resources(g).num_cpus * cfg.gpu_workers for g in groups if group_resources(g).num_gpus)
+    n_cpu_groups = sum(1 for g in groups if not group_resources(g).num_gpus)
+    cpu_share = max(1.0, (cluster_cpus - gpu_cpus) / max(1, n_cpu_groups))
+    for gi, group in enumerate(groups):
+        res = group_resources(group)
+        gpu = res.num_gpus > 0
+        workers = cfg.gpu_workers if gpu else (cfg.cpu_workers or max(1, int(cpu_share // max(res.num_cpus, 1))))
+        ds = ds.map_batches(
+            StageGroup, fn_constructor_args=(cfg, [s.name for s in group], gi, gi == len(groups) - 1, ledger, chash),
+            batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=res.num_cpus, num_gpus=res.num_gpus or None, zero_copy_batch=True,
+        )
+    return ds
 
-    written, rejects_by_stage, reasons = 0, Counter(), Counter()
-    stage_seconds: Counter = Counter()
-    quality_sums: dict[str, list[float]] = defaultdict(list)
-    previews: list[tuple[int, str, bytes]] = []
-    prev_counts = _counts_from_done(out, sorted(done))
-    t_run = time.perf_counter()
-    if pending:
-        # The driver lists the per-shard input files; 0-CPU tasks read them. Ray's own read_parquet is avoided on
-        # purpose: its file-listing and read tasks take a CPU each, and on a cluster whose CPUs all hold stage
-        # actors they would wait forever.
-        files = [{"path": str(out / "input" / f"pite-{s:06d}.parquet")} for s in pending]
-        ds = ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
-            _read_input_files, batch_size=1, num_cpus=0, batch_format="pyarrow")
-        ledger = str(out / ".attempts")
-        # CPUs left for the CPU groups once every GPU actor holds its CPUs, shared among those groups.
-        gpu_cpus = sum(group_resources(g).num_cpus * cfg.gpu_workers for g in groups if group_resources(g).num_gpus)
-        n_cpu_groups = sum(1 for g in groups if not group_resources(g).num_gpus)
-        cpu_share = max(1.0, (cluster_cpus - gpu_cpus) / max(1, n_cpu_groups))
-        for gi, group in enumerate(groups):
-            res = group_resources(group)
-            gpu = res.num_gpus > 0
-            workers = cfg.gpu_workers if gpu else (cfg.cpu_workers or max(1, int(cpu_share // max(res.num_cpus, 1))))
-            ds = ds.map_batches(
-                StageGroup, fn_constructor_args=(cfg, [s.name for s in group], gi, gi == len(groups) - 1, ledger, chash),
-                batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
-                num_cpus=res.num_cpus, num_gpus=res.num_gpus or None, zero_copy_batch=True,
-            )
-        bar = _progress(cfg, sum(counts[s] for s in pending))
-        buffers: dict[int, list[dict]] = defaultdict(list)
-        for rec in ds.iter_rows():
-            shard = int(rec["row"]) // cfg.rows_per_shard
-            buffers[shard].append(rec)
-            bar.update(1)
-            if len(buffers[shard]) == counts[shard]:
-                recs = sorted(buffers.pop(shard), key=lambda r: int(r["row"]))
-                w, rj = _write_shard(ShardWriter, out, shard, recs, cfg)
-                written += w
-                for r in recs:
-                    for k, v in json.loads(r["timings"]).items():
-                        stage_seconds[k] += v
-                    if not r["ok"] or not r["m_json"]:
-                        continue
-                    for k, v in json.loads(r["quality"]).items():
-                        if v is not None and np.isfinite(v):
-                            quality_sums[k].append(v)
-                    if r["preview"] is not None and len(r["preview"]):
-                        previews.append((int(r["row"]), r["video_id"], bytes(r["preview"])))
-                for stage, msg in rj:
-                    rejects_by_stage[stage] += 1
-                    reasons[f"{stage}: {_reason_class(msg)}"] += 1
-        bar.close()
-        if buffers:
-            raise PiteError(f"rows missing from shards {sorted(buffers)} after the run: the job is incomplete")
-    run_seconds = time.perf_counter() - t_run
 
-    stats = _stats(cfg, out, total, written, rejects_by_stage, reasons, stage_seconds, quality_sums, prev_counts,
-                   run_seconds, ray_startup, time.perf_counter() - t_start, pending, chash)
-    from pipelines.report import write_report
-
-    write_report(out, stats, previews)
-    (out / "stats.json").write_text(json.dumps(stats, indent=1, default=str))  # last: marks the run complete
-    return stats
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _write_shard(writer_cls, out: Path, shard: int, recs: list[dict], cfg: AnnotateJobConfig):
@@ -399,7 +556,7 @@ def _write_shard(writer_cls, out: Path, shard: int, recs: list[dict], cfg: Annot
                     num_points=cfg.num_points) as writer:
         for r in recs:
             if r["ok"] and r["m_json"]:
-                members = {m: bytes(r["m_" + m.replace(".", "_")]) for m in ("json", "traj.npy", "vis.npy", "feat.npy")}
+                members = {m: bytes(r["m_" + m.replace(".", "_")]) for m in MEMBERS}
                 try:
                     writer.add(Sample.from_members(members), quality=json.loads(r["quality"]))
                     continue

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -201,7 +202,10 @@ class ShardStream(IterableDataset):
 def make_loader(stream: ShardStream, prefetch_factor: int = 2) -> DataLoader:
     """A DataLoader over the stream's workers; batches are built in the workers (batch_size=None)."""
     workers = 0 if stream.workers == 1 else stream.workers
-    return DataLoader(stream, batch_size=None, num_workers=workers, in_order=True,
+    # Its own generator: a DataLoader draws a base seed when it starts, and from the global RNG that draw would
+    # shift the training RNG (dropout) by where epochs begin, so a resumed run would not replay exactly.
+    generator = torch.Generator().manual_seed(stream_seed(stream.seed, stream.epoch, stream.rank))
+    return DataLoader(stream, batch_size=None, num_workers=workers, in_order=True, generator=generator,
                       prefetch_factor=prefetch_factor if workers else None, persistent_workers=False)
 
 

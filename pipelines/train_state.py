@@ -95,7 +95,8 @@ def load_state(ckpt: Path, model, optimizer, scheduler, rank: int, world_size: i
                           f"{config_hash}): start a new `out` or restore the config")
     load_trainable(model, ckpt / "trainable.safetensors")
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
-    scheduler.load_state_dict(meta["scheduler"])
+    # The schedule's lambdas are code, rebuilt by the stage's set-up; only its counters are restored.
+    scheduler.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
     rng_file = ckpt / f"rng-rank{rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))

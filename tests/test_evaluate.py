@@ -257,3 +257,49 @@ def test_evaluate_grounding_cli_counts_unparseable_answers_as_misses(trained_run
     rows = [json.loads(x) for x in (tmp_path / "out" / "items.jsonl").read_text().splitlines()]
     assert all(r["answer"] and r["iou"] == 0.0 for r in rows)
     assert "R1@0.5" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_eval_bench_end_to_end_on_a_hand_made_heldout_run(trained_run, tmp_path):
+    """`make eval`'s pipeline: export to the public layouts, every metric with baselines, the picture."""
+    import argparse
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines import eval_bench
+    from pipelines.shards import ShardWriter
+
+    ckpt, _, sample = trained_run
+    heldout = tmp_path / "heldout"
+    sample.meta["events"] = [{"start": 0.0, "end": 2.0, "text": "the red ball moves"},
+                             {"start": 1.0, "end": 4.0, "text": "the blue box falls"}]
+    with ShardWriter(heldout, 0) as w:
+        w.add(sample)
+    (heldout / "stats.json").write_text("{}")
+    (heldout / "input").mkdir()
+    video = ckpt.parent / "clip.mp4"
+    pq.write_table(pa.Table.from_pylist([{"video_id": "clip", "video": str(video), "tar_member": None}]),
+                   heldout / "input" / "pite-000000.parquet")
+    args = argparse.Namespace(checkpoint=str(ckpt), heldout=str(heldout), train_data=str(heldout),
+                              out=str(tmp_path / "out"), device="cpu", batch_size=4, synth_out="unused",
+                              synth_seed=0, synth_start=0, synth_n=0, annotate_config="unused")
+    summary = eval_bench.run_bench(args)
+    figures = summary["figures"]
+    assert set(figures) == {"grounding R1@0.5", "grounding mIoU", "trajectory L1", "trajectory delta_avg"}
+    # The model was trained on this clip's trajectories: it beats every trajectory baseline, incl. the mean.
+    assert figures["trajectory L1"]["beats_all_baselines"]
+    assert set(figures["trajectory L1"]["baselines"]) == {"constant (0.5, 0.5)", "random", "train mean"}
+    # mean start 0.5 s / 4 s = 12.5 % -> 12 (round half to even, as frame_index), mean end 3 s / 4 s -> 75
+    assert "train mean (12 to 75)" in figures["grounding mIoU"]["baselines"]
+    exported = json.loads((tmp_path / "out" / "data" / "grounding.json").read_text())
+    assert exported == {"clip": {"duration": sample.meta["duration"], "timestamps": [[0.0, 2.0], [1.0, 4.0]],
+                                 "sentences": ["the red ball moves", "the blue box falls"]}}
+    for task in ("grounding", "captioning", "trajectory"):
+        assert (tmp_path / "out" / task / "metrics.json").is_file()
+    import cv2
+
+    img = cv2.imread(summary["picture"])
+    assert img is not None and img.shape[0] == 2 * 48 + 2  # ground truth row over predicted row
+    text = eval_bench.format_summary(summary)
+    assert "trajectory L1" in text and summary["picture"] in text

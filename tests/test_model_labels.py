@@ -92,7 +92,7 @@ def test_vicuna_v1_render_and_answer_spans():
     tpl = TEMPLATES["pite"]
     r = render(tpl, [("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2")])
     assert r.text == VICUNA_SYSTEM + " USER: q1 ASSISTANT: a1</s>USER: q2 ASSISTANT: a2</s>"
-    assert [r.text[s:e] for s, e in r.answer_spans] == ["a1</s>", "a2</s>"]
+    assert [r.text[s:e] for s, e in r.answer_spans] == [" a1</s>", " a2</s>"]  # leading space: generation prompts end at "ASSISTANT:"
     assert [r.text[s:e] for s, e in r.message_spans] == ["q1", "a1", "q2", "a2"]
     gen = render(tpl, [("user", "q")], add_generation_prompt=True)
     assert gen.text.endswith(" USER: q ASSISTANT:")
