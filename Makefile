@@ -27,6 +27,13 @@ annotate: setup
 	$(PY) -m pipelines.annotate --config configs/annotate/demo.yaml $(ARGS)
 	$(PY) -m pipelines.inspect runs/annotate/demo
 
+# Train the tiny demo model (three stages on CPU) on the demo annotation (made first when missing), then the
+# held-out trajectory check: runs/train/demo/{final,eval.json}.
+.PHONY: train
+train: setup
+	@test -f runs/annotate/demo/stats.json || $(PY) -m pipelines.annotate --config configs/annotate/demo.yaml
+	$(PY) -m pipelines.train --config configs/train/demo.yaml $(ARGS)
+
 # Re-resolve the pinned versions after changing pyproject.toml's dependencies.
 lock: setup
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e' > requirements/lock.txt

@@ -36,6 +36,7 @@ SAM_HOST_MEMORY_GB = {"vit_b": 2.0, "vit_l": 3.0, "vit_h": 5.0}  # weights on th
 # not so much that far-away colours dilute it (and cost time: GrabCut is linear in pixels).
 GRABCUT_CONTEXT_FRAC = 0.25
 GRABCUT_CONTEXT_MIN_PX = 10
+GRABCUT_SEED = 0  # OpenCV RNG seed set before each GrabCut call (see grabcut_mask)
 
 
 def make_segmenter(cfg: AnnotateConfig) -> Stage:
@@ -132,6 +133,10 @@ def grabcut_mask(frame: np.ndarray, rect: tuple, iters: int) -> np.ndarray:
         init[:ring, :] = init[-ring:, :] = init[:, :ring] = init[:, -ring:] = cv2.GC_PR_BGD
     bgd_model = np.zeros((1, 65), np.float64)
     fgd_model = np.zeros((1, 65), np.float64)
+    # GrabCut seeds its colour models with k-means on OpenCV's global RNG: without a reset the mask would depend on
+    # how many boxes this worker segmented before (measured: a few pixels differ), and shards would not be
+    # byte-identical across runs. Reset per call, the mask depends on (frame, rect, iters) alone.
+    cv2.setRNGSeed(GRABCUT_SEED)
     cv2.grabCut(crop, init, None, bgd_model, fgd_model, iters, cv2.GC_INIT_WITH_MASK)
     mask = np.zeros((height, width), bool)
     # GC_BGD pixels never change, so the mask stays inside the box (or inside its ring when the box fills the frame).

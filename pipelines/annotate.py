@@ -56,7 +56,7 @@ class AnnotateJobConfig(AnnotateConfig):
     batch_size: int = 4  # clips per map_batches batch (keep small: frames travel between actors)
     cpu_workers: int = 0  # actors per CPU stage group; 0 = one per CPU of the cluster
     gpu_workers: int = 1  # actors per GPU stage group
-    max_attempts: int = 2  # worker deaths a row may cause before it is rejected as a poison row
+    max_attempts: int = 2  # worker deaths with a row in flight (one at least with it alone) before it is a reject
     ray_address: str = ""  # "" = the cluster of `ray job submit`, else a local Ray
     num_cpus: int = 0  # local Ray only: CPUs to use (0 = all)
     report_samples: int = 12  # rows drawn in report.html
@@ -86,18 +86,19 @@ class _Ledger:
         self.root.mkdir(parents=True, exist_ok=True)
         self.group = group
 
-    def deaths(self, rows: list[int]) -> dict[int, list[str]]:
-        """row -> the stage each earlier death happened in (one entry per death)."""
+    def deaths(self, rows: list[int]) -> dict[int, list[tuple[str, bool]]]:
+        """row -> one (stage, alone) per earlier death with the row in flight; alone: it was the only row."""
         wanted = set(rows)
-        found: dict[int, list[str]] = {r: [] for r in rows}
+        found: dict[int, list[tuple[str, bool]]] = {r: [] for r in rows}
         for path in self.root.glob(f"g{self.group}-*.json"):
             try:
                 mark = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue  # removed or being replaced by a live worker right now: not a death
-            for r in mark.get("rows", []):
+            in_flight = mark.get("rows", [])
+            for r in in_flight:
                 if r in wanted:
-                    found[r].append(mark.get("stage") or "?")
+                    found[r].append((mark.get("stage") or "?", len(in_flight) == 1))
         return found
 
     def start(self, rows: list[int]) -> Path:
@@ -119,10 +120,10 @@ class StageGroup:
     """A Ray Data actor running consecutive stages; the first builds items from rows, the last emits outputs."""
 
     def __init__(self, cfg: AnnotateJobConfig, names: list[str], index: int, last: bool, ledger_dir: str,
-                 chash: str):
+                 sample_hash: str):
         from annotate.pipeline import build_stage
 
-        self.cfg, self.first, self.last, self.chash = cfg, index == 0, last, chash
+        self.cfg, self.first, self.last, self.sample_hash = cfg, index == 0, last, sample_hash
         self.stages = [build_stage(n, cfg) for n in names]
         for s in self.stages:
             s.setup()
@@ -135,12 +136,15 @@ class StageGroup:
         live = [it for it in items if it.ok]
         deaths = self.ledger.deaths([it.row for it in live])
         for it in live:
-            died_in = deaths[it.row]
-            if len(died_in) >= self.cfg.max_attempts:
-                stage = Counter(died_in).most_common(1)[0][0]
+            died = deaths[it.row]
+            alone = [stage for stage, was_alone in died if was_alone]
+            # A death with several rows in flight only makes them suspects; one with the row alone proves it.
+            if alone and len(died) >= self.cfg.max_attempts:
+                stage = Counter(alone).most_common(1)[0][0]
                 stage = stage if stage != "?" else self.stages[0].name
-                it.reject(stage, f"poison row: the worker process died {len(died_in)} times while running stage "
-                                 f"{stage} on it (a crash or out of memory; max_attempts={self.cfg.max_attempts})")
+                it.reject(stage, f"poison row: the worker process died {len(died)} times with this row in flight, "
+                                 f"{len(alone)} of them running stage {stage} on it alone (a crash or out of memory; "
+                                 f"max_attempts={self.cfg.max_attempts})")
         live = [it for it in live if it.ok]
         suspects = [it for it in live if deaths[it.row]]
         clean = [it for it in live if not deaths[it.row]]
@@ -152,7 +156,7 @@ class StageGroup:
                 self.ledger.at(mark, rows, stage.name)
                 self._run_stage(stage, chunk)
             self.ledger.clear(mark)
-        return _outputs(items, self.cfg, self.chash) if self.last else {"item": _object_array(items)}
+        return _outputs(items, self.cfg, self.sample_hash) if self.last else {"item": _object_array(items)}
 
     def _items(self, batch: dict):
         if not self.first:
@@ -217,7 +221,7 @@ def _parse_faults(specs: list[str], names) -> dict[tuple[str, str], str]:
     return faults
 
 
-def _outputs(items, cfg: AnnotateJobConfig, chash: str) -> dict:
+def _outputs(items, cfg: AnnotateJobConfig, sample_hash: str) -> dict:
     """Serialise each item as sample members (or a reject) + its index figures, timings and preview.
 
     Every item leaves as one output row: a failure while building its sample makes it a reject, and a failure of
@@ -228,7 +232,7 @@ def _outputs(items, cfg: AnnotateJobConfig, chash: str) -> dict:
         members, quality, preview, note = {}, {}, b"", ""
         if it.ok:
             try:
-                members = _sample_members(it, cfg, chash)
+                members = _sample_members(it, cfg, sample_hash)
             except Exception as exc:  # noqa: BLE001 - a sample that cannot be built is a reject, never a crash
                 it.reject(getattr(exc, "stage", "assemble"), one_line(exc))
                 members = {}
@@ -258,11 +262,11 @@ def _outputs(items, cfg: AnnotateJobConfig, chash: str) -> dict:
     return {k: (np.array(v) if k in ("row", "ok") else _object_array(v)) for k, v in cols.items()}
 
 
-def _sample_members(item, cfg: AnnotateJobConfig, chash: str) -> dict[str, bytes]:
+def _sample_members(item, cfg: AnnotateJobConfig, sample_hash: str) -> dict[str, bytes]:
     from annotate.assemble import assemble
     from annotate.schema import validate_sample
 
-    sample = assemble(item, cfg, chash)
+    sample = assemble(item, cfg, sample_hash)
     validate_sample(sample, num_frames=cfg.num_frames, num_points=cfg.num_points)
     return sample.to_members()
 
@@ -303,9 +307,10 @@ def _py(v):
 
 # --- the driver ------------------------------------------------------------------------------------------------
 
-# Settings that do not change a sample: left out of the config hash, so they may differ on resume.
+# Settings that do not change the content of a sample: left out of the config hash (the samples' provenance and the
+# resume check), so they may differ on resume. max_attempts and fault_injection only decide which rows are rejects.
 NOT_HASHED = ("input", "out", "progress", "ray_address", "num_cpus", "cpu_workers", "gpu_workers", "report_samples",
-              "synth", "name", "batch_size")
+              "synth", "name", "batch_size", "max_attempts", "fault_injection")
 
 
 def prepare_input(cfg: AnnotateJobConfig, out: Path) -> tuple[list[int], dict[int, int], str, int]:
@@ -384,7 +389,7 @@ def run(cfg: AnnotateJobConfig) -> dict:
 
     t_start = time.perf_counter()
     out = resolve_out(cfg)
-    _parse_faults(cfg.fault_injection, STAGE_NAMES)  # a malformed spec is a ConfigError here, not in a worker
+    _check_settings(cfg)
     _maybe_synthesize(cfg)
     out.mkdir(parents=True, exist_ok=True)
     shards, counts, chash, total = prepare_input(cfg, out)
@@ -394,8 +399,17 @@ def run(cfg: AnnotateJobConfig) -> dict:
     shutil.rmtree(ledger, ignore_errors=True)  # deaths of an earlier (killed) run are not this run's poison rows
     done = set(list_done_shards(out))
     pending = [s for s in shards if s not in done]
+    lost = [s for s in pending if not (out / "input" / f"pite-{s:06d}.parquet").is_file()]
+    if lost:
+        raise ConfigError(f"out: {out}/input/pite-{lost[0]:06d}.parquet is missing, so shard {lost[0]} cannot be "
+                          f"redone; delete {out} (or choose another out=) and run again")
     (out / "stats.json").unlink(missing_ok=True)  # written last: its presence marks a finished run
 
+    # Samples carry the hash of the stage settings only, as `pite annotate-clip` writes it: a clip gives the same
+    # sample either way, and job settings (shard size, workers) do not change its bytes.
+    from pipelines.annotate_clip import stage_config_hash
+
+    sample_hash = stage_config_hash(cfg)
     # Plan the actor groups from the stages' declared resources (built here without setup: no weights loaded).
     probe_stages = [build_stage(n, cfg) for n in STAGE_NAMES]
     groups = group_stages(probe_stages)
@@ -413,7 +427,7 @@ def run(cfg: AnnotateJobConfig) -> dict:
         t_run = time.perf_counter()
         if pending:
             with _data_context():
-                ds = _build_dataset(cfg, out, pending, groups, group_resources, str(ledger), chash)
+                ds = _build_dataset(cfg, out, pending, groups, group_resources, str(ledger), sample_hash)
                 bar = _progress(cfg, sum(counts[s] for s in pending))
                 # Rows arrive in order, so at most a shard or two is buffered. Keyed by row: a row that Ray hands
                 # over twice (a retried task) is kept once.
@@ -455,6 +469,9 @@ def run(cfg: AnnotateJobConfig) -> dict:
         stats = _stats(cfg, out, total, written, rejects_by_stage, reasons, stage_seconds, quality_sums,
                        prev_counts, run_seconds, ray_startup, time.perf_counter() - t_start, pending, chash)
         stats["notes"] = notes[:50]
+        if stats["written"] + stats["rejected"] != total:  # every row a sample or a reject, never lost or twice
+            raise PiteError(f"{stats['written']} samples + {stats['rejected']} rejects != {total} input rows in "
+                            f"{out}: the run is inconsistent (was a shard file replaced by hand?)")
         from pipelines.report import write_report
 
         write_report(out, stats, previews)
@@ -465,6 +482,19 @@ def run(cfg: AnnotateJobConfig) -> dict:
             # Our own Ray goes down before the summary is printed, so its late messages do not follow it.
             ray.shutdown()
     return stats
+
+
+def _check_settings(cfg: AnnotateJobConfig) -> None:
+    """Settings a worker would trip over, as one-line ConfigErrors before anything starts."""
+    from annotate.pipeline import STAGE_NAMES
+
+    for key in ("rows_per_shard", "batch_size", "max_attempts", "gpu_workers"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
+    for key in ("cpu_workers", "num_cpus", "report_samples"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {getattr(cfg, key)}")
+    _parse_faults(cfg.fault_injection, STAGE_NAMES)
 
 
 def _init_ray(cfg: AnnotateJobConfig) -> bool:
@@ -516,7 +546,7 @@ def _data_context():
 
 
 def _build_dataset(cfg: AnnotateJobConfig, out: Path, pending: list[int], groups, group_resources, ledger: str,
-                   chash: str):
+                   sample_hash: str):
     import ray
 
     cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -535,7 +565,8 @@ def _build_dataset(cfg: AnnotateJobConfig, out: Path, pending: list[int], groups
         gpu = res.num_gpus > 0
         workers = cfg.gpu_workers if gpu else (cfg.cpu_workers or max(1, int(cpu_share // max(res.num_cpus, 1))))
         ds = ds.map_batches(
-            StageGroup, fn_constructor_args=(cfg, [s.name for s in group], gi, gi == len(groups) - 1, ledger, chash),
+            StageGroup, fn_constructor_args=(cfg, [s.name for s in group], gi, gi == len(groups) - 1, ledger,
+                                             sample_hash),
             batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=res.num_cpus, num_gpus=res.num_gpus or None, zero_copy_batch=True,
         )

@@ -153,7 +153,11 @@ def _csv_value(key: str, value: Optional[str]):
 
 
 def _iter_wds(path: Path) -> Iterator[dict | str]:
-    """video2dataset shards: members grouped by key (the name before the first dot), in tar order."""
+    """video2dataset shards: members grouped by key (the name before the first dot), in tar order.
+
+    A tar that breaks off (a truncated download) gives the samples before the break, then one row saying where it
+    broke: the rest of that shard cannot be read, and the job goes on with the next one.
+    """
     try:
         tar = tarfile.open(path)
     except (tarfile.TarError, OSError) as exc:
@@ -162,21 +166,29 @@ def _iter_wds(path: Path) -> Iterator[dict | str]:
     with tar:
         group: dict[str, Any] = {}
         key = None
-        for member in tar:
-            if not member.isfile():
-                continue
-            base = os.path.basename(member.name)
-            k, _, ext = base.partition(".")
-            if key is not None and k != key:
-                yield _wds_row(path, key, group)
-                group = {}
-            key = k
-            ext = ext.lower()
-            if ext in VIDEO_EXTS:
-                group["__video__"] = member.name
-            elif ext in ("txt", "json"):
-                data = tar.extractfile(member).read().decode("utf-8", errors="replace")
-                group[ext] = data
+        members = iter(tar)
+        while True:
+            try:
+                member = next(members, None)
+                if member is None:
+                    break
+                if not member.isfile():
+                    continue
+                base = os.path.basename(member.name)
+                k, _, ext = base.partition(".")
+                if key is not None and k != key:
+                    yield _wds_row(path, key, group)
+                    group = {}
+                key = k
+                ext = ext.lower()
+                if ext in VIDEO_EXTS:
+                    group["__video__"] = member.name
+                elif ext in ("txt", "json"):
+                    group[ext] = tar.extractfile(member).read().decode("utf-8", errors="replace")
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                where = f"after sample {key}" if key is not None else "at its start"
+                yield f"{path.name}: unreadable {where} ({exc}); the rest of this tar is skipped"
+                return
         if key is not None:
             yield _wds_row(path, key, group)
 
@@ -188,6 +200,8 @@ def _wds_row(path: Path, key: str, group: dict) -> dict | str:
             meta = json.loads(group["json"])
         except json.JSONDecodeError as exc:
             return f"{path.name} sample {key}: invalid json member ({exc.msg})"
+        if not isinstance(meta, dict):
+            return f"{path.name} sample {key}: json member is not an object"
     if "__video__" not in group:
         return f"{path.name} sample {key}: no video member ({'/'.join(VIDEO_EXTS)})"
     row = {k: meta[k] for k in ("start", "end", "events", "boxes", "gt") if k in meta}

@@ -52,6 +52,8 @@ img{{max-width:640px;image-rendering:pixelated}}</style></head><body>
 <h2>Time per stage</h2>{_table([(esc(k), f"{v:.2f}", f"{v / processed:.3f}") for k, v in per_stage],
                                ("stage", "seconds (all workers)", "seconds per clip"))}
 <h2>Quality against ground truth</h2>{_table(quality, ("figure", "mean over clips", "clips"))}
+<h2>Notes</h2><p>Samples written without an extra (quality or picture) that failed; the first 50.</p>
+{_table([(esc(n),) for n in stats.get("notes", [])], ("note",))}
 <h2>Samples</h2><p>Left: the grounding frame with boxes and mask outlines; middle and right: the tracks at the middle
 and last sampled frame (filled dot = visible, ring = not visible).</p>{pics or "<p>none</p>"}
 </body></html>"""

@@ -101,7 +101,7 @@ def fresh_model(cfg: TrainConfig, out: Path, dist: Dist):
     """(model, tokenizer, template) on the base LLM with new adapter and heads (seeded: the same on every rank)."""
     config = PiteConfig.from_dict(asdict(cfg.model))
     template = get_template(config.template)
-    if cfg.base.llm is None:
+    if cfg.base.kind == "tiny":
         tokenizer = tiny_tokenizer(cfg, out, dist)
         check_template(tokenizer, template)
         llm = tiny_llama(tokenizer, cfg.base.tiny, seed=cfg.seed)
@@ -112,7 +112,7 @@ def fresh_model(cfg: TrainConfig, out: Path, dist: Dist):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 1)
             model, tokenizer = build_pretrained(cfg.base.llm, config, tokenizer_path=cfg.base.tokenizer,
-                                                dtype=cfg.base.dtype, device="cpu")
+                                                dtype=cfg.base.dtype, device=str(dist.device))
     return model, tokenizer, template
 
 
@@ -124,7 +124,8 @@ def stage_start(cfg: TrainConfig, index: int, out: Path, dist: Dist):
     if not (Path(prev) / "pite.json").is_file():
         key = "init_from" if index == 0 else f"stage {cfg.stages[index - 1].name!r}"
         raise ConfigError(f"{key}: {prev} is not a finished PiTe checkpoint dir (no pite.json)")
-    model, tokenizer, template = load_checkpoint(prev, device="cpu", dtype=cfg.base.dtype, trainable=False)
+    model, tokenizer, template = load_checkpoint(prev, device=str(dist.device), dtype=cfg.base.dtype,
+                                                 trainable=False)
     if model.has_lora:
         merge_lora(model)
     # The checkpoint fixes the network's shapes; this run chooses how it trains.

@@ -28,7 +28,8 @@ from pipelines.config import load_config
 
 @dataclass
 class BaseSettings:
-    llm: Optional[str] = None  # local HF dir of the base LLM (e.g. vicuna-7b-v1.5); null = the tiny random LLaMA
+    kind: str = "tiny"  # tiny: a random tiny LLaMA (demo, tests) | pretrained: the local dir `llm`
+    llm: Optional[str] = None  # pretrained: local HF dir of the base LLM (e.g. vicuna-7b-v1.5)
     tokenizer: Optional[str] = None  # tokenizer dir (default: the llm's); tiny: trained on the data's captions
     dtype: str = "float32"  # the frozen base weights: float32 | bfloat16 | float16
     tiny: TinyLlamaSettings = field(default_factory=TinyLlamaSettings)  # tiny.vocab_size: the BPE trained for it
@@ -95,7 +96,9 @@ class TrainConfig:
     name: str = "train"  # run name: the default output dir is runs/train/<name>
     data: str = ""  # annotation run dir (its shards/ are streamed)
     out: str = ""
-    init_from: str = ""  # a PiTe checkpoint dir the first stage starts from ("" = the base LLM, fresh heads)
+    # A PiTe checkpoint dir the first stage starts from: "" = the base LLM with fresh heads; null = required
+    # (a later-stage config: set it to the previous stage's output dir).
+    init_from: Optional[str] = ""
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
     seed: int = 0
@@ -148,6 +151,14 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
 
 
 def check(cfg: TrainConfig) -> None:
+    if cfg.base.kind not in ("tiny", "pretrained"):
+        raise ConfigError(f"base.kind: expected tiny or pretrained, got {cfg.base.kind!r}")
+    if cfg.base.kind == "pretrained" and not cfg.base.llm:
+        raise ConfigError("base.llm: set it to a local HF-format LLM dir (e.g. base.llm=/models/vicuna-7b-v1.5; "
+                          "download lmsys/vicuna-7b-v1.5 with huggingface-cli first)")
+    if cfg.init_from is None:
+        raise ConfigError("init_from: this stage starts from the previous stage's output: set init_from=DIR "
+                          "(e.g. init_from=runs/train/stage1-7b/stage1)")
     if cfg.launcher not in ("local", "ray"):
         raise ConfigError(f"launcher: expected local or ray, got {cfg.launcher!r}")
     if cfg.precision not in ("auto", "fp32", "bf16"):
