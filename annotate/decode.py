@@ -62,8 +62,9 @@ def read_member_bytes(tar_path: str, member: str) -> bytes:
 
 @functools.lru_cache(maxsize=4)
 def _tar_members(tar_path: str, mtime_ns: int, size: int) -> dict[str, tarfile.TarInfo]:
-    # Keyed by mtime and size too, so a rewritten tar is read again. A worker reads many clips of the same tar in a row: its member table is read once, not once per clip
-    # (tarfile finds a member by scanning every header before it).
+    # A worker reads many clips of the same tar in a row: its member table is read once, not once per clip
+    # (tarfile finds a member by scanning every header before it). Keyed by mtime and size too: a rewritten tar
+    # is read again.
     with tarfile.open(tar_path) as tar:
         return {m.name: m for m in tar.getmembers() if m.isfile()}
 

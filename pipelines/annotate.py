@@ -2,13 +2,20 @@
 
 Ray Data runs the stages: rows are read from per-shard input files, the stages run as `map_batches` actors (one
 actor per group of consecutive stages that want the same device, with the resources the stages declare), and the
-driver writes each shard (tar + index + rejects, renamed together) as soon as its last row arrives. Order is
-preserved, so a shard's rows arrive together and memory stays bounded by a few shards.
+driver writes each shard (tar + index + rejects, renamed together) as soon as its last row arrives. Rows travel one
+per block (the actors still get `batch_size` per call) and in order, so results stream batch by batch, a shard's
+rows arrive together and memory stays bounded by a few shards.
 
-Fault model: a stage that raises on a row turns the row into a reject. A worker that dies (segfault, OOM kill) is
-restarted by Ray and its batch retried; an attempt ledger on disk counts how often each row was in flight when a
-worker died, runs suspects one at a time, and rejects a row after `max_attempts` deaths, so a poison row cannot
-loop forever. Resume: shards whose three files exist are kept (after checking that the manifest and config match).
+Fault model: a stage that raises on a row turns the row into a reject (a stage that fails a whole batch is re-run
+item by item). A worker that dies (segfault, OOM kill) is restarted by Ray and its batch retried; an attempt ledger
+in OUT/.attempts records which rows were in flight, in which stage, when a worker died; those rows then run one at a
+time, and a row is rejected once `max_attempts` deaths happened with it in flight, one at least with it alone, so a
+poison row cannot loop forever and its batch-mates are not blamed. Resume: shards whose three files exist are kept
+after checking that the manifest and the config hash match OUT/run.json; the ledger starts empty on every run.
+
+Console: the job sets RAY_BACKEND_LOG_LEVEL=fatal unless it is set (Ray's C++ core would print an ERROR line per
+actor that Ray Data starts, ray-project/ray#53727; set it to `info` for Ray's full C++ logs). Worker deaths still
+show as "(raylet)" lines, and a local Ray started by the job is shut down before the closing summary is printed.
 
 On a cluster: `ray job submit --working-dir . -- python -m pipelines.annotate --config ... input=/abs out=/abs`.
 """
@@ -19,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -278,9 +286,9 @@ def _preview(item) -> bytes:
     clip = item.clip
     g0 = item.groundings[0]
     on_frame = [i for i, g in enumerate(item.groundings) if g.track_frame == g0.track_frame]
+    labels = [item.phrases[item.groundings[i].phrase_index].text for i in on_frame]
     first = draw_frame(clip.track_frames[g0.track_frame], boxes=np.stack([item.groundings[i].box for i in on_frame]),
-                       masks=[item.masks[i] for i in on_frame], labels=[item.phrases[item.groundings[i].phrase_index].text
-                                                                        for i in on_frame])
+                       masks=[item.masks[i] for i in on_frame], labels=labels)
     traj, vis = read_off_samples(item.tracks, item.track_vis, clip.track_times, clip.sample_times, size=clip.size)
     tiles = [first]
     for t in (len(clip.sample_times) // 2, len(clip.sample_times) - 1):
@@ -415,7 +423,7 @@ def run(cfg: AnnotateJobConfig) -> dict:
     groups = group_stages(probe_stages)
 
     t_ray = time.perf_counter()
-    started_ray = _init_ray(cfg)
+    started_ray = _init_ray(cfg) if pending else False  # a finished run re-run only rewrites its stats
     ray_startup = time.perf_counter() - t_ray
     try:
         written, rejects_by_stage, reasons = 0, Counter(), Counter()
@@ -432,16 +440,18 @@ def run(cfg: AnnotateJobConfig) -> dict:
                 # Rows arrive in order, so at most a shard or two is buffered. Keyed by row: a row that Ray hands
                 # over twice (a retried task) is kept once.
                 buffers: dict[int, dict[int, dict]] = defaultdict(dict)
+                finished: set[int] = set()
                 for rec in ds.iter_rows():
                     row = int(rec["row"])
                     shard = row // cfg.rows_per_shard
-                    if row in buffers[shard]:
+                    if shard in finished or row in buffers[shard]:
                         continue
                     buffers[shard][row] = rec
                     bar.update(1)
                     if len(buffers[shard]) < counts[shard]:
                         continue
                     recs = [r for _, r in sorted(buffers.pop(shard).items())]
+                    finished.add(shard)
                     w, rj = _write_shard(ShardWriter, out, shard, recs, cfg)
                     written += w
                     for r in recs:
@@ -602,8 +612,12 @@ def _write_shard(writer_cls, out: Path, shard: int, recs: list[dict], cfg: Annot
 
 
 def _reason_class(msg: str) -> str:
-    """Group reject messages for the summary: the text before the first colon naming a file, else the message."""
-    return msg.split(": ")[-1][:80] if ": " in msg else msg[:80]
+    """Group reject messages for the summary: without the file they name, details in brackets, ids and numbers."""
+    head, sep, rest = msg.partition(": ")
+    if sep and ("/" in head or "\\" in head):  # "<path>: reason" -> the reason, the same for every file
+        msg = rest
+    msg = re.sub(r"'[^']*'", "'…'", msg.split(" (")[0])
+    return re.sub(r"\d+", "N", msg)[:80]
 
 
 def _counts_from_done(out: Path, done: list[int]) -> dict:
@@ -689,7 +703,8 @@ def summary_line(stats: dict, out: Path) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="pite annotate", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="YAML in configs/annotate/")
-    p.add_argument("overrides", nargs="*", help="key=value, e.g. input=manifest.jsonl out=runs/x ground.box_threshold=0.3")
+    p.add_argument("overrides", nargs="*",
+                   help="key=value, e.g. input=manifest.jsonl out=runs/x ground.box_threshold=0.3")
     args = p.parse_args(argv)
     try:
         cfg = load_config(AnnotateJobConfig, args.config, args.overrides)

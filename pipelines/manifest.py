@@ -76,7 +76,8 @@ def expand_inputs(spec: str) -> list[Path]:
     paths = [Path(p) for p in braceexpand.braceexpand(spec)]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        raise ConfigError(f"input: {missing[0]} not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConfigError(f"input: {missing[0]} not found{more}")
     return paths
 
 

@@ -2,7 +2,8 @@
 
     pite train --config configs/train/demo.yaml [data=RUN_DIR] [out=DIR] [key=value ...]
     torchrun --nproc-per-node 8 -m pipelines.train --config configs/train/stage2-7b.yaml init_from=...
-    ray job submit --working-dir . -- python -m pipelines.train --config CONFIG launcher=ray num_workers=8
+    ray job submit --working-dir . -- python -m pipelines.train --config CONFIG launcher=ray num_workers=8 \
+        data=/shared/run out=/shared/ckpt        # absolute paths every node sees (runs/ is not uploaded)
 
 A config lists its stages (configs/train/*.yaml); each writes OUT/<stage>/ (a PiTe checkpoint, metrics.jsonl,
 tb/, checkpoints/step-N/) and the last one is copied to OUT/final, what `pite infer --checkpoint` takes. A stage
@@ -16,6 +17,9 @@ stage's checkpoint. The loop is the same in one process, under torchrun and insi
 Loss normalisation (DESIGN.md, Model): each loss is its local sum over the global count of what it averages
 (LM tokens, supervised phrases, visible points) summed over the accumulation micro-batches and all-reduced over
 ranks; DDP averages gradients over ranks, so the loss is multiplied by the world size.
+
+Multi-process runs write checkpoints from rank 0 and read the previous stage's dir on every rank: OUT must be on
+storage all nodes see. FSDP is not implemented (DDP only); a 7B base fits one GPU with LoRA (configs' headers).
 """
 
 from __future__ import annotations
@@ -124,8 +128,9 @@ def stage_start(cfg: TrainConfig, index: int, out: Path, dist: Dist):
     if not (Path(prev) / "pite.json").is_file():
         key = "init_from" if index == 0 else f"stage {cfg.stages[index - 1].name!r}"
         raise ConfigError(f"{key}: {prev} is not a finished PiTe checkpoint dir (no pite.json)")
+    base = cfg.base.llm if cfg.base.kind == "pretrained" else None
     model, tokenizer, template = load_checkpoint(prev, device=str(dist.device), dtype=cfg.base.dtype,
-                                                 trainable=False)
+                                                 trainable=False, base=base)
     if model.has_lora:
         merge_lora(model)
     # The checkpoint fixes the network's shapes; this run chooses how it trains.
@@ -461,8 +466,12 @@ def launch_ray(cfg: TrainConfig) -> dict:
     if not ray.is_initialized():
         # "" = RAY_ADDRESS (set by `ray job submit`) if any, else a local instance.
         ray.init(address=cfg.ray_address or None, log_to_driver=True)
+    # By reference to the importable module, not to __main__ (`python -m pipelines.train`), so the workers
+    # import it instead of unpickling a copy of this whole module.
+    from pipelines.train import _ray_train_loop as loop
+
     trainer = TorchTrainer(
-        _ray_train_loop,
+        loop,
         train_loop_config=to_dict(cfg),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,

@@ -29,7 +29,9 @@ from pipelines.config import load_config
 @dataclass
 class BaseSettings:
     kind: str = "tiny"  # tiny: a random tiny LLaMA (demo, tests) | pretrained: the local dir `llm`
-    llm: Optional[str] = None  # pretrained: local HF dir of the base LLM (e.g. vicuna-7b-v1.5)
+    # pretrained: local HF dir of the base LLM (e.g. vicuna-7b-v1.5); with init_from, where that checkpoint's
+    # base now is (default: the path its pite.json records)
+    llm: Optional[str] = None
     tokenizer: Optional[str] = None  # tokenizer dir (default: the llm's); tiny: trained on the data's captions
     dtype: str = "float32"  # the frozen base weights: float32 | bfloat16 | float16
     tiny: TinyLlamaSettings = field(default_factory=TinyLlamaSettings)  # tiny.vocab_size: the BPE trained for it
@@ -153,12 +155,12 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
 def check(cfg: TrainConfig) -> None:
     if cfg.base.kind not in ("tiny", "pretrained"):
         raise ConfigError(f"base.kind: expected tiny or pretrained, got {cfg.base.kind!r}")
-    if cfg.base.kind == "pretrained" and not cfg.base.llm:
-        raise ConfigError("base.llm: set it to a local HF-format LLM dir (e.g. base.llm=/models/vicuna-7b-v1.5; "
-                          "download lmsys/vicuna-7b-v1.5 with huggingface-cli first)")
     if cfg.init_from is None:
         raise ConfigError("init_from: this stage starts from the previous stage's output: set init_from=DIR "
-                          "(e.g. init_from=runs/train/stage1-7b/stage1)")
+                          "(e.g. init_from=runs/train/stage1-7b/final)")
+    if cfg.base.kind == "pretrained" and not cfg.base.llm and not cfg.init_from:
+        raise ConfigError("base.llm: set it to a local HF-format LLM dir (e.g. base.llm=/models/vicuna-7b-v1.5; "
+                          "download lmsys/vicuna-7b-v1.5 with huggingface-cli first)")
     if cfg.launcher not in ("local", "ray"):
         raise ConfigError(f"launcher: expected local or ray, got {cfg.launcher!r}")
     if cfg.precision not in ("auto", "fp32", "bf16"):

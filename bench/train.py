@@ -1,0 +1,193 @@
+"""Trainer throughput, printed as JSON: the shard loader alone vs the tiny model's training step; on a GPU
+(`--gpu`), a 7B-shaped LLaMA (random init, bf16, LoRA r 64, gradient checkpointing) on PiTe-shaped sequences.
+
+    .venv/bin/python bench/train.py [--data runs/annotate/demo] [--stage 2] [--workers 2] [--batch-size 8]
+    .venv/bin/python bench/train.py --gpu [--gpu-batch 8 --text-tokens 250 --steps 10]
+
+Loader goal: >= 200 samples/s on 2 cores, so the CPU demo is bound by the model, not by decoding. Timings are
+not asserted anywhere; compare figures within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.batch import to_device  # noqa: E402
+from model.config import LabelConfig, LoraSettings, PiteConfig  # noqa: E402
+from model.conversation import get_template  # noqa: E402
+from model.factory import TinyLlamaSettings, tiny_llama  # noqa: E402
+from model.pite import PiteModel  # noqa: E402
+from model.tokenizer import train_tokenizer  # noqa: E402
+from pipelines.train_data import ExampleBuilder, TrainStream, model_inputs, run_shards  # noqa: E402
+
+# Dense bf16 peak (no sparsity) per GPU, for model FLOPs utilisation.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
+
+
+def loader_and_tiny_step(args) -> dict:
+    import pyarrow.dataset as ds
+
+    for name in ("RANK", "WORLD_SIZE"):
+        os.environ.pop(name, None)
+    captions = ds.dataset(str(Path(args.data) / "index")).to_table(columns=["caption"]).column("caption").to_pylist()
+    tok = train_tokenizer(captions, vocab_size=600)
+    template = get_template("pite")
+    builder = ExampleBuilder(tok, template, tok.convert_tokens_to_ids("<video>"), LabelConfig(stage=args.stage))
+
+    def stream():
+        return iter(TrainStream(run_shards(args.data), builder, args.batch_size, seed=0, rank=0, world_size=1,
+                                num_workers=args.workers, epoch_batches=args.batches, shuffle_buffer=32))
+
+    t0 = time.perf_counter()
+    it = stream()
+    first = next(it)
+    t1 = time.perf_counter()
+    n = first["input_ids"].shape[0]
+    for _ in range(args.batches - 1):
+        n += next(it)["input_ids"].shape[0]
+    t2 = time.perf_counter()
+    steady = (n - first["input_ids"].shape[0]) / (t2 - t1)
+
+    # The demo's tiny model (configs/train/demo.yaml sizes), one full training step per batch.
+    s = TinyLlamaSettings(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=4,
+                          intermediate_size=2 * args.hidden, vocab_size=600)
+    model = PiteModel(tiny_llama(tok, s), PiteConfig(lora=LoraSettings(r=16, alpha=32, dropout=0.0)),
+                      video_token_id=tok.convert_tokens_to_ids("<video>"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    it = stream()
+    batches = [next(it) for _ in range(args.model_steps + 1)]
+    times, tokens = [], 0
+    for i, b in enumerate(batches):
+        t = time.perf_counter()
+        out = model(**model_inputs(b))
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i:  # the first step warms up allocators
+            times.append(time.perf_counter() - t)
+            tokens += int(b["attention_mask"].sum())
+    step = sum(times) / len(times)
+    return {
+        "data": str(args.data), "stage": args.stage, "loader_workers": args.workers, "batch_size": args.batch_size,
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "loader_samples_per_s": round(steady, 1),
+        "loader_samples_per_s_with_startup": round(n / (t2 - t0), 1),
+        "loader_startup_s": round(t1 - t0, 2),
+        "tiny_model": {"hidden": args.hidden, "layers": args.layers,
+                       "params": sum(p.numel() for p in model.parameters())},
+        "tiny_step_s": round(step, 3),
+        "tiny_step_samples_per_s": round(args.batch_size / step, 1),
+        "tiny_step_tokens_per_s": round(tokens / sum(times), 0),
+        "loader_vs_step": round(steady / (args.batch_size / step), 1),
+    }
+
+
+def gpu_7b(args) -> dict:
+    if not torch.cuda.is_available():
+        return {"gpu": "skipped: no CUDA device"}
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                         tie_word_embeddings=False)
+    t0 = time.perf_counter()
+    with torch.device(device):
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            llm = LlamaForCausalLM(config)
+        finally:
+            torch.set_default_dtype(default)
+    init_s = time.perf_counter() - t0
+    pite = PiteModel(llm, PiteConfig(lora=LoraSettings(r=64, alpha=128, dropout=0.05),
+                                     gradient_checkpointing=True), video_token_id=32000)
+    pite.apply_lora()
+    pite.set_trainable(adapter=True, lora=True, loc_head=False, traj_head=True)
+    pite.enable_gradient_checkpointing()
+    pite.to(device)
+    params = [p for p in pite.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    # Stage-2-shaped: prefix, 100 frame tokens, question, answer (LM-labelled), 3 phrases with trajectories.
+    b, text, frames = args.gpu_batch, args.text_tokens, 100
+    length = text + frames
+    ids = torch.randint(4, 32000, (b, length), device=device)
+    ids[:, 40:40 + frames] = 32000
+    labels = torch.full_like(ids, -100)
+    labels[:, -text // 2:] = ids[:, -text // 2:]
+    batch = {
+        "input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+        "video_features": torch.randn(b, frames, 768, device=device),
+        "head_batch": torch.arange(b, device=device).repeat_interleave(3),
+        "head_pos": torch.tensor([length - 30, length - 20, length - 10], device=device).repeat(b),
+        "traj_target": torch.rand(b * 3, 3, 100, 2, device=device),
+        "traj_mask": torch.ones(b * 3, 3, 100, dtype=torch.bool, device=device),
+    }
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(args.steps + 2):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = pite(**to_device(batch, device))
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    step = sum(times) / len(times)
+    n_base = sum(p.numel() for p in llm.parameters() if not p.requires_grad)
+    tokens = b * length
+    # Model FLOPs per token: forward 2N + backward to the activations 2N (the frozen base needs no weight
+    # gradients; LoRA's are negligible), plus attention's 4*layers*length*hidden per token each way;
+    # gradient checkpointing's recomputation is not counted (it is overhead, not model work).
+    attn = 2 * 4 * config.num_hidden_layers * length * config.hidden_size
+    flops = tokens * (4 * n_base + attn)
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    return {
+        "gpu": name, "init_s": round(init_s, 1), "batch": b, "seq_len": length,
+        "base_params": n_base, "trainable_params": sum(p.numel() for p in params),
+        "step_s": round(step, 3), "tokens_per_s": round(tokens / step, 0),
+        "model_tflops_per_s": round(flops / step / 1e12, 1),
+        "mfu": round(flops / step / peak, 3) if peak else None,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="runs/annotate/demo")
+    p.add_argument("--stage", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--model-steps", type=int, default=5)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--gpu", action="store_true", help="also the 7B-shaped GPU step (needs CUDA)")
+    p.add_argument("--gpu-batch", type=int, default=8)
+    p.add_argument("--text-tokens", type=int, default=250)
+    p.add_argument("--steps", type=int, default=10)
+    args = p.parse_args(argv)
+    result = loader_and_tiny_step(args)
+    if args.gpu:
+        result["gpu_7b"] = gpu_7b(args)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
