@@ -175,11 +175,17 @@ class StageGroup:
         items = []
         n = len(batch["row"])
         for i in range(n):
-            r = ManifestRow.from_record({k: _py(v[i]) for k, v in batch.items()})
-            it = make_item(r.row, r.video_id, r.video, r.caption, self.cfg.seed, start=r.start, end=r.end,
-                           events=r.events, boxes=r.boxes, gt=r.gt, tar_member=r.tar_member)
-            if r.error:
-                it.reject("manifest", r.error)
+            rec = {k: _py(v[i]) for k, v in batch.items()}
+            try:
+                r = ManifestRow.from_record(rec)
+                it = make_item(r.row, r.video_id, r.video, r.caption, self.cfg.seed, start=r.start, end=r.end,
+                               events=r.events, boxes=r.boxes, gt=r.gt, tar_member=r.tar_member)
+            except Exception as exc:  # noqa: BLE001 - a row that cannot become an item is still one reject
+                it = make_item(int(rec["row"]), str(rec.get("video_id") or ""), "", "", self.cfg.seed)
+                it.reject("manifest", one_line(exc))
+            else:
+                if r.error:
+                    it.reject("manifest", r.error)
             items.append(it)
         return items
 

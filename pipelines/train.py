@@ -54,7 +54,7 @@ from pipelines.train_config import StageConfig, TrainConfig, load_train_config, 
 from pipelines.train_data import (ExampleBuilder, Position, TrainStream, default_epoch_batches, merge_stats,
                                   model_inputs, run_shards, run_size, stream_seed)
 from pipelines.train_dist import Dist, close, local_dist, ray_worker_dist
-from pipelines.train_state import list_checkpoints, load_state, newest, prune, save_state
+from pipelines.train_state import load_state, newest, prune, save_state
 
 log = logging.getLogger("pite.train")
 LOSSES = ("lm", "loc", "traj")
@@ -347,8 +347,8 @@ class StageRecipe:
                      "complete": True, "losses": {k: last.get(k) for k in ("loss", "lm_loss", "loc_loss",
                                                                              "traj_loss")}}
             save_checkpoint(self.model, self.tokenizer, self.dir, self.template, extra=extra)
-            for old in list_checkpoints(self.dir):  # the stage is done: its resumable states are not needed
-                shutil.rmtree(old, ignore_errors=True)
+            # The stage is done: its resumable states are not needed any more.
+            shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
         self.dist.barrier()
         return self.dir
 

@@ -64,12 +64,11 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, data):
         assert ra == pytest.approx(rb, rel=1e-5, abs=1e-6)
     assert _losses(full, "s1") == _losses(cut, "s1")
     # The stage's resumable states are gone once it finished; its checkpoint and OUT/final are there.
-    assert not list((cut / "s2" / "checkpoints").glob("step-*"))
+    assert not (cut / "s2" / "checkpoints").exists()
     for out in (full, cut):
         assert json.loads((out / "final" / "pite.json").read_text())["extra"]["stage"] == "s2"
 
 
-@pytest.mark.slow
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, data):
     """The L1/CE normalisers are global counts: 2 micro-batches of 2 = 1 batch of 4 (same examples, in order)."""
     stage = dict(STAGES[1], optim={"max_steps": 3, "warmup_steps": 0, "lr": 0.01, "grad_accum": 2})
@@ -105,7 +104,6 @@ def test_three_stages_chain_and_the_final_checkpoint_generates(tmp_path, data):
     assert gens[0].trajectories.shape[1:] == (K, T, 2) and gens[0].trajectories.shape[0] == len(gens[0].token_ids)
 
 
-@pytest.mark.slow
 def test_a_stage_starts_from_the_previous_one_merged_with_its_heads(tmp_path, data):
     path = _config(tmp_path, data, STAGES[:2])
     out = tmp_path / "out"
