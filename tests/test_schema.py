@@ -135,7 +135,8 @@ def test_member_bytes_do_not_depend_on_memory_layout():
 def test_from_members_refuses_pickles_and_missing_members():
     members = make_sample().to_members()
     buf = io.BytesIO()
-    np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    # A pickled (object) array, written on purpose: loading must refuse it.
+    np.lib.format.write_array(buf, np.array([{"evil": 1}], dtype=object), **{"allow_pickle": True})
     with pytest.raises(SchemaError, match=r"vis\.npy"):
         Sample.from_members({**members, "vis.npy": buf.getvalue()}, key="k")
     with pytest.raises(SchemaError, match=r"feat\.npy: member missing"):
