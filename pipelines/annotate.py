@@ -439,6 +439,7 @@ def run(cfg: AnnotateJobConfig) -> dict:
         previews: list[tuple[int, str, bytes]] = []
         prev_counts = _counts_from_done(out, sorted(done))
         t_run = time.perf_counter()
+        first_output = None  # seconds until the first row came back: actor start-up and model loading
         if pending:
             with _data_context():
                 ds = _build_dataset(cfg, out, pending, groups, group_resources, str(ledger), sample_hash)
@@ -448,6 +449,8 @@ def run(cfg: AnnotateJobConfig) -> dict:
                 buffers: dict[int, dict[int, dict]] = defaultdict(dict)
                 finished: set[int] = set()
                 for rec in ds.iter_rows():
+                    if first_output is None:
+                        first_output = time.perf_counter() - t_run
                     row = int(rec["row"])
                     shard = row // cfg.rows_per_shard
                     if shard in finished or row in buffers[shard]:
@@ -485,6 +488,7 @@ def run(cfg: AnnotateJobConfig) -> dict:
         stats = _stats(cfg, out, total, written, rejects_by_stage, reasons, stage_seconds, quality_sums,
                        prev_counts, run_seconds, ray_startup, time.perf_counter() - t_start, pending, chash)
         stats["notes"] = notes[:50]
+        stats["seconds"]["first_output"] = None if first_output is None else round(first_output, 3)
         if stats["written"] + stats["rejected"] != total:  # every row a sample or a reject, never lost or twice
             raise PiteError(f"{stats['written']} samples + {stats['rejected']} rejects != {total} input rows in "
                             f"{out}: the run is inconsistent (was a shard file replaced by hand?)")
