@@ -286,7 +286,7 @@ def test_kill_and_resume_gives_the_uninterrupted_result(reference_run, good_mani
 
     # The killed run's Ray goes with it: raylet, GCS and workers (Ray's two agents take up to 60 s more: their web
     # servers' shutdown timeout; they hold no CPU). A rerun starts a Ray of its own either way.
-    # 60 s, not 30: on a loaded 2-core machine Ray's log monitor and idle workers were seen to take longer.
+    # 60 s, not 30: one run failed right after another Ray had stopped on this 2-core machine (not reproduced since).
     deadline = time.time() + 60
     while time.time() < deadline:
         left = [c for c in processes_with(marker) if "Agent" not in c]
