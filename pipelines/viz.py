@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -109,28 +108,15 @@ def save_frames(images: Sequence[np.ndarray], out: str | Path, fps: float = 10.0
 
 
 def _encode_mp4(images: Sequence[np.ndarray], fps: float) -> bytes:
-    """H.264 yuv420p via PyAV; yuv420p needs even sides, so odd frames get one black row/column."""
-    import io
-
-    import av
+    """H.264 yuv420p via the synthetic world's encoder; yuv420p needs even sides, so odd frames get one black
+    row/column."""
+    from annotate.synthetic import encode_mp4
 
     h, w = images[0].shape[:2]
-    eh, ew = h + h % 2, w + w % 2
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = ew, eh, "yuv420p"
-        stream.options = {"crf": "20", "preset": "veryfast"}
-        for i, im in enumerate(images):
-            padded = np.zeros((eh, ew, 3), np.uint8)
-            padded[:h, :w] = im
-            frame = av.VideoFrame.from_ndarray(padded, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
+    padded = np.zeros((len(images), h + h % 2, w + w % 2, 3), np.uint8)
+    for i, im in enumerate(images):
+        padded[i, :h, :w] = im
+    return encode_mp4(padded, fps, crf=20)
 
 
 # --- finding a sample and its video -----------------------------------------------------------------------------
