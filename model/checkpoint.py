@@ -164,7 +164,7 @@ def load_extra_state(model: PiteModel, state: dict[str, torch.Tensor]) -> list[s
         raise ConfigError(f"checkpoint heads: missing {hard}")
     for name, value in state.items():
         module, param = name.split(".", 1)
-        target = getattr(getattr(model, module), param)
+        target = getattr(model, module).state_dict(keep_vars=True)[param]  # nested names too (keypoint.bias)
         if target.shape != value.shape:
             raise ConfigError(f"checkpoint heads: {name} has shape {tuple(value.shape)}, "
                               f"the model expects {tuple(target.shape)}")

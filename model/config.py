@@ -39,10 +39,19 @@ class PiteConfig:
     gradient_checkpointing: bool = False
     feature_backend: str = "thumbnail"  # what produced the features: thumbnail | clip
     feature_crop: str = "center"  # clip: center | pad
+    # linear: one token per frame (the paper's, CLIP features); colour_slots: `adapter_slots` tokens per frame
+    # from 16x16 thumbnails, with a cosine basis of `adapter_basis` terms over time (model/adapters.py says why).
+    adapter: str = "linear"
+    adapter_slots: int = 8
+    adapter_basis: int = 8
 
     def __post_init__(self):
         if self.head_shift not in (0, 1):
             raise ConfigError(f"model.head_shift: expected 0 or 1, got {self.head_shift}")
+        if self.adapter not in ("linear", "colour_slots"):
+            raise ConfigError(f"model.adapter: expected linear or colour_slots, got {self.adapter!r}")
+        if self.adapter_basis < 1:
+            raise ConfigError(f"model.adapter_basis: expected >= 1, got {self.adapter_basis}")
         if isinstance(self.lora, dict):  # from a checkpoint's JSON
             self.lora = LoraSettings(**self.lora)
 
@@ -69,10 +78,16 @@ class LabelConfig:
     dense_query: str = "Could you please detail the events that took place during different time segments in the video?"
     grounding_query: str = "During which frames can we see {query}?"
     max_grounding_turns: int = 4  # stage 3: temporal-grounding questions per example
+    # stage 1: "ground" = one example per grounding frame (the annotation's); "random" = one example per sample at
+    # a frame drawn (by the loader's seeded rng) among those where an object is visible, its visible objects
+    # supervised there: the trajectories give positions on every frame, 100x the single-frame examples.
+    stage1_frames: str = "ground"
     caption_turn_in_stage3: bool = True  # stage 3: keep the caption turn (with its trajectory targets) first
 
     def __post_init__(self):
         if self.stage not in (1, 2, 3):
             raise ConfigError(f"labels.stage: expected 1, 2 or 3, got {self.stage}")
+        if self.stage1_frames not in ("ground", "random"):
+            raise ConfigError(f"labels.stage1_frames: expected ground or random, got {self.stage1_frames!r}")
         if self.max_length < 8:
             raise ConfigError(f"labels.max_length: expected >= 8, got {self.max_length}")

@@ -306,6 +306,11 @@ def build_examples(
                 by_frame.setdefault(f, []).append(i)
             else:
                 dropped["not visible"] += 1
+        if cfg.stage1_frames == "random" and rng is not None:
+            shown = np.flatnonzero(vis[:, :, : min(t, feat.shape[0])].any(axis=(0, 1)))
+            if len(shown):
+                f = int(shown[rng.randrange(len(shown))])
+                by_frame = {f: [i for i in range(n_obj) if vis[i, :, f].any()]}
         for f, members in sorted(by_frame.items()):
             spans, keep = _object_spans(meta, members, answer, lead, key, dropped)
             turns = [("user", first_message(template, _choose(cfg.image_queries, rng), 1)), ("assistant", answer)]

@@ -1,6 +1,8 @@
 r"""The PiTe network: frame features -> vision adapter -> spliced into an LLM's input -> LM + localisation/trajectory heads.
 
-    features (n, 768) --vision_adapter--> n embeddings at the n `<video>` positions of the conversation
+    features (n, 768) --vision_adapter--> n x S embeddings at the n `<video>` positions of the conversation
+                                          (S = 1 for the linear adapter; a position becomes S, as LLaVA expands
+                                          its image token into patches)
     LLM (any AutoModelForCausalLM; LoRA via peft) --> logits (LM loss on answer tokens)
                                                   \-> last hidden states --localization_projector--> (x, y)
                                                                          \-trajectory_projector---> (K, T, 2)
@@ -17,6 +19,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from model.adapters import build_adapter, tokens_per_frame
 from model.config import LoraSettings, PiteConfig
 from model.losses import lm_sum, masked_l1_sum, normalise
 
@@ -58,7 +61,8 @@ class PiteModel(nn.Module):
         device = llm.get_input_embeddings().weight.device
         k, t = config.n_points, config.n_frames
         # Adapter and heads stay fp32 (autocast runs the adapter in bf16 on GPU; heads run with autocast off).
-        self.vision_adapter = nn.Linear(config.feat_dim, hidden, device=device)
+        self.vision_adapter = build_adapter(config.adapter, config.feat_dim, hidden, slots=config.adapter_slots,
+                                            basis=config.adapter_basis, device=device)
         self.localization_projector = nn.Linear(hidden, 2, device=device)
         self.trajectory_projector = nn.Linear(hidden, k * t * 2, device=device)
         self.init_trajectory_from_localization()
@@ -115,6 +119,14 @@ class PiteModel(nn.Module):
         else:
             llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
+    @property
+    def device(self) -> torch.device:
+        return self.localization_projector.weight.device
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return tokens_per_frame(self.vision_adapter)
+
     def extra_state_dict(self) -> dict[str, torch.Tensor]:
         """The adapter and both heads (what lives outside the LLM)."""
         return {f"{name}.{k}": v for name in ("vision_adapter", "localization_projector", "trajectory_projector")
@@ -126,16 +138,29 @@ class PiteModel(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------------------------
 
-    def embed(self, input_ids: torch.Tensor, video_features=None) -> torch.Tensor:
-        """Token embeddings with the adapted frame features spliced at the video positions (row-major order)."""
+    def embed(self, input_ids: torch.Tensor, video_features=None,
+              attention_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Input embeddings with the adapted frames spliced in: (embeds (B, L', H), attention mask (B, L'), starts).
+
+        Each video position holds one frame (row-major order). A one-token-per-frame adapter replaces it in place
+        (L' = L, starts None). An adapter with S tokens per frame expands it to S positions: `starts` (B, L) maps
+        every input position to its first new one. Rows stay right-aligned when all of them end in a real token
+        (left padding, as `generate` needs), else left-aligned.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         is_video = input_ids == self.video_token_id
         # The placeholder id may lie outside the embedding table (Vicuna + an added token): never look it up.
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_video, 0))
         frames = _stack_frames(video_features, is_video)
         if frames is None:
-            return embeds
-        adapted = self.vision_adapter(frames.to(self.vision_adapter.weight.dtype)).to(embeds.dtype)
-        return embeds.masked_scatter(is_video.unsqueeze(-1).expand_as(embeds), adapted)
+            return embeds, attention_mask, None
+        ref = self.localization_projector.weight
+        if self.tokens_per_frame == 1:
+            adapted = self.vision_adapter(frames.to(ref.dtype)).to(embeds.dtype)
+            return embeds.masked_scatter(is_video.unsqueeze(-1).expand_as(embeds), adapted), attention_mask, None
+        adapted = self.vision_adapter(frames.to(ref.dtype), _frame_times(is_video)).to(embeds.dtype)  # (N, S, H)
+        return _expand_video(embeds, attention_mask, is_video, adapted)
 
     def read_heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both heads on hidden states (M, H), in fp32 outside autocast: (M, 2) and (M, K, T, 2)."""
@@ -169,7 +194,13 @@ class PiteModel(nn.Module):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        embeds = self.embed(input_ids, video_features)
+        embeds, attention_mask, starts = self.embed(input_ids, video_features, attention_mask)
+        if starts is not None:  # positions moved: labels and head positions follow their tokens
+            if labels is not None:
+                moved = labels.new_full(attention_mask.shape, -100)
+                labels = moved.scatter(1, starts, labels)
+            if head_pos is not None and head_pos.numel():
+                head_pos = starts[head_batch, head_pos]
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask,
                        position_ids=position_ids_from_mask(attention_mask),
                        output_hidden_states=True, use_cache=False, return_dict=True)
@@ -218,7 +249,7 @@ class PiteModel(nn.Module):
         params = [p for m in (self.vision_adapter, self.localization_projector, self.trajectory_projector)
                   for p in m.parameters() if p.requires_grad]
         if not params:
-            return torch.zeros((), device=self.vision_adapter.weight.device)
+            return torch.zeros((), device=self.device)
         return sum(p.sum() for p in params) * 0.0
 
     # ---- generation ---------------------------------------------------------------------------------------------
@@ -259,8 +290,9 @@ class PiteModel(nn.Module):
         self.eval()
         try:
             b = input_ids.size(0)
-            mask = attention_mask.long()
-            out = self.llm(inputs_embeds=self.embed(input_ids, video_features), attention_mask=mask,
+            embeds, mask, _ = self.embed(input_ids, video_features, attention_mask.long())
+            mask = mask.long()
+            out = self.llm(inputs_embeds=embeds, attention_mask=mask,
                            position_ids=position_ids_from_mask(mask), use_cache=True, output_hidden_states=True,
                            return_dict=True)
 
@@ -364,3 +396,41 @@ def _stack_frames(video_features, is_video: torch.Tensor) -> Optional[torch.Tens
         raise ValueError(f"video_features: {sizes} frames per row, the input has {per_row} video positions")
     frames = [v for v in video_features if v is not None and v.shape[0]]
     return torch.cat(frames).to(is_video.device) if frames else None
+
+
+def _frame_times(is_video: torch.Tensor) -> torch.Tensor:
+    """Each stacked frame's time in its row's clip, in [0, 1]; NaN for a row with a single frame (an image)."""
+    per_row = is_video.sum(dim=1)
+    times = []
+    for n in per_row.tolist():
+        if n == 1:
+            times.append(torch.full((1,), float("nan")))
+        elif n:
+            times.append(torch.arange(n, dtype=torch.float32) / (n - 1))
+    return torch.cat(times).to(is_video.device)
+
+
+def _expand_video(embeds: torch.Tensor, mask: torch.Tensor, is_video: torch.Tensor,
+                  adapted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every video position of `embeds` becomes the S tokens of its frame (`adapted` (N, S, H), row-major)."""
+    b, length, hidden = embeds.shape
+    s = adapted.shape[1]
+    widths = torch.where(is_video, s, 1)
+    ends = widths.cumsum(dim=1)  # (B, L): one past each token's last new position
+    totals = ends[:, -1]
+    new_length = int(totals.max())
+    # When every row ends in a real token (left padding, or none: what `generate` needs) the rows stay aligned to
+    # the right end; otherwise (right padding) to the left. Shorter rows get padding on the other side.
+    offset = new_length - totals if bool(mask[:, -1].all()) else torch.zeros_like(totals)
+    starts = ends - widths + offset[:, None]
+    out = embeds.new_zeros(b, new_length, hidden)
+    new_mask = mask.new_zeros(b, new_length)
+    text = ~is_video
+    rows = torch.arange(b, device=embeds.device)[:, None].expand(b, length)
+    out[rows[text], starts[text]] = embeds[text]
+    new_mask[rows[text], starts[text]] = mask[text]
+    video_rows, video_starts = rows[is_video], starts[is_video]  # (N,) in row-major order, as `adapted`
+    slot = torch.arange(s, device=embeds.device)
+    out[video_rows[:, None], video_starts[:, None] + slot[None]] = adapted
+    new_mask[video_rows[:, None], video_starts[:, None] + slot[None]] = 1
+    return out, new_mask, starts

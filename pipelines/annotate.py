@@ -573,9 +573,14 @@ def _build_dataset(cfg: AnnotateJobConfig, out: Path, pending: list[int], groups
     # The driver lists the per-shard input files; 0-CPU tasks read them. Ray's own read_parquet is avoided on
     # purpose: its file-listing and read tasks take a CPU each, and on a cluster whose CPUs all hold stage
     # actors they would wait forever (as would repartition's tasks).
+    # Their number in flight is capped: a 0-CPU task is never held back by the scheduler, so without a cap Ray
+    # starts one worker process per input file at once (measured: a 512-row run warned of 11x its start-up
+    # concurrency). A few readers keep the stage actors fed; each reads one small parquet file.
     files = [{"path": str(out / "input" / f"pite-{s:06d}.parquet")} for s in pending]
+    readers = max(1, min(len(files), max(2, cluster_cpus)))
     ds = ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
-        _read_input_files, batch_size=1, num_cpus=0, batch_format="pyarrow")
+        _read_input_files, batch_size=1, num_cpus=0, batch_format="pyarrow",
+        compute=ray.data.TaskPoolStrategy(size=readers))
     # CPUs left for the CPU groups once every GPU actor holds its CPUs, shared among those groups.
     gpu_cpus = sum(group_resources(g).num_cpus * cfg.gpu_workers for g in groups if group_resources(g).num_gpus)
     n_cpu_groups = sum(1 for g in groups if not group_resources(g).num_gpus)

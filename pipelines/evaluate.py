@@ -154,7 +154,7 @@ def model_answers(predictor, batch_size: int = 8, max_new_tokens: int = 64) -> A
     from model.labels import encode_prompt
 
     model, tok, template = predictor.model, predictor.tokenizer, predictor.template
-    device = model.vision_adapter.weight.device
+    device = model.device
 
     def answer(feats: list[np.ndarray], queries: list[str]) -> list[str]:
         out = []
@@ -283,7 +283,7 @@ def trajectory_predictions(model, tokenizer, template, run_dir: str | Path, limi
     shards = list_done_shards(run)
     if not shards:
         raise ConfigError(f"--run: {run} has no finished shards")
-    device = model.vision_adapter.weight.device
+    device = model.device
     model.eval()
     n = 0
     for i in shards:

@@ -109,7 +109,7 @@ class Predictor:
                  seed: int = 0) -> Generation:
         from model.labels import encode_prompt
 
-        device = self.model.vision_adapter.weight.device
+        device = self.model.device
         ids = encode_prompt(self.tokenizer, self.template, self.model.video_token_id, query, n_video=len(feat))
         generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
         [gen] = self.model.generate(ids.to(device), video_features=torch.from_numpy(np.asarray(feat, np.float32))

@@ -89,7 +89,7 @@ def test_forward_backward_splices_video_and_trains_both_heads(world):
     assert all(p.grad is None for n, p in model.llm.named_parameters() if "lora_" not in n)  # base frozen
 
     # the spliced positions hold exactly the adapted features
-    embeds = model.embed(batch["input_ids"], batch["video_features"])
+    embeds = model.embed(batch["input_ids"], batch["video_features"])[0]
     at = (batch["input_ids"][0] == model.video_token_id).nonzero().squeeze(1)
     expected = model.vision_adapter(batch["video_features"][0])
     assert torch.allclose(embeds[0, at], expected, atol=1e-6)
@@ -172,7 +172,7 @@ def test_head_shift_reads_the_token_or_the_one_before(world):
     model.eval()
     batch = collate(examples[2], tok.pad_token_id)
     with torch.no_grad():
-        embeds = model.embed(batch["input_ids"], batch["video_features"])
+        embeds = model.embed(batch["input_ids"], batch["video_features"])[0]
         hidden = model.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                            position_ids=position_ids_from_mask(batch["attention_mask"]),
                            output_hidden_states=True).hidden_states[-1]
@@ -251,7 +251,7 @@ def test_generate_returns_a_trajectory_per_token_matching_a_full_forward(world, 
         ids = torch.cat([prompt, torch.tensor(gen.token_ids)])[None]
         model.eval()
         with torch.no_grad():
-            hidden = model.llm(inputs_embeds=model.embed(ids, video[None]), output_hidden_states=True)
+            hidden = model.llm(inputs_embeds=model.embed(ids, video[None])[0], output_hidden_states=True)
         logits, states = hidden.logits[0], hidden.hidden_states[-1][0]
         p = len(prompt)
         assert logits[p - 1: p + n - 1].argmax(-1).tolist() == gen.token_ids

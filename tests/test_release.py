@@ -143,7 +143,7 @@ def test_released_model_generates_with_head_shift_one(release):
     assert len(gen.token_ids) == 6 and gen.trajectories.shape == (6, 3, 100, 2)
     # head_shift 1: token j's trajectory is the head on the hidden state at the position before it.
     full = torch.cat([ids, torch.tensor(gen.token_ids)])[None]
-    out = model.llm(inputs_embeds=model.embed(full, feats[None]), attention_mask=torch.ones_like(full),
+    out = model.llm(inputs_embeds=model.embed(full, feats[None])[0], attention_mask=torch.ones_like(full),
                     position_ids=position_ids_from_mask(torch.ones_like(full)), output_hidden_states=True)
     hidden = out.hidden_states[-1][0, len(ids) - 1:len(ids) + 5]
     _, traj = model.read_heads(hidden)
