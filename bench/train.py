@@ -60,8 +60,10 @@ def loader_and_tiny_step(args) -> dict:
     # The demo's tiny model (configs/train/demo.yaml sizes), one full training step per batch.
     s = TinyLlamaSettings(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=4,
                           intermediate_size=2 * args.hidden, vocab_size=600)
-    model = PiteModel(tiny_llama(tok, s), PiteConfig(lora=LoraSettings(r=16, alpha=32, dropout=0.0)),
-                      video_token_id=tok.convert_tokens_to_ids("<video>"))
+    config = PiteConfig(lora=LoraSettings(r=16, alpha=32, dropout=0.0), adapter=args.adapter,
+                        adapter_slots=args.slots)
+    model = PiteModel(tiny_llama(tok, s), config, video_token_id=tok.convert_tokens_to_ids("<video>"))
+    extra = model.tokens_per_frame - 1  # positions each frame adds once the adapter expands it
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     it = stream()
     batches = [next(it) for _ in range(args.model_steps + 1)]
@@ -74,7 +76,7 @@ def loader_and_tiny_step(args) -> dict:
         opt.zero_grad(set_to_none=True)
         if i:  # the first step warms up allocators
             times.append(time.perf_counter() - t)
-            tokens += int(b["attention_mask"].sum())
+            tokens += int(b["attention_mask"].sum()) + extra * int((b["input_ids"] == model.video_token_id).sum())
     step = sum(times) / len(times)
     return {
         "data": str(args.data), "stage": args.stage, "loader_workers": args.workers, "batch_size": args.batch_size,
@@ -82,7 +84,8 @@ def loader_and_tiny_step(args) -> dict:
         "loader_samples_per_s": round(steady, 1),
         "loader_samples_per_s_with_startup": round(n / (t2 - t0), 1),
         "loader_startup_s": round(t1 - t0, 2),
-        "tiny_model": {"hidden": args.hidden, "layers": args.layers,
+        "tiny_model": {"hidden": args.hidden, "layers": args.layers, "adapter": args.adapter,
+                       "tokens_per_frame": model.tokens_per_frame,
                        "params": sum(p.numel() for p in model.parameters())},
         "tiny_step_s": round(step, 3),
         "tiny_step_samples_per_s": round(args.batch_size / step, 1),
@@ -177,6 +180,8 @@ def main(argv=None) -> int:
     p.add_argument("--model-steps", type=int, default=5)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--adapter", default="linear", choices=["linear", "colour_slots"])
+    p.add_argument("--slots", type=int, default=8, help="colour_slots: tokens per frame")
     p.add_argument("--gpu", action="store_true", help="also the 7B-shaped GPU step (needs CUDA)")
     p.add_argument("--gpu-batch", type=int, default=8)
     p.add_argument("--text-tokens", type=int, default=250)

@@ -10,7 +10,7 @@ dims gave a held-out localisation error no better than the constant (0.22 vs 0.1
 clips instead of learning the colour-keyed lookup, which inside one token needs a multiplicative MLP gate. With one
 token per colour slot the lookup is attention's own query-key match, and it generalised (0.08-0.10).
 Each slot:
-  - softly assigns every pixel to S learnable prototype colours (initialised on the corners of the RGB cube, not on
+  - softly assigns every pixel to S learnable prototype colours (initialised on a lattice of the RGB cube, not on
     any data set's palette) with a learnable sharpness;
   - a spatial softmax over the pixels of the slot gives its keypoint (x, y) in [-1, 1] and a log-mass (how much of
     that colour the frame holds), as in deep spatial autoencoders (Finn et al. 2016);
@@ -44,10 +44,13 @@ class ColourSlotAdapter(nn.Module):
         if not 1 <= slots <= 27:
             raise ConfigError(f"model.adapter_slots: expected 1..27, got {slots}")
         self.side, self.slots, self.basis = side, slots, basis
-        # Prototype colours: the 8 cube corners first, then the 3x3x3 lattice's other points (up to 27 slots).
-        corners = list(itertools.product([0.0, 1.0], repeat=3))
-        lattice = [c for c in itertools.product([0.0, 0.5, 1.0], repeat=3) if c not in corners]
-        self.prototypes = nn.Parameter(torch.tensor((corners + lattice)[:slots], device=device))
+        # Prototype colours: the 3x3x3 lattice of the RGB cube, coarse to fine: its 8 corners (black, white, the
+        # primaries and secondaries), the 12 edge midpoints (half-tones such as orange (1, .5, 0) or violet
+        # (.5, 0, 1)), the 6 face centres, the centre.
+        lattice = list(itertools.product([0.0, 0.5, 1.0], repeat=3))
+        halves = lambda c: sum(v == 0.5 for v in c)  # noqa: E731  (0 corner, 1 edge, 2 face, 3 centre)
+        ordered = sorted(lattice, key=halves)  # stable: lexicographic within each kind
+        self.prototypes = nn.Parameter(torch.tensor(ordered[:slots], device=device))
         self.log_width = nn.Parameter(torch.tensor(-2.0, device=device))  # exp(-2) ~ 0.14 of the RGB range
         self.identity = nn.Parameter(torch.randn(slots, hidden, device=device) * 0.5)
         self.keypoint = nn.Linear(3, hidden, device=device)

@@ -82,6 +82,10 @@ class LabelConfig:
     # a frame drawn (by the loader's seeded rng) among those where an object is visible, its visible objects
     # supervised there: the trajectories give positions on every frame, 100x the single-frame examples.
     stage1_frames: str = "ground"
+    # stage 1 answers: "caption" = the whole caption, every phrase grounded at the frame supervised; "phrase" = one
+    # example per grounded object, the answer its phrase alone ("a red ball."). A small model memorises which clip
+    # a long caption belongs to instead of looking at the frame; a bare phrase leaves it only the frame to go by.
+    stage1_text: str = "caption"
     caption_turn_in_stage3: bool = True  # stage 3: keep the caption turn (with its trajectory targets) first
 
     def __post_init__(self):
@@ -89,5 +93,7 @@ class LabelConfig:
             raise ConfigError(f"labels.stage: expected 1, 2 or 3, got {self.stage}")
         if self.stage1_frames not in ("ground", "random"):
             raise ConfigError(f"labels.stage1_frames: expected ground or random, got {self.stage1_frames!r}")
+        if self.stage1_text not in ("caption", "phrase"):
+            raise ConfigError(f"labels.stage1_text: expected caption or phrase, got {self.stage1_text!r}")
         if self.max_length < 8:
             raise ConfigError(f"labels.max_length: expected >= 8, got {self.max_length}")

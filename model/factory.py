@@ -24,6 +24,10 @@ class TinyLlamaSettings:
     intermediate_size: int = 64
     max_position_embeddings: int = 4096
     vocab_size: int = 1000  # of the tokenizer trained for it (the BPE may end smaller)
+    # LLaMA's 10000 turns the fastest rotary pairs many times over a 100-frame video; a larger base keeps
+    # attention by content alike at every distance, so what a tiny model learns on single frames (stage 1)
+    # carries over to whole clips.
+    rope_theta: float = 10000.0
 
 
 def tiny_llama(tokenizer, settings: Optional[TinyLlamaSettings] = None, seed: int = 0) -> LlamaForCausalLM:
@@ -36,6 +40,7 @@ def tiny_llama(tokenizer, settings: Optional[TinyLlamaSettings] = None, seed: in
         num_attention_heads=s.num_attention_heads,
         intermediate_size=s.intermediate_size,
         max_position_embeddings=s.max_position_embeddings,
+        rope_theta=s.rope_theta,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

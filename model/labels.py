@@ -7,7 +7,9 @@ whatever the tokenizer does to spaces, punctuation or multi-byte characters. The
 becomes one position per frame (the model splices the adapted frame features there).
 
 Stage 1: one example per grounding frame: that frame alone is the visual input (T = 1) and each phrase grounded
-there is supervised with its points' mean (localisation head). Stage 2: the clip (T frames) and each phrase's
+there is supervised with its points' mean (localisation head). Options: a random frame with visible objects
+instead (`stage1_frames: random`), and one example per object answering with its phrase alone
+(`stage1_text: phrase`). Stage 2: the clip (T frames) and each phrase's
 trajectories (trajectory head). Stage 3: conversations from the sample's `events` (dense captions, temporal
 grounding with VTimeLLM's frame indices) and `conversations`, after the caption turn.
 """
@@ -311,9 +313,16 @@ def build_examples(
             if len(shown):
                 f = int(shown[rng.randrange(len(shown))])
                 by_frame = {f: [i for i in range(n_obj) if vis[i, :, f].any()]}
+        units = []  # (frame, answer, spans in it, object indices)
         for f, members in sorted(by_frame.items()):
             spans, keep = _object_spans(meta, members, answer, lead, key, dropped)
-            turns = [("user", first_message(template, _choose(cfg.image_queries, rng), 1)), ("assistant", answer)]
+            if cfg.stage1_text == "caption":
+                units.append((f, answer, spans, keep))
+                continue
+            for (s, e), i in zip(spans, keep):  # the phrase as the caption has it, a full stop after it
+                units.append((f, answer[s:e] + ".", [(0, e - s)], [i]))
+        for f, text, spans, keep in units:
+            turns = [("user", first_message(template, _choose(cfg.image_queries, rng), 1)), ("assistant", text)]
             rendered = render(template, turns)
             shift = rendered.message_spans[1][0]
             enc = encode_conversation(tokenizer, rendered, video_token_id, 1,

@@ -18,7 +18,7 @@ from model.labels import build_examples, encode_prompt
 
 T, K, D, S = 5, 3, 768, 4
 CAPTIONS = ["the red ball and the blue cube", "a green box moves left"]
-TINY = TinyLlamaSettings(vocab_size=300)
+TINY = TinyLlamaSettings(vocab_size=300, rope_theta=1e6)
 
 
 def _frame(square_at=None, colour=(1.0, 0.0, 0.0), background=(0.5, 0.5, 0.5)):
@@ -172,5 +172,8 @@ def test_checkpoint_round_trip_keeps_the_adapter(world, tmp_path):
     save_checkpoint(model, tok, tmp_path / "ck", TEMPLATES["pite"])
     loaded, _, _ = load_checkpoint(tmp_path / "ck")
     assert isinstance(loaded.vision_adapter, ColourSlotAdapter) and loaded.tokens_per_frame == S
+    for llm in (model.llm, loaded.llm):  # the tiny LLaMA's rotary base travels with it
+        rope = getattr(llm.config, "rope_parameters", None) or {"rope_theta": llm.config.rope_theta}
+        assert rope["rope_theta"] == 1e6
     with torch.no_grad():
         assert torch.allclose(loaded(**batch).traj_pred, before, atol=1e-6)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
 
-from annotate.errors import SchemaError
+from annotate.errors import ConfigError, SchemaError
 from model.config import LabelConfig
 from model.conversation import (
     TEMPLATES,
@@ -238,6 +240,37 @@ def test_stage1_groups_phrases_by_grounding_frame(bpe_tokenizer):
     sample = _sample(caption, _spans(caption, "the red ball", "the red cube"), frames=[3, 1])
     exs, _ = build_examples(sample, bpe_tokenizer, TEMPLATES["pite"], vid, LabelConfig(stage=1))
     assert [ex.phrases for ex in exs] == [["the red cube"], ["the red ball"]]  # frame 1 first, then frame 3
+
+
+def test_stage1_random_frame_and_phrase_answers(bpe_tokenizer):
+    """stage1_frames random: one frame drawn among those showing an object, its visible objects supervised there;
+    stage1_text phrase: one example per object, answering with the phrase alone."""
+    vid = bpe_tokenizer.convert_tokens_to_ids("<video>")
+    caption = "the red ball and the red cube"
+    sample = _sample(caption, _spans(caption, "the red ball", "the red cube"), frames=[0, 0])
+    sample["vis"][:, :, :3] = False  # nothing visible before frame 3
+    sample["vis"][1, :, 3:5] = False  # the cube only from frame 5
+    labels = LabelConfig(stage=1, stage1_frames="random", stage1_text="phrase")
+    seen = set()
+    for seed in range(40):
+        exs, _ = build_examples(sample, bpe_tokenizer, TEMPLATES["pite"], vid, labels, rng=random.Random(seed))
+        frame = next(f for f in range(T) if torch.equal(exs[0].video, torch.from_numpy(
+            sample["feat"][f:f + 1].astype(np.float32))))
+        seen.add(frame)
+        assert frame >= 3
+        assert [ex.phrases for ex in exs] == ([["the red ball"]] if frame < 5 else [["the red ball"], ["the red cube"]])
+        for ex, i in zip(exs, range(2)):
+            text = _expanded_text(bpe_tokenizer, ex)
+            assert f"{ex.phrases[0]}." in text and caption not in text
+            expected = sample["traj"][i, :, frame].astype(np.float32).mean(axis=0)
+            assert np.allclose(ex.loc_target[0].numpy(), expected)
+    assert seen == {3, 4, 5}  # frames are drawn, not fixed
+    # without an rng (evaluation) the grounding frame is used, as with stage1_frames ground
+    exs, _ = build_examples(sample, bpe_tokenizer, TEMPLATES["pite"], vid, labels)
+    assert exs == [] or all(torch.equal(ex.video, torch.from_numpy(sample["feat"][0:1].astype(np.float32)))
+                            for ex in exs)
+    with pytest.raises(ConfigError, match="stage1_text"):
+        LabelConfig(stage1_text="words")
 
 
 def test_stage3_events_give_vtimellm_timestamps(bpe_tokenizer):
