@@ -30,8 +30,7 @@ import torch
 from torch import nn
 
 from annotate.errors import ConfigError
-
-ADAPTERS = ("linear", "colour_slots")
+from model.config import ADAPTERS
 
 
 class ColourSlotAdapter(nn.Module):

@@ -12,6 +12,8 @@ from typing import Optional
 
 from annotate.errors import ConfigError
 
+ADAPTERS = ("linear", "colour_slots")  # model.adapters builds them
+
 
 @dataclass
 class LoraSettings:
@@ -48,8 +50,8 @@ class PiteConfig:
     def __post_init__(self):
         if self.head_shift not in (0, 1):
             raise ConfigError(f"model.head_shift: expected 0 or 1, got {self.head_shift}")
-        if self.adapter not in ("linear", "colour_slots"):
-            raise ConfigError(f"model.adapter: expected linear or colour_slots, got {self.adapter!r}")
+        if self.adapter not in ADAPTERS:
+            raise ConfigError(f"model.adapter: unknown {self.adapter!r} (expected {' | '.join(ADAPTERS)})")
         if self.adapter_basis < 1:
             raise ConfigError(f"model.adapter_basis: expected >= 1, got {self.adapter_basis}")
         if isinstance(self.lora, dict):  # from a checkpoint's JSON

@@ -21,6 +21,7 @@ from torch import nn
 
 from model.adapters import build_adapter, tokens_per_frame
 from model.config import LoraSettings, PiteConfig
+from model.labels import IGNORE_INDEX
 from model.losses import lm_sum, masked_l1_sum, normalise
 
 
@@ -197,7 +198,7 @@ class PiteModel(nn.Module):
         embeds, attention_mask, starts = self.embed(input_ids, video_features, attention_mask)
         if starts is not None:  # positions moved: labels and head positions follow their tokens
             if labels is not None:
-                moved = labels.new_full(attention_mask.shape, -100)
+                moved = labels.new_full(attention_mask.shape, IGNORE_INDEX)
                 labels = moved.scatter(1, starts, labels)
             if head_pos is not None and head_pos.numel():
                 head_pos = starts[head_batch, head_pos]
