@@ -16,8 +16,11 @@ Each slot:
     that colour the frame holds), as in deep spatial autoencoders (Finn et al. 2016);
   - its token = a learned slot identity + Linear(x, y, mass) + Linear((x, y) outer a cosine basis of the frame's
     time in its clip). The last term lets a phrase that attends to its slot in every frame read the trajectory's
-    low-frequency coefficients (the average of the tokens), which the trajectory head decodes per frame. It starts
-    at zero, so single frames (stage 1, no time) and clips share what stage 1 learned.
+    low-frequency coefficients (the average of the tokens), which the trajectory head decodes per frame;
+  - plus Linear(cosine basis of the frame's time): when the frame is, as content, so that an answer such as
+    "From 12 to 40." can copy it from the tokens a question attends to (RoPE alone gives only relative positions).
+    Video LLMs add timestamps to frame tokens for the same reason (TimeChat's time-aware frame encoder).
+  Both time terms start at zero, so single frames (stage 1, no time) and clips share what stage 1 learned.
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ class ColourSlotAdapter(nn.Module):
         self.identity = nn.Parameter(torch.randn(slots, hidden, device=device) * 0.5)
         self.keypoint = nn.Linear(3, hidden, device=device)
         self.motion = nn.Linear(2 * basis, hidden, device=device)
-        nn.init.zeros_(self.motion.weight)
-        nn.init.zeros_(self.motion.bias)
+        self.clock = nn.Linear(basis, hidden, bias=False, device=device)
+        for weight in (self.motion.weight, self.motion.bias, self.clock.weight):
+            nn.init.zeros_(weight)
         ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
         grid = torch.stack([(xs.reshape(-1) + 0.5) / side, (ys.reshape(-1) + 0.5) / side], -1) * 2 - 1
         self.register_buffer("grid", grid.to(device), persistent=False)  # (side*side, 2) pixel centres in [-1, 1]
@@ -80,7 +84,8 @@ class ColourSlotAdapter(nn.Module):
             t = torch.nan_to_num(times, nan=0.0).to(xy.dtype)
             cos = torch.cos(math.pi * t[:, None] * torch.arange(self.basis, device=t.device, dtype=t.dtype)[None])
             motion = self.motion((xy[..., :, None] * cos[:, None, None, :]).reshape(n, self.slots, -1))
-            token = token + motion * known[:, None, None].to(motion.dtype)
+            clock = self.clock(cos)[:, None]  # (N, 1, hidden): the same for every slot of a frame
+            token = token + (motion + clock) * known[:, None, None].to(motion.dtype)
         return token
 
 

@@ -3,7 +3,7 @@
     CKPT/
       pite.json           format, model config (incl. head_shift, feature backend/crop), prompt template,
                           video token id, where the base LLM is, the merged adapters, the live adapter, `extra`
-      heads.safetensors   vision_adapter.*, localization_projector.*, trajectory_projector.* (fp32)
+      heads.safetensors   vision_adapter.*, localization_projector.*, trajectory_projector.*, frame_readout.* (fp32)
       tokenizer/          the fast tokenizer (with the <video> token)
       base/               the LLM's base weights (save_pretrained), only when it has no source dir (a tiny
                           random base); earlier merged stages are baked into it
@@ -159,7 +159,9 @@ def load_extra_state(model: PiteModel, state: dict[str, torch.Tensor]) -> list[s
     if unknown:
         raise ConfigError(f"checkpoint heads: unknown keys {unknown[:5]}")
     missing = sorted(set(own) - set(state))
-    hard = [k for k in missing if not k.startswith("trajectory_projector.")]
+    # Soft: a trajectory head (made from the localisation head), a frame readout (fresh, as the model built it),
+    # the colour-slot adapter's clock (zero at init: a checkpoint saved before it existed behaves the same).
+    hard = [k for k in missing if not k.startswith(("trajectory_projector.", "frame_readout.", "vision_adapter.clock."))]
     if hard:
         raise ConfigError(f"checkpoint heads: missing {hard}")
     for name, value in state.items():
@@ -170,7 +172,7 @@ def load_extra_state(model: PiteModel, state: dict[str, torch.Tensor]) -> list[s
                               f"the model expects {tuple(target.shape)}")
         with torch.no_grad():
             target.copy_(value)
-    if missing:
+    if any(k.startswith("trajectory_projector.") for k in missing):
         model.init_trajectory_from_localization()
     return missing
 

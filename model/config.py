@@ -46,6 +46,9 @@ class PiteConfig:
     adapter: str = "linear"
     adapter_slots: int = 8
     adapter_basis: int = 8
+    # A pointer term in both heads over each frame's visual tokens (model/readout.py); needs adapter_slots > 1.
+    frame_readout: bool = False
+    frame_readout_dim: int = 64
 
     def __post_init__(self):
         if self.head_shift not in (0, 1):
@@ -88,7 +91,12 @@ class LabelConfig:
     # example per grounded object, the answer its phrase alone ("a red ball."). A small model memorises which clip
     # a long caption belongs to instead of looking at the frame; a bare phrase leaves it only the frame to go by.
     stage1_text: str = "caption"
-    caption_turn_in_stage3: bool = True  # stage 3: keep the caption turn (with its trajectory targets) first
+    caption_turn_in_stage3: bool = True  # stage 3: keep the caption turn (with its trajectory targets)
+    # stage 3 question order: "fixed" = caption, conversations, dense captions, grounding (as listed); "shuffle" =
+    # the question-answer pairs in a random order (loader's rng), so every kind of question also comes first, with
+    # the video, as evaluation asks it (a model that only ever saw the caption question first answers any first
+    # question with a caption).
+    stage3_order: str = "fixed"
 
     def __post_init__(self):
         if self.stage not in (1, 2, 3):
@@ -97,5 +105,7 @@ class LabelConfig:
             raise ConfigError(f"labels.stage1_frames: expected ground or random, got {self.stage1_frames!r}")
         if self.stage1_text not in ("caption", "phrase"):
             raise ConfigError(f"labels.stage1_text: expected caption or phrase, got {self.stage1_text!r}")
+        if self.stage3_order not in ("fixed", "shuffle"):
+            raise ConfigError(f"labels.stage3_order: expected fixed or shuffle, got {self.stage3_order!r}")
         if self.max_length < 8:
             raise ConfigError(f"labels.max_length: expected >= 8, got {self.max_length}")

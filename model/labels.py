@@ -338,8 +338,10 @@ def build_examples(
             examples.append(_example(enc, feat[f:f + 1], k, t, key, phrases, loc=loc))
         return examples, dropped
 
-    # Stages 2 and 3: the whole clip; the caption turn carries the trajectory targets.
-    turns: list[tuple[str, str]] = []
+    # Stages 2 and 3: the whole clip; the caption turn carries the trajectory targets. Blocks of turns that stay
+    # together: the caption pair, a converted conversation (its follow-ups refer back), the dense-caption pair,
+    # each grounding pair.
+    blocks: list[list[tuple[str, str]]] = []
     spans: list[tuple[int, int]] = []
     keep: list[int] = []
     caption_turn = n_obj > 0 and (cfg.stage == 2 or cfg.caption_turn_in_stage3)
@@ -349,16 +351,24 @@ def build_examples(
         if len(visible) < n_obj:
             dropped["not visible"] += n_obj - len(visible)
         spans, keep = _object_spans(meta, visible, answer, lead, key, dropped)
-        turns += [("user", _choose(cfg.caption_queries, rng)), ("assistant", answer)]
+        blocks.append([("user", _choose(cfg.caption_queries, rng)), ("assistant", answer)])
     if cfg.stage == 3:
-        turns += _conversation_turns(meta, template, key)
-        turns += _event_turns(meta, cfg, key, rng)
-    if not turns:
+        conversation = _conversation_turns(meta, template, key)
+        events = _event_turns(meta, cfg, key, rng)
+        blocks += ([conversation] if conversation else []) + [events[i:i + 2] for i in range(0, len(events), 2)]
+    if not blocks:
         dropped["sample without stage-3 data"] += 1
         return examples, dropped
+    order = list(range(len(blocks)))
+    if cfg.stage == 3 and cfg.stage3_order == "shuffle" and rng is not None:
+        rng.shuffle(order)
+    turns = [turn for i in order for turn in blocks[i]]
+    caption_at = None  # message index of the caption answer (its spans are relative to it)
+    if caption_turn:
+        caption_at = sum(len(blocks[i]) for i in order[: order.index(0)]) + 1
     turns[0] = ("user", first_message(template, turns[0][1], feat.shape[0]))
     rendered = render(template, turns)
-    shift = rendered.message_spans[1][0] if caption_turn else 0
+    shift = rendered.message_spans[caption_at][0] if caption_at is not None else 0
     enc = encode_conversation(tokenizer, rendered, video_token_id, feat.shape[0],
                               [(s + shift, e + shift) for s, e in spans], cfg.max_length)
     if enc is None:

@@ -19,10 +19,12 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from annotate.errors import ConfigError
 from model.adapters import build_adapter, tokens_per_frame
 from model.config import LoraSettings, PiteConfig
 from model.labels import IGNORE_INDEX
 from model.losses import lm_sum, masked_l1_sum, normalise
+from model.readout import FrameReadout, to_frames
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -67,6 +69,13 @@ class PiteModel(nn.Module):
         self.localization_projector = nn.Linear(hidden, 2, device=device)
         self.trajectory_projector = nn.Linear(hidden, k * t * 2, device=device)
         self.init_trajectory_from_localization()
+        # Optional pointer term of both heads over each frame's visual tokens (model/readout.py says why).
+        self.frame_readout = None
+        if config.frame_readout:
+            if self.tokens_per_frame == 1:
+                raise ConfigError("model.frame_readout needs an adapter with several tokens per frame (colour_slots): "
+                                  "with one token per frame it cannot tell the objects of a frame apart")
+            self.frame_readout = FrameReadout(hidden, config.frame_readout_dim, device=device)
         # Where the base LLM came from (a local dir) and the LoRA adapters already merged into it, in order:
         # what a checkpoint needs to rebuild these weights (model/checkpoint.py).
         self.base_source: Optional[str] = None
@@ -110,6 +119,8 @@ class PiteModel(nn.Module):
         self.vision_adapter.requires_grad_(adapter)
         self.localization_projector.requires_grad_(loc_head)
         self.trajectory_projector.requires_grad_(traj_head)
+        if self.frame_readout is not None:  # a term of both heads: it trains with either
+            self.frame_readout.requires_grad_(loc_head or traj_head)
 
     def enable_gradient_checkpointing(self) -> None:
         # Non-reentrant checkpointing works with frozen embeddings (no enable_input_require_grads needed).
@@ -128,10 +139,13 @@ class PiteModel(nn.Module):
     def tokens_per_frame(self) -> int:
         return tokens_per_frame(self.vision_adapter)
 
+    def extra_modules(self) -> list[str]:
+        """What lives outside the LLM: the adapter, both heads, the frame readout when there is one."""
+        names = ["vision_adapter", "localization_projector", "trajectory_projector"]
+        return names + (["frame_readout"] if self.frame_readout is not None else [])
+
     def extra_state_dict(self) -> dict[str, torch.Tensor]:
-        """The adapter and both heads (what lives outside the LLM)."""
-        return {f"{name}.{k}": v for name in ("vision_adapter", "localization_projector", "trajectory_projector")
-                for k, v in getattr(self, name).state_dict().items()}
+        return {f"{name}.{k}": v for name in self.extra_modules() for k, v in getattr(self, name).state_dict().items()}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter that trains now, by its full name (for a trainer's resumable checkpoints)."""
@@ -163,13 +177,49 @@ class PiteModel(nn.Module):
         adapted = self.vision_adapter(frames.to(ref.dtype), _frame_times(is_video)).to(embeds.dtype)  # (N, S, H)
         return _expand_video(embeds, attention_mask, is_video, adapted)
 
-    def read_heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both heads on hidden states (M, H), in fp32 outside autocast: (M, 2) and (M, K, T, 2)."""
+    def read_heads(self, hidden: torch.Tensor, rows: Optional[torch.Tensor] = None,
+                   frames: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both heads on hidden states (M, H), in fp32 outside autocast: (M, 2) and (M, K, T, 2).
+
+        With a frame readout, `rows` (M,) says each state's batch row and `frames` = `frame_states(...)` holds the
+        rows' visual token states; rows without frames get the projectors alone."""
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             w = self.localization_projector.weight
             loc = self.localization_projector(hidden.to(w.dtype)).float()
             traj = self.trajectory_projector(hidden.to(w.dtype)).float()
-        return loc, traj.view(-1, self.config.n_points, self.config.n_frames, 2)
+            traj = traj.view(-1, self.config.n_points, self.config.n_frames, 2)
+            if self.frame_readout is not None and frames is not None and rows is not None:
+                states, n_valid = frames
+                has = n_valid[rows] > 0
+                if bool(has.any()):
+                    r = self.frame_readout(hidden[has].to(w.dtype), rows[has], states.to(w.dtype)).float()
+                    n = n_valid[rows[has]]
+                    valid = (torch.arange(r.shape[1], device=r.device)[None] < n[:, None]).float()
+                    loc = loc.clone()
+                    loc[has] += (r * valid[..., None]).sum(1) / n[:, None].float()
+                    traj = traj.clone()
+                    traj[has] += to_frames(r, n, self.config.n_frames)[:, None]
+        return loc, traj
+
+    def frame_states(self, hidden: torch.Tensor, input_ids: torch.Tensor,
+                     starts: Optional[torch.Tensor]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """The visual tokens' states of each row: ((B, n_max, S, H), frames per row (B,)); None without video or
+        without a frame readout. `starts` is embed()'s map of the expanded layout (None: unexpanded)."""
+        if self.frame_readout is None:
+            return None
+        is_video = input_ids == self.video_token_id
+        per_row = is_video.sum(dim=1)
+        if not bool(per_row.any()):
+            return None
+        s = self.tokens_per_frame
+        b = input_ids.shape[0]
+        rows = torch.arange(b, device=input_ids.device)[:, None].expand_as(input_ids)[is_video]  # (N,) row-major
+        first = starts[is_video] if starts is not None else is_video.nonzero()[:, 1]
+        index = first[:, None] + torch.arange(s, device=first.device)[None]  # (N, S) positions in `hidden`
+        frame = is_video.long().cumsum(dim=1)[is_video] - 1  # each frame's index within its row
+        states = hidden.new_zeros(b, int(per_row.max()), s, hidden.shape[-1])
+        states[rows, frame] = hidden[rows[:, None], index]
+        return states, per_row
 
     def forward(
         self,
@@ -224,7 +274,8 @@ class PiteModel(nn.Module):
                 bad = rows[(index < 0) | ~attention_mask[head_batch, index.clamp(min=0)].bool()][0].item()
                 raise ValueError(f"head {bad}: position {head_pos[bad].item()} - head_shift "
                                  f"{self.config.head_shift} is not a real token of row {head_batch[bad].item()}")
-            loc_pred, traj_pred = self.read_heads(hidden[head_batch, index])
+            frames = self.frame_states(hidden, input_ids, starts)
+            loc_pred, traj_pred = self.read_heads(hidden[head_batch, index], head_batch, frames)
         for name, pred, target, mask in (("loc", loc_pred, loc_target, loc_mask),
                                          ("traj", traj_pred, traj_target, traj_mask)):
             if pred is not None and target is not None and mask is not None:
@@ -247,8 +298,7 @@ class PiteModel(nn.Module):
     def _ddp_anchor(self) -> torch.Tensor:
         """0 x (trainable adapter/head weights): keeps every trainable parameter in the graph on batches without
         video or supervised phrases, so DDP/FSDP need no find_unused_parameters."""
-        params = [p for m in (self.vision_adapter, self.localization_projector, self.trajectory_projector)
-                  for p in m.parameters() if p.requires_grad]
+        params = [p for name in self.extra_modules() for p in getattr(self, name).parameters() if p.requires_grad]
         if not params:
             return torch.zeros((), device=self.device)
         return sum(p.sum() for p in params) * 0.0
@@ -291,11 +341,12 @@ class PiteModel(nn.Module):
         self.eval()
         try:
             b = input_ids.size(0)
-            embeds, mask, _ = self.embed(input_ids, video_features, attention_mask.long())
+            embeds, mask, starts = self.embed(input_ids, video_features, attention_mask.long())
             mask = mask.long()
             out = self.llm(inputs_embeds=embeds, attention_mask=mask,
                            position_ids=position_ids_from_mask(mask), use_cache=True, output_hidden_states=True,
                            return_dict=True)
+            frames = self.frame_states(out.hidden_states[-1], input_ids, starts)
 
             def feed(token: torch.Tensor):
                 """One cached step on the tokens (B,) just chosen; returns the output and the longer mask."""
@@ -332,7 +383,8 @@ class PiteModel(nn.Module):
             else:
                 hidden = torch.stack(before[: len(tokens)], dim=1)
             ids = torch.stack(tokens, dim=1)
-            loc, traj = self.read_heads(hidden.reshape(-1, hidden.size(-1)))
+            rows = torch.arange(b, device=hidden.device).repeat_interleave(hidden.shape[1])
+            loc, traj = self.read_heads(hidden.reshape(-1, hidden.size(-1)), rows, frames)
             loc = loc.view(b, -1, 2)
             traj = traj.view(b, -1, self.config.n_points, self.config.n_frames, 2)
         finally:

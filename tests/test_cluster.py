@@ -162,3 +162,44 @@ def test_ray_job_submit_annotates_the_demo_on_a_local_head(ray_head, tmp_path):
     # It ran on this head, not on a Ray of its own: the stage actors' logs are in the head's session.
     worker_logs = list(temp_dir.glob("session_latest/logs/worker-*"))
     assert any("StageGroup" in p.read_text(errors="replace") for p in worker_logs), "no StageGroup actor on the head"
+
+
+def test_ray_job_submit_trains_with_two_ray_train_workers(ray_head, tmp_path):
+    """README's `ray job submit ... -- python -m pipelines.train --config ...`: the trainer's driver connects to the
+    head (RAY_ADDRESS from the job), TorchTrainer runs two gloo workers there, the checkpoint lands in `out`."""
+    import yaml
+
+    from model.checkpoint import load_checkpoint
+    from tests.train_helpers import D, K, T, make_run
+
+    dashboard, env, temp_dir = ray_head
+    data = make_run(tmp_path / "run", n_shards=4, per_shard=4)
+    cfg = {
+        "data": str(data), "device": "cpu", "progress": False, "tensorboard": False, "seed": 0,
+        "launcher": "ray", "num_workers": 2, "cpus_per_worker": 1,
+        "base": {"tiny": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                          "intermediate_size": 32, "vocab_size": 300, "max_position_embeddings": 256}},
+        "model": {"feat_dim": D, "n_points": K, "n_frames": T, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "loader": {"batch_size": 2, "num_workers": 1, "shuffle_buffer": 4, "epoch_batches": 5},
+        "stages": [{"name": "s2", "labels": {"stage": 2}, "optim": {"max_steps": 3, "warmup_steps": 1, "lr": 0.01}}],
+    }
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    sid = f"pite-train-{uuid.uuid4().hex[:8]}"
+    submit = [RAY, "job", "submit", "--address", dashboard, "--submission-id", sid, "--working-dir", str(REPO),
+              "--runtime-env-json", json.dumps({"excludes": EXCLUDES}), "--",
+              "python", "-m", "pipelines.train", "--config", str(config), f"out={out}"]
+    job = subprocess.run(submit, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    log = job.stdout + job.stderr
+    assert job.returncode == 0, f"ray job submit exited {job.returncode}:\n{log[-6000:]}"
+    assert "s2: 3 steps" in log, log[-3000:]  # the driver's summary comes back in the job's log
+
+    rows = [json.loads(ln) for ln in (out / "s2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["examples"] == 4 for r in rows)  # two ranks of 2 examples, all-reduced
+    model, tok, _ = load_checkpoint(out / "final")
+    assert model.has_lora and model.trajectory_projector.out_features == K * T * 2
+    # The two workers ran on this head: Ray Train's worker actors logged in its session.
+    worker_logs = list(temp_dir.glob("session_latest/logs/worker-*"))
+    assert any("RayTrainWorker" in p.read_text(errors="replace") for p in worker_logs), "no Ray Train worker here"

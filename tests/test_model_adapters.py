@@ -45,8 +45,21 @@ def test_a_slot_finds_its_colour_where_it_is():
     assert torch.allclose(xy[1, red], centre(11, 12), atol=0.02)
     mass = torch.logsumexp(logits, 1)[:, red]
     assert mass[0] > mass[2] + 5  # a red square holds far more "red" than a grey frame
-    # the motion term starts at zero: a clip's frames and a lone image give the same tokens at first
+    # the time terms start at zero: a clip's frames and a lone image give the same tokens at first
     assert torch.allclose(adapter(frames, torch.tensor([0.0, 0.5, 1.0])), tokens)
+
+
+def test_the_clock_tells_frames_apart_by_time_only_in_clips():
+    adapter = ColourSlotAdapter(D, 32, slots=4)
+    with torch.no_grad():
+        adapter.clock.weight.normal_()
+    same = torch.stack([_frame((5, 5))] * 3)
+    timed = adapter(same, torch.tensor([0.0, 0.5, 1.0]))
+    assert not torch.allclose(timed[0], timed[1]) and not torch.allclose(timed[1], timed[2])
+    # the same offset for every slot of a frame
+    assert torch.allclose(timed[1] - timed[0], (timed[1] - timed[0])[:1].expand(4, 32), atol=1e-5)
+    # a lone image (NaN time) gets none
+    assert torch.allclose(adapter(same[:1], torch.tensor([float("nan")])), adapter(same[:1]))
 
 
 def test_bad_adapter_settings_are_config_errors():
@@ -72,13 +85,14 @@ def _sample(caption, phrases, seed):
     }
 
 
-@pytest.fixture(scope="module")
-def world():
+@pytest.fixture(scope="module", params=[False, True], ids=["projectors", "frame_readout"])
+def world(request):
     config = PiteConfig(n_points=K, n_frames=T, adapter="colour_slots", adapter_slots=S, head_shift=1,
-                        lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+                        lora=LoraSettings(r=4, alpha=8, dropout=0.0), frame_readout=request.param)
     model, tok = build_tiny(CAPTIONS * 2, config, TINY)
     with torch.no_grad():  # make the motion term matter in these tests
         model.vision_adapter.motion.weight.normal_(0, 0.5)
+        model.vision_adapter.clock.weight.normal_(0, 0.5)
     examples = []
     for stage, (caption, phrases) in zip((2, 2, 1), [(CAPTIONS[0], ["the red ball", "the blue cube"]),
                                                       (CAPTIONS[1], ["a green box"]),
@@ -129,6 +143,8 @@ def test_backward_reaches_the_adapter(world):
     model.zero_grad()
     model(**collate(examples, tok.pad_token_id)).loss.backward()
     grads = {n: p.grad for n, p in model.vision_adapter.named_parameters()}
+    if model.frame_readout is not None:
+        grads.update({f"frame_readout.{n}": p.grad for n, p in model.frame_readout.named_parameters()})
     assert all(g is not None and g.abs().sum() > 0 for g in grads.values()), sorted(grads)
 
 
@@ -140,12 +156,15 @@ def test_generate_matches_a_full_forward_and_batches_with_left_padding(world):
     (gen,) = model.generate(prompt, video_features=video, max_new_tokens=5, stop_token_ids=[])
     ids = torch.cat([prompt, torch.tensor(gen.token_ids)])[None]
     with torch.no_grad():
-        embeds, mask, _ = model.embed(ids, video[None])
+        embeds, mask, starts = model.embed(ids, video[None])
         out = model.llm(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True)
+        frames = model.frame_states(out.hidden_states[-1], ids, starts)
     p = len(prompt) + T * (S - 1)  # the prompt's length once expanded
     n = len(gen.token_ids)
     assert out.logits[0, p - 1: p + n - 1].argmax(-1).tolist() == gen.token_ids
-    _, traj = model.read_heads(out.hidden_states[-1][0, torch.arange(p, p + n) - 1])  # head_shift 1
+    with torch.no_grad():  # head_shift 1
+        _, traj = model.read_heads(out.hidden_states[-1][0, torch.arange(p, p + n) - 1], torch.zeros(n, dtype=torch.long),
+                                   frames)
     assert torch.allclose(traj, gen.trajectories, atol=1e-4)
 
     image = torch.rand(1, D)
@@ -177,3 +196,69 @@ def test_checkpoint_round_trip_keeps_the_adapter(world, tmp_path):
         assert rope["rope_theta"] == 1e6
     with torch.no_grad():
         assert torch.allclose(loaded(**batch).traj_pred, before, atol=1e-6)
+
+
+# ---- the frame readout ------------------------------------------------------------------------------------------
+
+
+def test_frame_readout_points_at_the_matching_token_of_each_frame():
+    from model.readout import FrameReadout
+
+    hidden, n, slots = 6, 4, 3
+    readout = FrameReadout(hidden, dim=hidden)
+    with torch.no_grad():  # identity query/key; value = the token's dims 3:5 (its "position")
+        for lin in (readout.query, readout.key):
+            lin.weight.copy_(torch.eye(hidden) * 8.0)
+            lin.bias.zero_()
+        readout.value.weight.zero_()
+        readout.value.weight[0, 3] = readout.value.weight[1, 4] = 1.0
+        readout.value.bias.zero_()
+    frames = torch.zeros(2, n, slots, hidden)
+    frames[:, :, :, :3] = torch.eye(slots)  # token s of every frame has identity one-hot(s)
+    frames[:, :, :, 3:5] = torch.randn(2, n, slots, 2)  # and its own position per frame
+    queries = torch.zeros(3, hidden)
+    queries[0, 1] = queries[1, 2] = queries[2, 0] = 1.0  # ask for slot 1 (row 0), slot 2 (row 0), slot 0 (row 1)
+    rows = torch.tensor([0, 0, 1])
+    out = readout(queries, rows, frames)
+    assert out.shape == (3, n, 2)
+    for m, (row, slot) in enumerate([(0, 1), (0, 2), (1, 0)]):
+        assert torch.allclose(out[m], frames[row, :, slot, 3:5], atol=1e-3), m
+
+
+def test_to_frames_resamples_other_clip_lengths():
+    from model.readout import to_frames
+
+    per_frame = torch.zeros(3, 4, 2)
+    per_frame[0, :, 0] = torch.tensor([0.0, 1.0, 2.0, 3.0])  # 4 frames, a ramp
+    per_frame[1, :2, 0] = torch.tensor([0.0, 1.0])  # 2 frames
+    per_frame[2, :1] = torch.tensor([0.5, -0.5])  # 1 frame: held
+    out = to_frames(per_frame, torch.tensor([4, 2, 1]), 7)
+    assert torch.allclose(out[0, :, 0], torch.linspace(0, 3, 7))
+    assert torch.allclose(out[1, :, 0], torch.linspace(0, 1, 7))
+    assert torch.allclose(out[2], torch.tensor([0.5, -0.5]).expand(7, 2))
+    same = torch.randn(2, 7, 2)
+    assert to_frames(same, torch.tensor([7, 7]), 7) is same
+
+
+def test_frame_states_are_the_visual_tokens_in_either_padding(world):
+    model, tok, examples = world
+    if model.frame_readout is None:
+        assert model.frame_states(torch.zeros(1, 3, 8), torch.zeros(1, 3, dtype=torch.long), None) is None
+        return
+    model.eval()
+    for side in ("right", "left"):
+        batch = collate(examples, tok.pad_token_id, side)
+        with torch.no_grad():
+            embeds, mask, starts = model.embed(batch["input_ids"], batch["video_features"], batch["attention_mask"])
+            states, n = model.frame_states(embeds, batch["input_ids"], starts)  # embeddings stand in for states
+        assert n.tolist() == [len(v) for v in batch["video_features"]]
+        for row, video in enumerate(batch["video_features"]):
+            frames = video.float()
+            times = torch.arange(len(frames)) / (len(frames) - 1) if len(frames) > 1 else torch.tensor([float("nan")])
+            assert torch.allclose(states[row, : len(frames)], model.vision_adapter(frames, times), atol=1e-6), side
+
+
+def test_frame_readout_needs_several_tokens_per_frame():
+    config = PiteConfig(n_points=K, n_frames=T, frame_readout=True)
+    with pytest.raises(ConfigError, match="frame_readout"):
+        build_tiny(CAPTIONS, config, TINY)

@@ -290,6 +290,35 @@ def test_stage3_events_give_vtimellm_timestamps(bpe_tokenizer):
     assert text.count("This is a video with 100 frames:") == 1
 
 
+def test_stage3_shuffle_puts_every_question_first_and_keeps_phrase_targets(bpe_tokenizer):
+    vid = bpe_tokenizer.convert_tokens_to_ids("<video>")
+    caption = "a man rolls the ball to the left"
+    events = [{"start": 4.0, "end": 9.96, "text": "The ball stops."}, {"start": 1.2, "end": 4.0, "text": "a man rolls it"}]
+    conversation = [{"from": "human", "value": "<video>\nWho rolls it?"}, {"from": "gpt", "value": "A man."},
+                    {"from": "human", "value": "And then?"}, {"from": "gpt", "value": "It stops."}]
+    sample = _sample(caption, _spans(caption, "a man", "the ball"), events=events, conversations=conversation)
+    cfg = LabelConfig(stage=3, stage3_order="shuffle")
+    firsts = set()
+    for seed in range(24):
+        (ex,), _ = build_examples(sample, bpe_tokenizer, TEMPLATES["pite"], vid, cfg, random.Random(seed))
+        text = _expanded_text(bpe_tokenizer, ex)
+        first = text.split("<video>")[-1].split(" ASSISTANT:")[0].strip()
+        firsts.add(first.split()[0])
+        assert text.count("This is a video with 100 frames:") == 1
+        # the conversation's follow-up stays right after its first answer
+        assert "Who rolls it? ASSISTANT: A man.</s>USER: And then? ASSISTANT: It stops.</s>" in text
+        # the caption's phrases are still read at their own last tokens, wherever the caption turn landed
+        ids = ex.input_ids.tolist()
+        assert [bpe_tokenizer.decode(ids[q]).strip() for q in ex.head_pos.tolist()] == ["man", "ball"]
+    assert {"Describe", "Could", "During", "Who"} <= firsts, firsts
+    # "fixed" (the default) keeps the listed order, whatever the rng
+    (ex,), _ = build_examples(sample, bpe_tokenizer, TEMPLATES["pite"], vid, LabelConfig(stage=3), random.Random(3))
+    first = _expanded_text(bpe_tokenizer, ex).split("<video>")[-1].split(" ASSISTANT:")[0].strip()
+    assert first in LabelConfig().caption_queries
+    with pytest.raises(ConfigError, match="stage3_order"):
+        LabelConfig(stage=3, stage3_order="random")
+
+
 def test_stage3_conversations_without_objects(bpe_tokenizer):
     vid = bpe_tokenizer.convert_tokens_to_ids("<video>")
     sample = _sample("ignored caption", [], conversations=[
