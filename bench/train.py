@@ -61,7 +61,8 @@ def loader_and_tiny_step(args) -> dict:
     s = TinyLlamaSettings(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=4,
                           intermediate_size=2 * args.hidden, vocab_size=600)
     config = PiteConfig(lora=LoraSettings(r=16, alpha=32, dropout=0.0), adapter=args.adapter,
-                        adapter_slots=args.slots)
+                        adapter_slots=args.slots, frame_readout=args.frame_readout,
+                        frame_readout_source=args.frame_readout_source)
     model = PiteModel(tiny_llama(tok, s), config, video_token_id=tok.convert_tokens_to_ids("<video>"))
     extra = model.tokens_per_frame - 1  # positions each frame adds once the adapter expands it
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -85,6 +86,7 @@ def loader_and_tiny_step(args) -> dict:
         "loader_samples_per_s_with_startup": round(n / (t2 - t0), 1),
         "loader_startup_s": round(t1 - t0, 2),
         "tiny_model": {"hidden": args.hidden, "layers": args.layers, "adapter": args.adapter,
+                       "frame_readout": args.frame_readout and args.frame_readout_source,
                        "tokens_per_frame": model.tokens_per_frame,
                        "params": sum(p.numel() for p in model.parameters())},
         "tiny_step_s": round(step, 3),
@@ -182,6 +184,8 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--adapter", default="linear", choices=["linear", "colour_slots"])
     p.add_argument("--slots", type=int, default=8, help="colour_slots: tokens per frame")
+    p.add_argument("--frame-readout", action="store_true", help="heads also point at each frame's tokens")
+    p.add_argument("--frame-readout-source", default="tokens", choices=["hidden", "tokens"])
     p.add_argument("--gpu", action="store_true", help="also the 7B-shaped GPU step (needs CUDA)")
     p.add_argument("--gpu-batch", type=int, default=8)
     p.add_argument("--text-tokens", type=int, default=250)

@@ -49,12 +49,15 @@ class PiteConfig:
     # A pointer term in both heads over each frame's visual tokens (model/readout.py); needs adapter_slots > 1.
     frame_readout: bool = False
     frame_readout_dim: int = 64
+    frame_readout_source: str = "hidden"  # hidden: the visual tokens' last hidden states | tokens: the adapter's
 
     def __post_init__(self):
         if self.head_shift not in (0, 1):
             raise ConfigError(f"model.head_shift: expected 0 or 1, got {self.head_shift}")
         if self.adapter not in ADAPTERS:
             raise ConfigError(f"model.adapter: unknown {self.adapter!r} (expected {' | '.join(ADAPTERS)})")
+        if self.frame_readout_source not in ("hidden", "tokens"):
+            raise ConfigError(f"model.frame_readout_source: expected hidden or tokens, got {self.frame_readout_source!r}")
         if self.adapter_basis < 1:
             raise ConfigError(f"model.adapter_basis: expected >= 1, got {self.adapter_basis}")
         if isinstance(self.lora, dict):  # from a checkpoint's JSON
@@ -97,6 +100,10 @@ class LabelConfig:
     # the video, as evaluation asks it (a model that only ever saw the caption question first answers any first
     # question with a caption).
     stage3_order: str = "fixed"
+    # stage 3: the grounding questions as an example of their own (the caption, conversation and dense captions in
+    # another), so a grounding answer cannot be copied from the dense captions of the same conversation: a model
+    # that could learned to copy, and answered every held-out grounding question with one span.
+    stage3_split: bool = False
 
     def __post_init__(self):
         if self.stage not in (1, 2, 3):

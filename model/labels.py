@@ -341,24 +341,60 @@ def build_examples(
     # Stages 2 and 3: the whole clip; the caption turn carries the trajectory targets. Blocks of turns that stay
     # together: the caption pair, a converted conversation (its follow-ups refer back), the dense-caption pair,
     # each grounding pair.
-    blocks: list[list[tuple[str, str]]] = []
+    caption: Optional[list[tuple[str, str]]] = None
     spans: list[tuple[int, int]] = []
     keep: list[int] = []
-    caption_turn = n_obj > 0 and (cfg.stage == 2 or cfg.caption_turn_in_stage3)
-    if caption_turn:
+    if n_obj > 0 and (cfg.stage == 2 or cfg.caption_turn_in_stage3):
         answer, lead = _caption_answer(meta, template, key)
         visible = [i for i in range(n_obj) if vis[i].any()]
         if len(visible) < n_obj:
             dropped["not visible"] += n_obj - len(visible)
         spans, keep = _object_spans(meta, visible, answer, lead, key, dropped)
-        blocks.append([("user", _choose(cfg.caption_queries, rng)), ("assistant", answer)])
+        caption = [("user", _choose(cfg.caption_queries, rng)), ("assistant", answer)]
+    others: list[list[tuple[str, str]]] = []  # blocks without trajectory targets
+    grounding: list[list[tuple[str, str]]] = []
     if cfg.stage == 3:
         conversation = _conversation_turns(meta, template, key)
         events = _event_turns(meta, cfg, key, rng)
-        blocks += ([conversation] if conversation else []) + [events[i:i + 2] for i in range(0, len(events), 2)]
-    if not blocks:
+        if conversation:
+            others.append(conversation)
+        if events:
+            others.append(events[:2])  # the dense-caption pair
+        grounding = [events[i:i + 2] for i in range(2, len(events), 2)]
+    # stage3_split: the grounding questions make an example of their own, so that their answers cannot be copied
+    # from the dense captions ("From 12 to 40, the red ball stops.") of the same conversation.
+    groups = [others + ([] if cfg.stage3_split else grounding)]
+    if cfg.stage3_split and grounding:
+        groups.append(grounding)
+    if caption is None and not any(groups):
         dropped["sample without stage-3 data"] += 1
         return examples, dropped
+    phrases = [obj.get("phrase", "") for obj in meta.get("objects") or []]
+    for g, blocks in enumerate(groups):
+        with_caption = caption is not None and g == 0  # the caption (and its targets) goes with the first
+        blocks = ([caption] if with_caption else []) + blocks
+        if not blocks:
+            continue
+        order = list(range(len(blocks)))
+        if cfg.stage == 3 and cfg.stage3_order == "shuffle" and rng is not None:
+            rng.shuffle(order)
+        turns = [turn for i in order for turn in blocks[i]]
+        caption_at = None  # message index of the caption answer (its spans are relative to it)
+        if with_caption:
+            caption_at = sum(len(blocks[i]) for i in order[: order.index(0)]) + 1
+        turns[0] = ("user", first_message(template, turns[0][1], feat.shape[0]))
+        rendered = render(template, turns)
+        shift = rendered.message_spans[caption_at][0] if caption_at is not None else 0
+        these = spans if with_caption else []
+        enc = encode_conversation(tokenizer, rendered, video_token_id, feat.shape[0],
+                                  [(s + shift, e + shift) for s, e in these], cfg.max_length)
+        if enc is None:
+            dropped["video truncated"] += 1
+            continue
+        dropped.update(enc.dropped)
+        enc.kept = [keep[j] for j in enc.kept]  # back to object indices
+        examples.append(_example(enc, feat, k, t, key, phrases, traj=traj, vis=vis))
+    return examples, dropped
     order = list(range(len(blocks)))
     if cfg.stage == 3 and cfg.stage3_order == "shuffle" and rng is not None:
         rng.shuffle(order)

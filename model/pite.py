@@ -201,6 +201,10 @@ class PiteModel(nn.Module):
                     traj[has] += to_frames(r, n, self.config.n_frames)[:, None]
         return loc, traj
 
+    def _readout_source(self, out, embeds: torch.Tensor) -> torch.Tensor:
+        """What the frame readout points at: the LLM's last hidden states, or its input (the adapter's tokens)."""
+        return embeds if self.config.frame_readout_source == "tokens" else out.hidden_states[-1]
+
     def frame_states(self, hidden: torch.Tensor, input_ids: torch.Tensor,
                      starts: Optional[torch.Tensor]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         """The visual tokens' states of each row: ((B, n_max, S, H), frames per row (B,)); None without video or
@@ -274,7 +278,7 @@ class PiteModel(nn.Module):
                 bad = rows[(index < 0) | ~attention_mask[head_batch, index.clamp(min=0)].bool()][0].item()
                 raise ValueError(f"head {bad}: position {head_pos[bad].item()} - head_shift "
                                  f"{self.config.head_shift} is not a real token of row {head_batch[bad].item()}")
-            frames = self.frame_states(hidden, input_ids, starts)
+            frames = self.frame_states(self._readout_source(out, embeds), input_ids, starts)
             loc_pred, traj_pred = self.read_heads(hidden[head_batch, index], head_batch, frames)
         for name, pred, target, mask in (("loc", loc_pred, loc_target, loc_mask),
                                          ("traj", traj_pred, traj_target, traj_mask)):
@@ -346,7 +350,7 @@ class PiteModel(nn.Module):
             out = self.llm(inputs_embeds=embeds, attention_mask=mask,
                            position_ids=position_ids_from_mask(mask), use_cache=True, output_hidden_states=True,
                            return_dict=True)
-            frames = self.frame_states(out.hidden_states[-1], input_ids, starts)
+            frames = self.frame_states(self._readout_source(out, embeds), input_ids, starts)
 
             def feed(token: torch.Tensor):
                 """One cached step on the tokens (B,) just chosen; returns the output and the longer mask."""

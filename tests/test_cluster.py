@@ -1,4 +1,4 @@
-"""`ray job submit` of the annotation pipeline to a local Ray head on 127.0.0.1 (README "Running on a Ray cluster").
+"""`ray job submit` of the annotation pipeline and of the trainer to a local Ray head on 127.0.0.1 (README "Running on a Ray cluster").
 
 The head is a separate set of processes with its own ports and temp dir, so an in-process `ray.init` of another test
 is left alone. Ray 2.60's catches (../shared/FIELD-NOTES.md): the head starts with the venv's bin/ first on PATH (the

@@ -85,10 +85,12 @@ def _sample(caption, phrases, seed):
     }
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["projectors", "frame_readout"])
+@pytest.fixture(scope="module", params=[None, "hidden", "tokens"],
+                ids=["projectors", "readout_of_hidden_states", "readout_of_adapter_tokens"])
 def world(request):
     config = PiteConfig(n_points=K, n_frames=T, adapter="colour_slots", adapter_slots=S, head_shift=1,
-                        lora=LoraSettings(r=4, alpha=8, dropout=0.0), frame_readout=request.param)
+                        lora=LoraSettings(r=4, alpha=8, dropout=0.0), frame_readout=request.param is not None,
+                        frame_readout_source=request.param or "hidden")
     model, tok = build_tiny(CAPTIONS * 2, config, TINY)
     with torch.no_grad():  # make the motion term matter in these tests
         model.vision_adapter.motion.weight.normal_(0, 0.5)
@@ -158,7 +160,7 @@ def test_generate_matches_a_full_forward_and_batches_with_left_padding(world):
     with torch.no_grad():
         embeds, mask, starts = model.embed(ids, video[None])
         out = model.llm(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True)
-        frames = model.frame_states(out.hidden_states[-1], ids, starts)
+        frames = model.frame_states(model._readout_source(out, embeds), ids, starts)
     p = len(prompt) + T * (S - 1)  # the prompt's length once expanded
     n = len(gen.token_ids)
     assert out.logits[0, p - 1: p + n - 1].argmax(-1).tolist() == gen.token_ids

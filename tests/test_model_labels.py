@@ -319,6 +319,27 @@ def test_stage3_shuffle_puts_every_question_first_and_keeps_phrase_targets(bpe_t
         LabelConfig(stage=3, stage3_order="random")
 
 
+def test_stage3_split_keeps_grounding_answers_away_from_the_dense_captions(bpe_tokenizer):
+    vid = bpe_tokenizer.convert_tokens_to_ids("<video>")
+    caption = "a man rolls the ball to the left"
+    events = [{"start": 4.0, "end": 9.96, "text": "The ball stops."}, {"start": 1.2, "end": 4.0, "text": "a man rolls it"}]
+    sample = _sample(caption, _spans(caption, "a man", "the ball"), events=events)
+    cfg = LabelConfig(stage=3, stage3_split=True, stage3_order="shuffle")
+    dense, grounding = build_examples(sample, bpe_tokenizer, TEMPLATES["pite"], vid, cfg, random.Random(0))[0]
+    dense_text, grounding_text = _expanded_text(bpe_tokenizer, dense), _expanded_text(bpe_tokenizer, grounding)
+    assert "From 12 to 40, a man rolls it." in dense_text and "During which" not in dense_text
+    assert dense.phrases == ["a man", "the ball"] and dense.head_pos.numel() == 2  # the caption stays here
+    assert "During which frames can we see a man rolls it? ASSISTANT: From 12 to 40.</s>" in grounding_text
+    assert "During which frames can we see The ball stops? ASSISTANT: From 40 to 99.</s>" in grounding_text
+    assert ", a man rolls it." not in grounding_text and "rolls the ball to the left" not in grounding_text
+    assert grounding.head_pos.numel() == 0
+    for ex in (dense, grounding):  # each its own conversation with the video
+        assert _expanded_text(bpe_tokenizer, ex).count("This is a video with 100 frames:") == 1
+    # one event still gives both: its dense caption, and its grounding question on its own
+    one = _sample(caption, _spans(caption, "a man"), events=events[:1])
+    assert len(build_examples(one, bpe_tokenizer, TEMPLATES["pite"], vid, cfg, random.Random(0))[0]) == 2
+
+
 def test_stage3_conversations_without_objects(bpe_tokenizer):
     vid = bpe_tokenizer.convert_tokens_to_ids("<video>")
     sample = _sample("ignored caption", [], conversations=[
