@@ -16,10 +16,11 @@ stage's checkpoint. The loop is the same in one process, under torchrun and insi
 
 Loss normalisation (DESIGN.md, Model): each loss is its local sum over the global count of what it averages
 (LM tokens, supervised phrases, visible points) summed over the accumulation micro-batches and all-reduced over
-ranks; DDP averages gradients over ranks, so the loss is multiplied by the world size.
+ranks; DDP (and FSDP's reduce-scatter) average gradients over ranks, so the loss is multiplied by the world size.
 
-Multi-process runs write checkpoints from rank 0 and read the previous stage's dir on every rank: OUT must be on
-storage all nodes see. FSDP is not implemented (DDP only); a 7B base fits one GPU with LoRA (configs' headers).
+`strategy: ddp` (default) replicates the model on every rank; `strategy: fsdp` shards it (FSDP2, per decoder
+layer; pipelines/train_fsdp.py), for bases that do not fit one GPU. Multi-process runs write checkpoints from
+rank 0 and read the previous stage's dir on every rank: OUT must be on storage all nodes see.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from omegaconf import OmegaConf
 from annotate.errors import ConfigError, PiteError
 from model.batch import to_device
 from model.checkpoint import load_checkpoint, merge_lora, save_checkpoint
+from pipelines import train_fsdp
 from model.config import PiteConfig
 from model.conversation import get_template
 from model.factory import build_pretrained, tiny_llama
@@ -153,8 +155,9 @@ class StageRecipe:
 
     # -- setup --
 
-    def setup(self) -> "StageRecipe":
-        cfg, stage, dist = self.cfg, self.stage, self.dist
+    def build_model(self, dist: Dist):
+        """The stage's model before any wrapping: its start (previous stage merged, or fresh), LoRA, what trains."""
+        cfg, stage = self.cfg, self.stage
         torch.manual_seed(stream_seed(cfg.seed, 1000 + self.index))  # LoRA init draws from the global generator
         model, self.tokenizer, self.template = stage_start(cfg, self.index, self.out, dist)
         model.config.lambda_lm, model.config.lambda_loc = stage.lambda_lm, stage.lambda_loc
@@ -167,16 +170,23 @@ class StageRecipe:
         model.set_trainable(adapter=t.adapter, lora=t.lora, loc_head=t.loc_head, traj_head=t.traj_head, llm=t.llm)
         if cfg.model.gradient_checkpointing:
             model.enable_gradient_checkpointing()
-        self.model = model.to(dist.device)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
+        return model.to(dist.device)
+
+    def setup(self) -> "StageRecipe":
+        cfg, stage, dist = self.cfg, self.stage, self.dist
+        self.model = model = self.build_model(dist)
+        if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError(f"stages[{self.index}].trainable: nothing trains")
+        self.fsdp = cfg.strategy == "fsdp" and dist.distributed
         self.net = model
-        if dist.distributed:
+        if self.fsdp:
+            train_fsdp.shard(model, dist.device)  # in place: its parameters are DTensor shards from here on
+        elif dist.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             self.net = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda"
                                                else None)
+        self.params = [p for p in model.parameters() if p.requires_grad]  # after sharding, which swaps them
         o = stage.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         from transformers import get_cosine_with_min_lr_schedule_with_warmup
@@ -189,7 +199,7 @@ class StageRecipe:
         ckpt = newest(self.dir) if cfg.resume else None
         if ckpt is not None:
             meta = load_state(ckpt, model, self.optimizer, self.scheduler, dist.rank, dist.world_size,
-                              self.config_hash())
+                              self.config_hash(), fsdp=self.fsdp)
             self.step, position = meta["step"], Position(**meta["position"])
             log.info("%s: resumed at step %d from %s", stage.name, self.step, ckpt)
         elif dist.is_main and self.dir.exists():
@@ -271,7 +281,10 @@ class StageRecipe:
             for i, b in enumerate(micro):
                 inputs = to_device(model_inputs(b), dist.device)
                 last = i == len(micro) - 1
-                sync = nullcontext() if last or not dist.distributed else self.net.no_sync()
+                if self.fsdp:
+                    sync = train_fsdp.no_gradient_sync(self.model, skip=not last)
+                else:
+                    sync = nullcontext() if last or not dist.distributed else self.net.no_sync()
                 with sync:
                     with self.autocast():
                         out = self.net(**inputs, counts=gcounts)
@@ -282,6 +295,8 @@ class StageRecipe:
                 self._data_warnings(b["stats"])
                 merge_stats(data_stats, b["stats"])
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, o.clip if o.clip > 0 else math.inf)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+                grad_norm = grad_norm.full_tensor()
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
             self.scheduler.step()
@@ -332,21 +347,32 @@ class StageRecipe:
     # -- save --
 
     def save_resumable(self) -> Path:
+        gathered = None
+        if self.fsdp:  # every rank takes part in the gathering
+            gathered = (train_fsdp.full_trainable_state(self.model),
+                        train_fsdp.full_optimizer_state(self.model, self.optimizer))
         path = save_state(self.dir, self.step, self.model, self.optimizer, self.scheduler,
                           self.stream.position.to_dict(), self.config_hash(), self.dist.rank, self.dist.world_size,
-                          self.dist.barrier)
+                          self.dist.barrier, gathered=gathered)
         if self.dist.is_main:
             prune(self.dir, self.cfg.keep_checkpoints)
         return path
 
     def save(self) -> Path:
         """The stage's PiTe checkpoint in OUT/<stage>/ (pite.json written last: its presence = stage done)."""
+        last = self.history[-1] if self.history else {}
+        extra = {"stage": self.stage.name, "labels_stage": self.stage.labels.stage, "step": self.step,
+                 "complete": True, "losses": {k: last.get(k) for k in ("loss", "lm_loss", "loc_loss", "traj_loss")}}
+
+        def write(model) -> None:
+            save_checkpoint(model, self.tokenizer, self.dir, self.template, extra=extra)
+
+        if self.fsdp:
+            # The rebuild runs on rank 0 alone: a one-process Dist, so its set-up takes part in no collective.
+            train_fsdp.save_unsharded(self.model, lambda: self.build_model(Dist()), write, self.dist.is_main)
+        elif self.dist.is_main:
+            write(self.model)
         if self.dist.is_main:
-            last = self.history[-1] if self.history else {}
-            extra = {"stage": self.stage.name, "labels_stage": self.stage.labels.stage, "step": self.step,
-                     "complete": True, "losses": {k: last.get(k) for k in ("loss", "lm_loss", "loc_loss",
-                                                                             "traj_loss")}}
-            save_checkpoint(self.model, self.tokenizer, self.dir, self.template, extra=extra)
             # The stage is done: its resumable states are not needed any more.
             shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
         self.dist.barrier()

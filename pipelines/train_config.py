@@ -110,7 +110,7 @@ class TrainConfig:
     cpus_per_worker: int = 1  # ray
     ray_address: str = ""  # ray: "" = the cluster of `ray job submit` if any, else a local one
     ray_storage: str = ""  # ray: RunConfig storage path ("" = OUT/ray)
-    strategy: str = "ddp"  # ddp (fsdp is not implemented yet)
+    strategy: str = "ddp"  # ddp | fsdp (FSDP2: decoder layers and the rest sharded over ranks; pipelines/train_fsdp.py)
     max_steps: int = 0  # > 0: every stage runs this many steps (quick tries, tests)
     log_every: int = 1
     save_every: int = 0  # optimiser steps between resumable checkpoints (0 = only at the end of a stage)
@@ -165,8 +165,8 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError(f"launcher: expected local or ray, got {cfg.launcher!r}")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"precision: expected auto, fp32 or bf16, got {cfg.precision!r}")
-    if cfg.strategy != "ddp":
-        raise ConfigError(f"strategy: only ddp is implemented, got {cfg.strategy!r}")
+    if cfg.strategy not in ("ddp", "fsdp"):
+        raise ConfigError(f"strategy: expected ddp or fsdp, got {cfg.strategy!r}")
     if not cfg.stages:
         raise ConfigError("stages: at least one stage is needed")
     names = [s.name for s in cfg.stages]

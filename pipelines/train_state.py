@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from annotate.errors import ConfigError
 from model.checkpoint import load_trainable, save_trainable
@@ -59,8 +60,11 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_state(stage_dir: str | Path, step: int, model, optimizer, scheduler, position: dict, config_hash: str,
-               rank: int, world_size: int, barrier) -> Path:
-    """Every rank writes its RNG file into the temporary dir; rank 0 writes the rest and renames it."""
+               rank: int, world_size: int, barrier, gathered: Optional[tuple[dict, dict]] = None) -> Path:
+    """Every rank writes its RNG file into the temporary dir; rank 0 writes the rest and renames it.
+
+    `gathered`: (trainable weights, optimizer state) already gathered in full on rank 0 (FSDP,
+    pipelines/train_fsdp.py); without it rank 0 reads them off its own (whole) model and optimizer."""
     folder = Path(stage_dir) / "checkpoints"
     final = folder / f"{PREFIX}{step:06d}"
     tmp = folder / f".{PREFIX}{step:06d}.tmp"
@@ -70,8 +74,12 @@ def save_state(stage_dir: str | Path, step: int, model, optimizer, scheduler, po
     barrier()
     torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
     if rank == 0:
-        save_trainable(model, tmp / "trainable.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if gathered is None:
+            save_trainable(model, tmp / "trainable.safetensors")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        else:
+            save_file({k: v.contiguous() for k, v in gathered[0].items()}, str(tmp / "trainable.safetensors"))
+            torch.save(gathered[1], tmp / "optimizer.pt")
         sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
         meta = {"step": step, "position": position, "scheduler": sched, "config_hash": config_hash,
                 "world_size": world_size}
@@ -84,8 +92,11 @@ def save_state(stage_dir: str | Path, step: int, model, optimizer, scheduler, po
     return final
 
 
-def load_state(ckpt: Path, model, optimizer, scheduler, rank: int, world_size: int, config_hash: str) -> dict:
-    """Load a checkpoint into the freshly set-up stage; returns trainer.json (step, position)."""
+def load_state(ckpt: Path, model, optimizer, scheduler, rank: int, world_size: int, config_hash: str,
+               fsdp: bool = False) -> dict:
+    """Load a checkpoint into the freshly set-up stage; returns trainer.json (step, position).
+
+    `fsdp`: the model is sharded; every rank reads the full state and keeps its shard."""
     meta = json.loads((ckpt / "trainer.json").read_text())
     if meta["world_size"] != world_size:
         raise ConfigError(f"resume: {ckpt} was written by {meta['world_size']} ranks, this run has {world_size}: "
@@ -93,8 +104,15 @@ def load_state(ckpt: Path, model, optimizer, scheduler, rank: int, world_size: i
     if meta["config_hash"] != config_hash:
         raise ConfigError(f"resume: {ckpt} was written under another config (hash {meta['config_hash']} vs "
                           f"{config_hash}): start a new `out` or restore the config")
-    load_trainable(model, ckpt / "trainable.safetensors")
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+    optim_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+    if fsdp:
+        from pipelines import train_fsdp
+
+        train_fsdp.load_full_trainable(model, load_file(str(ckpt / "trainable.safetensors")))
+        train_fsdp.load_full_optimizer(model, optimizer, optim_state)
+    else:
+        load_trainable(model, ckpt / "trainable.safetensors")
+        optimizer.load_state_dict(optim_state)
     # The schedule's lambdas are code, rebuilt by the stage's set-up; only its counters are restored.
     scheduler.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
     rng_file = ckpt / f"rng-rank{rank}.pt"

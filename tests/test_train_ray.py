@@ -1,4 +1,5 @@
-"""Two Ray Train workers (TorchTrainer, gloo on CPU) run the same loop a few steps and save a checkpoint that loads."""
+"""Two Ray Train workers (TorchTrainer, gloo on CPU) run the same loop a few steps, replicated (DDP) or sharded
+(FSDP), and save a checkpoint that loads."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from tests.train_helpers import D, K, T, make_run
 
 
 @pytest.mark.slow
-def test_two_ray_train_workers_train_and_save_a_loadable_checkpoint(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ray_train_workers_train_and_save_a_loadable_checkpoint(tmp_path, strategy):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.train.torch")
     data = make_run(tmp_path / "run", n_shards=4, per_shard=4)
     cfg = {
         "data": str(data), "device": "cpu", "progress": False, "tensorboard": False, "seed": 0,
-        "launcher": "ray", "num_workers": 2, "cpus_per_worker": 1,
+        "launcher": "ray", "num_workers": 2, "cpus_per_worker": 1, "strategy": strategy,
         "base": {"tiny": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
                           "intermediate_size": 32, "vocab_size": 300, "max_position_embeddings": 256}},
         "model": {"feat_dim": D, "n_points": K, "n_frames": T, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},

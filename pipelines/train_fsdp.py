@@ -1,0 +1,118 @@
+"""`strategy: fsdp`: the training loop's model sharded with FSDP2 (`torch.distributed.fsdp.fully_shard`).
+
+Each decoder layer of the LLM is its own FSDP unit (its parameters are gathered for its forward and backward only),
+and the PiteModel root holds the rest (embeddings, lm_head, adapter, heads). Frozen base weights shard too, so a
+model larger than one GPU trains; LoRA needs no special care, FSDP2 shards per parameter. Gradients are averaged
+over ranks by the reduce-scatter, as DDP's all-reduce does, so the loop's loss scaling is the same.
+
+A sharded parameter is a DTensor, so everything that reads weights whole goes through
+`torch.distributed.checkpoint.state_dict`. Every rank calls these functions together: each gathers its shards and
+rank 0 receives the full tensors on CPU.
+  - resumable checkpoints: the trainable weights and the optimizer state, gathered in full; on resume, rank 0's
+    copy is read by every rank and each keeps its own shard;
+  - the stage's PiteCheckpoint: rank 0 rebuilds the stage's model unsharded (`rebuild`, the same set-up without
+    sharding), loads the gathered weights into it and saves that. It costs rank 0 one CPU copy of the model, once
+    per stage.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+from torch import nn
+
+from annotate.errors import ConfigError
+
+
+def decoder_layers(model) -> list[nn.Module]:
+    """The LLM's repeated blocks: what transformers lists in `_no_split_modules` (LlamaDecoderLayer, ...)."""
+    llm = model.base_llm()
+    names = set(getattr(llm, "_no_split_modules", None) or [])
+    layers = [m for m in llm.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ConfigError(f"strategy fsdp: {type(llm).__name__} lists no decoder layer class (_no_split_modules)")
+    return layers
+
+
+def shard(model, device: torch.device) -> None:
+    """Shard in place: each decoder layer, then the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = None
+    if device.type == "cpu":  # FSDP2's default mesh is CUDA's; a CPU (gloo) run needs its own
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh("cpu", (torch.distributed.get_world_size(),))
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+@contextmanager
+def no_gradient_sync(model, skip: bool):
+    """Gradient accumulation: keep this micro-batch's gradients local (FSDP2's counterpart of DDP.no_sync)."""
+    if not skip:
+        yield
+        return
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def _options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
+
+
+def full_model_state(model) -> dict[str, torch.Tensor]:
+    """Every weight in full on rank 0 (an empty dict elsewhere). All ranks call it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options())
+
+
+def full_trainable_state(model) -> dict[str, torch.Tensor]:
+    """The trainable weights in full on rank 0, by the names `model.checkpoint.save_trainable` writes."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in full_model_state(model).items() if k in names}
+
+
+def full_optimizer_state(model, optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_options())
+
+
+def load_full_trainable(model, state: dict[str, torch.Tensor]) -> None:
+    """Each rank keeps its shard of the full trainable weights (`state`, read by every rank)."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    own = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(state) != own:
+        raise ConfigError(f"resume: trainable weights do not match the model (unexpected "
+                          f"{sorted(set(state) - own)[:3]}, missing {sorted(own - set(state))[:3]})")
+    set_model_state_dict(model, state, options=_options(strict=False))
+
+
+def load_full_optimizer(model, optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=_options())
+
+
+def save_unsharded(model, rebuild: Callable[[], nn.Module], save: Callable[[nn.Module], None], is_main: bool) -> None:
+    """Gather the weights (all ranks), load them into an unsharded rebuild of the model and save it (rank 0)."""
+    state = full_model_state(model)
+    if not is_main:
+        return
+    clone = rebuild()
+    missing, unexpected = clone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"fsdp save: the rebuilt model does not match the sharded one (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")
+    save(clone)

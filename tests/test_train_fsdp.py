@@ -1,0 +1,104 @@
+"""`strategy: fsdp` under torchrun (2 CPU ranks, gloo): the same losses as DDP, resume after a stop equals an
+uninterrupted run, and each stage's checkpoint is whole (gathered) and loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from model.checkpoint import load_checkpoint
+from tests.train_helpers import D, K, T, make_run
+
+pytestmark = pytest.mark.slow
+
+STAGES = [
+    {"name": "s1", "labels": {"stage": 1}, "lora": False, "trainable": {"llm": True, "traj_head": False},
+     "optim": {"max_steps": 2, "warmup_steps": 1, "lr": 0.01}},
+    {"name": "s2", "labels": {"stage": 2}, "traj_head_from_loc": True, "trainable": {"loc_head": False},
+     "optim": {"max_steps": 4, "warmup_steps": 1, "lr": 0.01, "grad_accum": 2}},
+]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(tmp_path: Path, data: Path, out: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cfg = {
+        "data": str(data), "device": "cpu", "progress": False, "tensorboard": False, "seed": 0, "save_every": 3,
+        "base": {"tiny": {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                          "intermediate_size": 32, "vocab_size": 300, "max_position_embeddings": 256}},
+        "model": {"feat_dim": D, "n_points": K, "n_frames": T, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "loader": {"batch_size": 2, "num_workers": 1, "shuffle_buffer": 4, "epoch_batches": 5},
+        "stages": STAGES,
+    }
+    path = tmp_path / "fsdp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_port()), "-m", "pipelines.train", "--config", str(path), f"out={out}", *overrides]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _losses(out: Path, stage: str) -> list[tuple]:
+    rows = [json.loads(ln) for ln in (out / stage / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["lm_loss"], r["loc_loss"], r["traj_loss"], r["examples"]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fsdp")
+    data = make_run(tmp / "run", n_shards=4, per_shard=4)
+    done = {}
+    for name, overrides in [("ddp", ["strategy=ddp"]), ("fsdp", ["strategy=fsdp"])]:
+        job = _torchrun(tmp, data, tmp / name, *overrides)
+        assert job.returncode == 0, f"{name}: torchrun exited {job.returncode}\n{job.stderr[-4000:]}"
+        done[name] = tmp / name
+    # FSDP stopped right after s2's step 3 (its checkpoint, gathered from both ranks), then resumed to the end
+    stopped = _torchrun(tmp, data, tmp / "resumed", "strategy=fsdp", "stop_at=3")
+    assert stopped.returncode != 0 and "s2: stopped at step 3" in stopped.stderr, stopped.stderr[-4000:]
+    assert (tmp / "resumed" / "s2" / "checkpoints" / "step-000003" / "trainable.safetensors").is_file()
+    resumed = _torchrun(tmp, data, tmp / "resumed", "strategy=fsdp", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    done["resumed"] = tmp / "resumed"
+    return done
+
+
+def test_fsdp_gives_the_losses_of_ddp(runs):
+    for stage in ("s1", "s2"):
+        ddp, fsdp = _losses(runs["ddp"], stage), _losses(runs["fsdp"], stage)
+        assert [r[0] for r in fsdp] == [r[0] for r in ddp]
+        assert [r[4] for r in fsdp] == [r[4] for r in ddp]  # the same examples, counted over both ranks
+        for a, b in zip(ddp, fsdp):
+            assert a[1:4] == pytest.approx(b[1:4], rel=1e-4, abs=1e-6), (stage, a, b)
+
+
+def test_fsdp_resume_continues_exactly(runs):
+    for stage in ("s1", "s2"):
+        full, resumed = _losses(runs["fsdp"], stage), _losses(runs["resumed"], stage)
+        assert [r[0] for r in resumed] == [r[0] for r in full], stage
+        for a, b in zip(full, resumed):
+            assert a == pytest.approx(b, rel=1e-5, abs=1e-6), (stage, a, b)
+
+
+def test_fsdp_checkpoints_are_whole_and_match_ddp(runs):
+    ddp, _, _ = load_checkpoint(runs["ddp"] / "final")
+    fsdp, tok, _ = load_checkpoint(runs["fsdp"] / "final")
+    assert fsdp.has_lora and fsdp.trajectory_projector.out_features == K * T * 2
+    a, b = ddp.state_dict(), fsdp.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    with torch.no_grad():
+        gen = fsdp.generate(torch.tensor([tok.bos_token_id]), max_new_tokens=2, tokenizer=tok)
+    assert gen[0].trajectories.shape[1:] == (K, T, 2)
