@@ -395,23 +395,3 @@ def build_examples(
         enc.kept = [keep[j] for j in enc.kept]  # back to object indices
         examples.append(_example(enc, feat, k, t, key, phrases, traj=traj, vis=vis))
     return examples, dropped
-    order = list(range(len(blocks)))
-    if cfg.stage == 3 and cfg.stage3_order == "shuffle" and rng is not None:
-        rng.shuffle(order)
-    turns = [turn for i in order for turn in blocks[i]]
-    caption_at = None  # message index of the caption answer (its spans are relative to it)
-    if caption_turn:
-        caption_at = sum(len(blocks[i]) for i in order[: order.index(0)]) + 1
-    turns[0] = ("user", first_message(template, turns[0][1], feat.shape[0]))
-    rendered = render(template, turns)
-    shift = rendered.message_spans[caption_at][0] if caption_at is not None else 0
-    enc = encode_conversation(tokenizer, rendered, video_token_id, feat.shape[0],
-                              [(s + shift, e + shift) for s, e in spans], cfg.max_length)
-    if enc is None:
-        dropped["video truncated"] += 1
-        return examples, dropped
-    dropped.update(enc.dropped)
-    enc.kept = [keep[j] for j in enc.kept]  # back to object indices
-    phrases = [obj.get("phrase", "") for obj in meta.get("objects") or []]
-    examples.append(_example(enc, feat, k, t, key, phrases, traj=traj, vis=vis))
-    return examples, dropped
