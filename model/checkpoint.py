@@ -159,9 +159,10 @@ def load_extra_state(model: PiteModel, state: dict[str, torch.Tensor]) -> list[s
     if unknown:
         raise ConfigError(f"checkpoint heads: unknown keys {unknown[:5]}")
     missing = sorted(set(own) - set(state))
-    # Soft: a trajectory head (made from the localisation head), a frame readout (fresh, as the model built it),
-    # the colour-slot adapter's clock (zero at init: a checkpoint saved before it existed behaves the same).
-    hard = [k for k in missing if not k.startswith(("trajectory_projector.", "frame_readout.", "vision_adapter.clock."))]
+    # Soft: a trajectory head (made from the localisation head), the colour-slot adapter's clock (zero at init: a
+    # checkpoint saved before it existed behaves the same). A frame readout is not: a fresh one would add random
+    # offsets to both heads.
+    hard = [k for k in missing if not k.startswith(("trajectory_projector.", "vision_adapter.clock."))]
     if hard:
         raise ConfigError(f"checkpoint heads: missing {hard}")
     for name, value in state.items():

@@ -284,7 +284,8 @@ def build_examples(
 ) -> tuple[list[Example], Counter]:
     """Training examples of one sample for `cfg.stage`, and the count of what was dropped (by reason).
 
-    `rng` picks the query wording and the grounding questions; None takes the first of each (deterministic).
+    `rng` picks the query wording, the grounding questions and (stage3_order shuffle) the order of the questions;
+    None takes the first of each in the listed order (deterministic).
     Bad samples raise SchemaError naming the video_id and the field.
     """
     meta, traj, vis, feat = _parts(sample)

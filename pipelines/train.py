@@ -231,7 +231,7 @@ class StageRecipe:
 
         blob = {"seed": self.cfg.seed, "base": to_dict(self.cfg.base), "model": to_dict(self.cfg.model),
                 "loader": to_dict(self.cfg.loader), "stage": to_dict(self.stage), "steps": self.max_steps,
-                "index": self.index, "world": self.dist.world_size}
+                "index": self.index, "world": self.dist.world_size, "strategy": self.cfg.strategy}
         return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _open_logs(self) -> None:
@@ -367,11 +367,21 @@ class StageRecipe:
         def write(model) -> None:
             save_checkpoint(model, self.tokenizer, self.dir, self.template, extra=extra)
 
-        if self.fsdp:
-            # The rebuild runs on rank 0 alone: a one-process Dist, so its set-up takes part in no collective.
-            train_fsdp.save_unsharded(self.model, lambda: self.build_model(Dist()), write, self.dist.is_main)
-        elif self.dist.is_main:
-            write(self.model)
+        failed: Optional[Exception] = None
+        try:
+            if self.fsdp:
+                # The rebuild runs on rank 0 alone: a one-process Dist, so its set-up takes part in no collective.
+                train_fsdp.save_unsharded(self.model, lambda: self.build_model(Dist()), write, self.dist.is_main)
+            elif self.dist.is_main:
+                write(self.model)
+        except Exception as exc:  # noqa: BLE001  re-raised below, after the other ranks have heard of it
+            failed = exc
+        # Rank 0 tells the others whether it saved, so that a failure stops every rank instead of leaving them
+        # at the barrier until the process group's timeout.
+        if self.dist.all_reduce(torch.tensor([float(failed is not None)], dtype=torch.float64))[0] > 0:
+            if failed is not None:
+                raise failed
+            raise RuntimeError(f"{self.stage.name}: rank 0 could not save the stage checkpoint (its log says why)")
         if self.dist.is_main:
             # The stage is done: its resumable states are not needed any more.
             shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)

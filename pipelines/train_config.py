@@ -167,6 +167,11 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError(f"precision: expected auto, fp32 or bf16, got {cfg.precision!r}")
     if cfg.strategy not in ("ddp", "fsdp"):
         raise ConfigError(f"strategy: expected ddp or fsdp, got {cfg.strategy!r}")
+    if cfg.strategy == "fsdp" and cfg.base.dtype != "float32" and any(s.trainable.llm for s in cfg.stages):
+        # FSDP2 shards the root's trainable parameters as one group, which must share a dtype: a trained
+        # bf16/fp16 embedding table beside the fp32 adapter and heads is refused at its first forward.
+        raise ConfigError(f"strategy fsdp: a stage trains the whole LLM (trainable.llm) on a {cfg.base.dtype} base; "
+                          "use base.dtype=float32, LoRA, or strategy=ddp")
     if not cfg.stages:
         raise ConfigError("stages: at least one stage is needed")
     names = [s.name for s in cfg.stages]

@@ -11,8 +11,10 @@ rank 0 receives the full tensors on CPU.
   - resumable checkpoints: the trainable weights and the optimizer state, gathered in full; on resume, rank 0's
     copy is read by every rank and each keeps its own shard;
   - the stage's PiteCheckpoint: rank 0 rebuilds the stage's model unsharded (`rebuild`, the same set-up without
-    sharding), loads the gathered weights into it and saves that. It costs rank 0 one CPU copy of the model, once
-    per stage.
+    sharding), loads the gathered weights into it and saves that. It costs rank 0 two CPU copies of the model (the
+    gathered weights and the rebuild), once per stage, while the other ranks wait: for a large base, give the
+    process group a timeout longer than that save (torch's default is 10 minutes under NCCL, 30 under gloo; Ray
+    Train's `TorchConfig.timeout_s` is 1800 s).
 """
 
 from __future__ import annotations
@@ -78,8 +80,12 @@ def full_model_state(model) -> dict[str, torch.Tensor]:
 
 def full_trainable_state(model) -> dict[str, torch.Tensor]:
     """The trainable weights in full on rank 0, by the names `model.checkpoint.save_trainable` writes."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v for k, v in full_model_state(model).items() if k in names}
+    # ignore_frozen_params: a resumable save gathers LoRA and the heads, not a 7B frozen base
+    state = get_model_state_dict(model, options=_options(ignore_frozen_params=True))
+    return {k: v for k, v in state.items() if k in names}
 
 
 def full_optimizer_state(model, optimizer) -> dict:

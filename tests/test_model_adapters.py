@@ -264,3 +264,18 @@ def test_frame_readout_needs_several_tokens_per_frame():
     config = PiteConfig(n_points=K, n_frames=T, frame_readout=True)
     with pytest.raises(ConfigError, match="frame_readout"):
         build_tiny(CAPTIONS, config, TINY)
+
+
+def test_a_checkpoint_without_its_frame_readout_is_refused(world, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, tok, _ = world
+    save_checkpoint(model, tok, tmp_path / "ck", TEMPLATES["pite"])
+    heads = load_file(str(tmp_path / "ck" / "heads.safetensors"))
+    if model.frame_readout is None:
+        assert not any(k.startswith("frame_readout.") for k in heads)
+        return
+    save_file({k: v for k, v in heads.items() if not k.startswith("frame_readout.")},
+              str(tmp_path / "ck" / "heads.safetensors"))
+    with pytest.raises(ConfigError, match="missing.*frame_readout"):
+        load_checkpoint(tmp_path / "ck")

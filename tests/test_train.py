@@ -142,6 +142,11 @@ def test_config_errors_are_one_line(tmp_path, data, capsys):
     assert "nope" in capsys.readouterr().err
     assert main(["--config", str(path), "launcher=slurm"]) == 2
     assert "launcher" in capsys.readouterr().err
+    assert main(["--config", str(path), "strategy=zero3"]) == 2
+    assert "strategy: expected ddp or fsdp" in capsys.readouterr().err
+    # STAGES[0] trains the whole LLM: FSDP cannot shard bf16 embeddings with the fp32 heads in one group
+    assert main(["--config", str(path), "strategy=fsdp", "base.dtype=bfloat16"]) == 2
+    assert "strategy fsdp: a stage trains the whole LLM" in capsys.readouterr().err
 
 
 def test_collate_of_a_stream_batch_feeds_the_model(tmp_path, data):
