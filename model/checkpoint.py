@@ -202,15 +202,20 @@ def save_trainable(model: PiteModel, path: str | Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in model.trainable_state_dict().items()}, str(path))
 
 
+def check_trainable_names(model, names, where: str) -> None:
+    """A saved set of trainable weights must name exactly what trains in `model` (else a ConfigError)."""
+    own = {k for k, p in model.named_parameters() if p.requires_grad}
+    if set(names) != own:
+        extra, missing = sorted(set(names) - own), sorted(own - set(names))
+        raise ConfigError(f"{where}: trainable weights do not match the model (unexpected {extra[:3]}, "
+                          f"missing {missing[:3]})")
+
+
 def load_trainable(model: PiteModel, path: str | Path) -> None:
     """Inverse of `save_trainable` on a model set up the same way: the same names must train (else a ConfigError)."""
     state = load_file(str(path))
     params = dict(model.named_parameters())
-    own = {k for k, p in params.items() if p.requires_grad}
-    if set(state) != own:
-        extra, missing = sorted(set(state) - own), sorted(own - set(state))
-        raise ConfigError(f"{path}: trainable weights do not match the model (unexpected {extra[:3]}, "
-                          f"missing {missing[:3]})")
+    check_trainable_names(model, state, str(path))
     with torch.no_grad():
         for name, value in state.items():
             if params[name].shape != value.shape:

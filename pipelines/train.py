@@ -43,13 +43,13 @@ from omegaconf import OmegaConf
 from annotate.errors import ConfigError, PiteError
 from model.batch import to_device
 from model.checkpoint import load_checkpoint, merge_lora, save_checkpoint
-from pipelines import train_fsdp
 from model.config import PiteConfig
 from model.conversation import get_template
 from model.factory import build_pretrained, tiny_llama
 from model.losses import target_counts
 from model.pite import PiteModel
 from model.tokenizer import check_template, load_tokenizer, train_tokenizer
+from pipelines import train_fsdp
 from pipelines.config import save_config, to_dict
 from pipelines.shards import iter_members
 from pipelines.train_config import StageConfig, TrainConfig, load_train_config, resolve_out, stage_steps

@@ -98,10 +98,9 @@ def load_full_trainable(model, state: dict[str, torch.Tensor]) -> None:
     """Each rank keeps its shard of the full trainable weights (`state`, read by every rank)."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-    own = {n for n, p in model.named_parameters() if p.requires_grad}
-    if set(state) != own:
-        raise ConfigError(f"resume: trainable weights do not match the model (unexpected "
-                          f"{sorted(set(state) - own)[:3]}, missing {sorted(own - set(state))[:3]})")
+    from model.checkpoint import check_trainable_names
+
+    check_trainable_names(model, state, "resume")
     set_model_state_dict(model, state, options=_options(strict=False))
 
 
