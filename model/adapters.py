@@ -68,8 +68,8 @@ class ColourSlotAdapter(nn.Module):
     def tokens_per_frame(self) -> int:
         return self.slots
 
-    def forward(self, frames: torch.Tensor, times: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(N, feat_dim) frames, optional (N,) times in [0, 1] (NaN: a single image) -> (N, S, hidden)."""
+    def keypoints(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, feat_dim) frames -> (N, S, 3): each colour slot's keypoint (x, y) in [-1, 1] and its log-mass."""
         n = frames.shape[0]
         pixels = frames.view(n, self.side * self.side, 3)
         dist = (pixels[:, :, None, :] - self.prototypes[None, None]).pow(2).sum(-1)  # (N, P, S)
@@ -78,7 +78,14 @@ class ColourSlotAdapter(nn.Module):
         xy = torch.einsum("nps,pc->nsc", weights, self.grid.to(weights.dtype))  # (N, S, 2)
         # log of the slot's total (un-normalised) weight, centred near 0 for "a few pixels of this colour".
         mass = (torch.logsumexp(logits, dim=1) - 5.0) / 5.0
-        token = self.identity[None].to(xy.dtype) + self.keypoint(torch.cat([xy, mass[..., None]], -1))
+        return torch.cat([xy, mass[..., None]], -1)
+
+    def forward(self, frames: torch.Tensor, times: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N, feat_dim) frames, optional (N,) times in [0, 1] (NaN: a single image) -> (N, S, hidden)."""
+        n = frames.shape[0]
+        keypoints = self.keypoints(frames)
+        xy = keypoints[..., :2]
+        token = self.identity[None].to(xy.dtype) + self.keypoint(keypoints)
         if times is not None:
             known = ~torch.isnan(times)
             t = torch.nan_to_num(times, nan=0.0).to(xy.dtype)

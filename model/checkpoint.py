@@ -159,10 +159,11 @@ def load_extra_state(model: PiteModel, state: dict[str, torch.Tensor]) -> list[s
     if unknown:
         raise ConfigError(f"checkpoint heads: unknown keys {unknown[:5]}")
     missing = sorted(set(own) - set(state))
-    # Soft: a trajectory head (made from the localisation head), the colour-slot adapter's clock (zero at init: a
-    # checkpoint saved before it existed behaves the same). A frame readout is not: a fresh one would add random
-    # offsets to both heads.
-    hard = [k for k in missing if not k.startswith(("trajectory_projector.", "vision_adapter.clock."))]
+    # Soft: a trajectory head (made from the localisation head), the colour-slot adapter's clock and the time
+    # pointer (both zero at init: a checkpoint saved before they existed behaves the same). A frame readout is
+    # not: a fresh one would add random offsets to both heads.
+    soft = ("trajectory_projector.", "vision_adapter.clock.", "time_pointer.")
+    hard = [k for k in missing if not k.startswith(soft)]
     if hard:
         raise ConfigError(f"checkpoint heads: missing {hard}")
     for name, value in state.items():

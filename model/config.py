@@ -50,6 +50,12 @@ class PiteConfig:
     frame_readout: bool = False
     frame_readout_dim: int = 64
     frame_readout_source: str = "hidden"  # hidden: the visual tokens' last hidden states | tokens: the adapter's
+    # A pointer over frames in the next-token logits of frame numbers ("From 23 to 41."), model/time_pointer.py;
+    # needs the colour_slots adapter. Its digit tokens are read off the tokenizer when the model is built.
+    time_pointer: bool = False
+    time_pointer_dim: int = 64
+    time_pointer_kernel: int = 9  # frames each of its two temporal convolutions sees
+    time_token_ids: Optional[list[list[int]]] = None  # [[tens digit 0..9], [units digit 0..9]] token ids
 
     def __post_init__(self):
         if self.head_shift not in (0, 1):
@@ -60,6 +66,9 @@ class PiteConfig:
             raise ConfigError(f"model.frame_readout_source: expected hidden or tokens, got {self.frame_readout_source!r}")
         if self.adapter_basis < 1:
             raise ConfigError(f"model.adapter_basis: expected >= 1, got {self.adapter_basis}")
+        if self.time_pointer and self.adapter != "colour_slots":
+            raise ConfigError("model.time_pointer needs adapter: colour_slots (it points at the colour slots' "
+                              f"keypoints), got {self.adapter!r}")
         if isinstance(self.lora, dict):  # from a checkpoint's JSON
             self.lora = LoraSettings(**self.lora)
 

@@ -13,6 +13,7 @@ from model.checkpoint import load_llm
 from model.config import PiteConfig
 from model.conversation import get_template
 from model.pite import PiteModel
+from model.time_pointer import attach_time_tokens
 from model.tokenizer import check_template, load_tokenizer, prepare_tokenizer, train_tokenizer
 
 
@@ -59,6 +60,7 @@ def build_tiny(texts: Iterable[str], config: Optional[PiteConfig] = None,
     tokenizer = train_tokenizer(texts, vocab_size=s.vocab_size, video_token=config.video_token)
     check_template(tokenizer, get_template(config.template))
     llm = tiny_llama(tokenizer, s, seed=seed)
+    attach_time_tokens(config, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         model = PiteModel(llm, config, video_token_id=tokenizer.convert_tokens_to_ids(config.video_token))
@@ -73,6 +75,7 @@ def build_pretrained(llm_path: str | Path, config: Optional[PiteConfig] = None, 
                                key="model.tokenizer" if tokenizer_path else "model.llm")
     check_template(tokenizer, get_template(config.template))
     llm = load_llm(llm_path, dtype=dtype, device=device)
+    attach_time_tokens(config, tokenizer)
     model = PiteModel(llm, config, video_token_id=prepare_tokenizer(tokenizer, config.video_token))
     model.base_source = str(Path(llm_path).resolve())
     return model, tokenizer

@@ -25,6 +25,7 @@ from model.config import LoraSettings, PiteConfig
 from model.labels import IGNORE_INDEX
 from model.losses import lm_sum, masked_l1_sum, normalise
 from model.readout import FrameReadout, to_frames
+from model.time_pointer import TimePointer
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -76,6 +77,14 @@ class PiteModel(nn.Module):
                 raise ConfigError("model.frame_readout needs an adapter with several tokens per frame (colour_slots): "
                                   "with one token per frame it cannot tell the objects of a frame apart")
             self.frame_readout = FrameReadout(hidden, config.frame_readout_dim, device=device)
+        self.time_pointer = None
+        if config.time_pointer:
+            if config.time_token_ids is None:
+                raise ConfigError("model.time_pointer: no time_token_ids (build the model through model.factory, "
+                                  "which reads them off the tokenizer)")
+            self.time_pointer = TimePointer(hidden, self.tokens_per_frame, config.time_token_ids,
+                                            dim=config.time_pointer_dim, kernel=config.time_pointer_kernel,
+                                            device=device)
         # Where the base LLM came from (a local dir) and the LoRA adapters already merged into it, in order:
         # what a checkpoint needs to rebuild these weights (model/checkpoint.py).
         self.base_source: Optional[str] = None
@@ -121,6 +130,8 @@ class PiteModel(nn.Module):
         self.trajectory_projector.requires_grad_(traj_head)
         if self.frame_readout is not None:  # a term of both heads: it trains with either
             self.frame_readout.requires_grad_(loc_head or traj_head)
+        if self.time_pointer is not None:  # a term of the LM's logits: it trains with the LM
+            self.time_pointer.requires_grad_(llm or lora)
 
     def enable_gradient_checkpointing(self) -> None:
         # Non-reentrant checkpointing works with frozen embeddings (no enable_input_require_grads needed).
@@ -140,9 +151,10 @@ class PiteModel(nn.Module):
         return tokens_per_frame(self.vision_adapter)
 
     def extra_modules(self) -> list[str]:
-        """What lives outside the LLM: the adapter, both heads, the frame readout when there is one."""
+        """What lives outside the LLM: the adapter, both heads, the frame readout and time pointer when there."""
         names = ["vision_adapter", "localization_projector", "trajectory_projector"]
-        return names + (["frame_readout"] if self.frame_readout is not None else [])
+        names += ["frame_readout"] if self.frame_readout is not None else []
+        return names + (["time_pointer"] if self.time_pointer is not None else [])
 
     def extra_state_dict(self) -> dict[str, torch.Tensor]:
         return {f"{name}.{k}": v for name in self.extra_modules() for k, v in getattr(self, name).state_dict().items()}
@@ -225,6 +237,42 @@ class PiteModel(nn.Module):
         states[rows, frame] = hidden[rows[:, None], index]
         return states, per_row
 
+    def time_keys(self, input_ids: torch.Tensor, video_features) -> Optional[list[Optional[torch.Tensor]]]:
+        """The time pointer's keys of each row's clip ((n, S, d), None for a row with fewer than 2 frames);
+        None without a time pointer."""
+        if self.time_pointer is None:
+            return None
+        is_video = input_ids == self.video_token_id
+        frames = _stack_frames(video_features, is_video)
+        out: list[Optional[torch.Tensor]] = [None] * input_ids.shape[0]
+        if frames is None:
+            return out
+        ref = self.localization_projector.weight
+        with torch.autocast(device_type=ref.device.type, enabled=False):
+            keypoints = self.vision_adapter.keypoints(frames.to(ref.dtype))
+            first = 0
+            for b, n in enumerate(is_video.sum(dim=1).tolist()):
+                if n >= 2:
+                    out[b] = self.time_pointer.keys(keypoints[first:first + n])
+                first += n
+        return out
+
+    def with_time_pointer(self, logits: torch.Tensor, hidden: torch.Tensor, token_ids: torch.Tensor,
+                          rows: torch.Tensor, keys: Optional[list]) -> torch.Tensor:
+        """Next-token logits (M, V) of states `hidden` (M, H) (input tokens `token_ids` (M,), batch rows `rows`)
+        plus the time pointer's term, for rows with a clip; `logits` unchanged without a time pointer."""
+        if keys is None:
+            return logits
+        out = logits.float().clone()
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            for b in torch.unique(rows).tolist():
+                if keys[b] is None:
+                    continue
+                pick = rows == b
+                out[pick] = out[pick] + self.time_pointer.logit_bias(hidden[pick], token_ids[pick], keys[b],
+                                                                     out.shape[-1])
+        return out
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -250,7 +298,9 @@ class PiteModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embeds, attention_mask, starts = self.embed(input_ids, video_features, attention_mask)
+        token_ids = input_ids
         if starts is not None:  # positions moved: labels and head positions follow their tokens
+            token_ids = input_ids.new_full(attention_mask.shape, self.video_token_id).scatter(1, starts, input_ids)
             if labels is not None:
                 moved = labels.new_full(attention_mask.shape, IGNORE_INDEX)
                 labels = moved.scatter(1, starts, labels)
@@ -264,8 +314,14 @@ class PiteModel(nn.Module):
         zero = hidden.new_zeros((), dtype=torch.float32)
         sums, local = {}, {}
 
+        logits = out.logits
         if labels is not None:
-            sums["lm"], local["lm"] = lm_sum(out.logits, labels)
+            keys = self.time_keys(input_ids, video_features)
+            if keys is not None:  # the pointer's term where a label follows (the only logits the loss reads)
+                b, i = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+                logits = logits.float().clone()
+                logits[b, i] = self.with_time_pointer(logits[b, i], hidden[b, i], token_ids[b, i], b, keys)
+            sums["lm"], local["lm"] = lm_sum(logits, labels)
         else:
             sums["lm"], local["lm"] = zero, torch.zeros((), dtype=torch.long, device=hidden.device)
 
@@ -297,7 +353,7 @@ class PiteModel(nn.Module):
         loss = c.lambda_lm * lm + c.lambda_loc * loc + c.lambda_traj * traj + self._ddp_anchor()
         return PiteOutput(loss=loss, lm_loss=lm, loc_loss=loc, traj_loss=traj,
                           sums={k: v.detach() for k, v in sums.items()}, counts=local,
-                          logits=out.logits, loc_pred=loc_pred, traj_pred=traj_pred)
+                          logits=logits, loc_pred=loc_pred, traj_pred=traj_pred)
 
     def _ddp_anchor(self) -> torch.Tensor:
         """0 x (trainable adapter/head weights): keeps every trainable parameter in the graph on batches without
@@ -351,6 +407,13 @@ class PiteModel(nn.Module):
                            position_ids=position_ids_from_mask(mask), use_cache=True, output_hidden_states=True,
                            return_dict=True)
             frames = self.frame_states(self._readout_source(out, embeds), input_ids, starts)
+            keys = self.time_keys(input_ids, video_features)
+            every = torch.arange(b, device=input_ids.device)
+
+            def next_logits(step_out, token: torch.Tensor) -> torch.Tensor:
+                """The last position's next-token logits (B, V), with the time pointer's term (its input: token)."""
+                return self.with_time_pointer(step_out.logits[:, -1].float(), step_out.hidden_states[-1][:, -1],
+                                              token, every, keys)
 
             def feed(token: torch.Tensor):
                 """One cached step on the tokens (B,) just chosen; returns the output and the longer mask."""
@@ -364,8 +427,10 @@ class PiteModel(nn.Module):
             before, at, tokens = [out.hidden_states[-1][:, -1]], [], []
             done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
             length = torch.zeros(b, dtype=torch.long, device=input_ids.device)
+            last = input_ids[:, -1]
             for step in range(max_new_tokens):
-                nxt = _sample(out.logits[:, -1].float(), temperature, top_p, generator)
+                nxt = _sample(next_logits(out, last), temperature, top_p, generator)
+                last = nxt
                 tokens.append(nxt)
                 length += (~done).long()
                 done |= torch.isin(nxt, stops)

@@ -25,10 +25,14 @@ def train_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on `texts` (and the Vicuna template's fixed strings), LLaMA's special tokens.
 
-    Byte-level means no text is ever unknown (emoji, accents), like LLaMA's byte fallback.
+    Byte-level means no text is ever unknown (emoji, accents), like LLaMA's byte fallback; digits are single
+    tokens, as in LLaMA.
     """
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Digits one by one, as LLaMA's tokenizer writes them: frame numbers ("From 23 to 41.") are then digit tokens
+    # that model/time_pointer.py can point at, whatever merges the BPE would have learned ("00", " 2").
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -48,6 +48,7 @@ from model.conversation import get_template
 from model.factory import build_pretrained, tiny_llama
 from model.losses import target_counts
 from model.pite import PiteModel
+from model.time_pointer import attach_time_tokens
 from model.tokenizer import check_template, load_tokenizer, train_tokenizer
 from pipelines import train_fsdp
 from pipelines.config import save_config, to_dict
@@ -111,6 +112,7 @@ def fresh_model(cfg: TrainConfig, out: Path, dist: Dist):
         tokenizer = tiny_tokenizer(cfg, out, dist)
         check_template(tokenizer, template)
         llm = tiny_llama(tokenizer, cfg.base.tiny, seed=cfg.seed)
+        attach_time_tokens(config, tokenizer)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 1)
             model = PiteModel(llm, config, video_token_id=tokenizer.convert_tokens_to_ids(config.video_token))

@@ -1,0 +1,230 @@
+"""The time pointer: digit tokens read off tokenizers, frame -> number shares, a zero term until it trains, its
+term in forward and generate (batched, padded), checkpoints, and that it learns to point at an event's frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from annotate.errors import ConfigError
+from model.batch import collate
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import PiteConfig
+from model.conversation import TEMPLATES, format_span
+from model.factory import TinyLlamaSettings, build_tiny
+from model.labels import IGNORE_INDEX, Example, encode_prompt
+from model.time_pointer import N_NUMBERS, frame_to_numbers, time_token_ids
+
+D, S = 768, 8  # the 8 slots are the RGB cube's corners: red among them
+TEXTS = ["the red square enters the frame", "When does the red square enter?"] + [format_span(i, 99 - i)
+                                                                                  for i in range(100)]
+TINY = TinyLlamaSettings(hidden_size=32, intermediate_size=64, vocab_size=300, rope_theta=1e6)
+
+
+def _config(**kw):
+    return PiteConfig(n_points=1, n_frames=10, adapter="colour_slots", adapter_slots=S, head_shift=1,
+                      time_pointer=True, **kw)
+
+
+def _bpe(texts, split_digits: bool) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    steps = [pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    if split_digits:
+        steps.insert(0, pre_tokenizers.Digits(individual_digits=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>"], show_progress=False,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+def test_digit_tokens_are_read_off_the_tokenizer():
+    _, tok = build_tiny(TEXTS, _config(), TINY)  # ours: digits one by one, after a separate space
+    tens, units = time_token_ids(tok)
+    assert tens == units == [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
+    # a BPE that merges " 3" but keeps units alone: two different sets, still usable
+    tens, units = time_token_ids(_bpe([f"From {i:02d} to {i:02d}." for i in range(100)] * 3, split_digits=True))
+    assert len(set(tens)) == len(set(units)) == 10
+    # one that learned "00", "37" ... as whole tokens cannot be pointed at digit by digit
+    merged = _bpe([f"From {i:02d} to {i:02d}." for i in range(100)] * 30, split_digits=False)
+    with pytest.raises(ConfigError, match="not one per digit"):
+        time_token_ids(merged)
+
+
+def test_frame_shares_cover_the_numbers():
+    assert torch.allclose(frame_to_numbers(100), torch.eye(100))
+    ten = frame_to_numbers(10)
+    assert torch.allclose(ten.sum(1), torch.ones(10)) and torch.allclose(ten[3, 30:40], torch.full((10,), 0.1))
+    odd = frame_to_numbers(37)
+    assert torch.allclose(odd.sum(1), torch.ones(37), atol=1e-6)
+    assert torch.allclose(odd.sum(0) / 37, torch.full((N_NUMBERS,), 0.01), atol=1e-6)  # uniform in, uniform out
+
+
+def test_the_time_pointer_needs_the_colour_slots_adapter():
+    with pytest.raises(ConfigError, match="colour_slots"):
+        PiteConfig(adapter="linear", time_pointer=True)
+
+
+def _prompt_ids(model, tok, query: str, n: int) -> torch.Tensor:
+    return encode_prompt(tok, TEMPLATES["pite"], model.video_token_id, query, n)
+
+
+def _example(model, tok, frames: torch.Tensor, query: str, answer: str) -> Example:
+    prompt = _prompt_ids(model, tok, query, len(frames))
+    reply = torch.tensor(tok(answer + "</s>", add_special_tokens=False)["input_ids"])
+    ids = torch.cat([prompt, reply])
+    labels = torch.cat([torch.full_like(prompt, IGNORE_INDEX), reply])
+    return Example(input_ids=ids, labels=labels, video=frames, head_pos=torch.zeros(0, dtype=torch.long),
+                   loc_target=torch.zeros(0, 2), loc_mask=torch.zeros(0, dtype=torch.bool),
+                   traj_target=torch.zeros(0, 1, 10, 2), traj_mask=torch.zeros(0, 1, 10, dtype=torch.bool))
+
+
+def _clip(enter: int, n: int = 10, seed: int = 0) -> torch.Tensor:
+    """A grey clip (16x16 thumbnails) where a red square appears at frame `enter` and wanders after."""
+    rng = np.random.default_rng(seed)
+    frames = np.full((n, 16, 16, 3), 0.5, np.float32) + rng.normal(0, 0.02, (n, 16, 16, 3)).astype(np.float32)
+    y, x = rng.integers(2, 11, 2)
+    for t in range(enter, n):
+        y, x = np.clip([y + rng.integers(-1, 2), x + rng.integers(-1, 2)], 0, 12)
+        frames[t, y:y + 3, x:x + 3] = (1.0, 0.0, 0.0)
+    return torch.from_numpy(frames.reshape(n, -1))
+
+
+@pytest.fixture(scope="module")
+def world():
+    torch.manual_seed(0)
+    model, tok = build_tiny(TEXTS, _config(), TINY)
+    plain, _ = build_tiny(TEXTS, PiteConfig(**{**_config().to_dict(), "time_pointer": False}), TINY)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("time_pointer.")})
+    examples = [_example(model, tok, _clip(e, seed=e), "When does the red square enter?",
+                         f"From {10 * e:02d} to 99.") for e in (2, 5, 7)]
+    return model, plain, tok, examples
+
+
+def test_an_untrained_pointer_adds_nothing(world):
+    model, plain, tok, examples = world
+    batch = collate(examples, tok.pad_token_id)
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).lm_loss, plain(**batch).lm_loss, atol=1e-6)
+    prompt = _prompt_ids(model, tok, "When does the red square enter?", 10)
+    a = model.generate(prompt, video_features=examples[0].video, max_new_tokens=6, stop_token_ids=[])[0]
+    b = plain.generate(prompt, video_features=examples[0].video, max_new_tokens=6, stop_token_ids=[])[0]
+    assert a.token_ids == b.token_ids
+
+
+def test_a_pointer_at_one_frame_writes_its_number():
+    model, tok = build_tiny(TEXTS, PiteConfig(**{**_config().to_dict(), "n_frames": 100}), TINY)
+    tp = model.time_pointer
+    hidden = torch.ones(2, 32)
+    keys = torch.zeros(100, S, tp.dim)
+    keys[37, 1] = 1.0  # frame 37, slot 1: the only key along the query
+    with torch.no_grad():
+        tp.query.weight.fill_(0.0)
+        tp.query.bias.fill_(50.0)  # q . k = 50 * sqrt(d)... for that key, 0 for the others
+    numbers = tp.numbers(hidden, keys)
+    assert numbers[0].argmax() == 37 and numbers[0, 37] > 0.99
+    digit = lambda d: tok.convert_tokens_to_ids(str(d))  # noqa: E731
+    inputs = torch.tensor([tok.convert_tokens_to_ids("Ġ"), digit(3)])  # before the tens digit; after it
+    bias = tp.logit_bias(hidden, inputs, keys, len(tok))
+    digits = torch.tensor([digit(d) for d in range(10)])
+    assert bias[0, digits].argmax() == 3 and bias[1, digits].argmax() == 7
+    assert torch.allclose(bias[0, digits[3]], torch.log(torch.tensor(10.0)), atol=1e-3)
+    others = torch.ones(len(tok), dtype=torch.bool)
+    others[digits] = False
+    assert bias[:, others].abs().max() == 0  # only digit tokens are touched
+
+
+def test_forward_and_generate_agree_and_batch_with_the_pointer_on(world):
+    model, _, tok, examples = world
+    model.eval()
+    with torch.no_grad():
+        model.time_pointer.query.weight.normal_(0, 1.0)
+    try:
+        right = model(**collate(examples, tok.pad_token_id, "right"))
+        left = model(**collate(examples, tok.pad_token_id, "left"))
+        alone = [model(**collate([ex], tok.pad_token_id)) for ex in examples]
+        assert torch.isclose(right.sums["lm"], left.sums["lm"], rtol=1e-5)
+        assert torch.isclose(right.sums["lm"], sum(o.sums["lm"] for o in alone), rtol=1e-5)
+
+        prompt = _prompt_ids(model, tok, "When does the red square enter?", 10)
+        (gen,) = model.generate(prompt, video_features=examples[1].video, max_new_tokens=6, stop_token_ids=[])
+        ids = torch.cat([prompt, torch.tensor(gen.token_ids)])
+        labels = ids.clone()
+        labels[: len(prompt)] = IGNORE_INDEX
+        with torch.no_grad():
+            out = model(ids[None], video_features=examples[1].video[None], labels=labels[None])
+        p = len(prompt) + 10 * (S - 1)
+        assert out.logits[0, p - 1: p + len(gen.token_ids) - 1].argmax(-1).tolist() == gen.token_ids
+
+        other = _prompt_ids(model, tok, "When does it enter?", 10)
+        length = max(len(prompt), len(other))
+        ids = torch.full((2, length), tok.pad_token_id)
+        mask = torch.zeros((2, length), dtype=torch.long)
+        for i, q in enumerate([prompt, other]):
+            ids[i, length - len(q):], mask[i, length - len(q):] = q, 1
+        videos = [examples[1].video, examples[2].video]
+        batched = model.generate(ids, attention_mask=mask, video_features=videos, max_new_tokens=6)
+        singles = [model.generate(q, video_features=v, max_new_tokens=6)[0] for q, v in zip([prompt, other], videos)]
+        assert [g.token_ids for g in batched] == [g.token_ids for g in singles]
+    finally:
+        with torch.no_grad():
+            model.time_pointer.query.weight.zero_()
+
+
+def test_checkpoints_keep_the_pointer_and_older_ones_load(world, tmp_path):
+    model, plain, tok, examples = world
+    with torch.no_grad():
+        model.time_pointer.query.weight.normal_(0, 1.0)
+    try:
+        batch = collate(examples, tok.pad_token_id)
+        with torch.no_grad():
+            before = model(**batch).lm_loss
+        save_checkpoint(model, tok, tmp_path / "ck", TEMPLATES["pite"])
+        loaded, _, _ = load_checkpoint(tmp_path / "ck")
+        assert loaded.config.time_token_ids == model.config.time_token_ids
+        with torch.no_grad():
+            assert torch.allclose(loaded(**batch).lm_loss, before, atol=1e-6)
+    finally:
+        with torch.no_grad():
+            model.time_pointer.query.weight.zero_()
+    # a checkpoint saved without a pointer, loaded with one switched on, behaves as before (the pointer is soft)
+    import json
+
+    save_checkpoint(plain, tok, tmp_path / "old", TEMPLATES["pite"])
+    meta = json.loads((tmp_path / "old" / "pite.json").read_text())
+    meta["model"].update(time_pointer=True, time_token_ids=model.config.time_token_ids)
+    (tmp_path / "old" / "pite.json").write_text(json.dumps(meta))
+    upgraded, _, _ = load_checkpoint(tmp_path / "old")
+    assert upgraded.time_pointer is not None
+    with torch.no_grad():
+        assert torch.allclose(upgraded(**batch).lm_loss, plain(**batch).lm_loss, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_it_learns_to_point_at_the_frame_an_object_enters():
+    """Train pointer and LLM on "When does the red square enter?" over clips where it enters at a random frame:
+    the answer's tens digit (frame index, 10 frames a clip) is then right on clips it never saw."""
+    torch.manual_seed(0)
+    model, tok = build_tiny(TEXTS, _config(), TINY)
+    model.set_trainable(adapter=True, lora=False, loc_head=False, traj_head=False, llm=True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    rng = np.random.default_rng(0)
+    query = "When does the red square enter?"
+    for step in range(150):
+        enters = rng.integers(1, 10, 8)
+        batch = collate([_example(model, tok, _clip(int(e), seed=1000 * step + i), query, f"From {10 * e:02d} to 99.")
+                         for i, e in enumerate(enters)], tok.pad_token_id)
+        opt.zero_grad()
+        model(**batch).loss.backward()
+        opt.step()
+    model.eval()
+    hits = 0
+    tests = [(int(e), 99_000 + i) for i, e in enumerate(rng.integers(1, 10, 20))]
+    prompt = _prompt_ids(model, tok, query, 10)
+    for e, seed in tests:
+        (gen,) = model.generate(prompt, video_features=_clip(e, seed=seed), max_new_tokens=4, tokenizer=tok)
+        hits += gen.text.strip().startswith(f"From {e}")
+    assert hits >= 16, hits  # chance: about 2 of 20
