@@ -258,19 +258,26 @@ class PiteModel(nn.Module):
         return out
 
     def with_time_pointer(self, logits: torch.Tensor, hidden: torch.Tensor, token_ids: torch.Tensor,
-                          rows: torch.Tensor, keys: Optional[list]) -> torch.Tensor:
-        """Next-token logits (M, V) of states `hidden` (M, H) (input tokens `token_ids` (M,), batch rows `rows`)
-        plus the time pointer's term, for rows with a clip; `logits` unchanged without a time pointer."""
+                          rows: torch.Tensor, positions: torch.Tensor, keys: Optional[list],
+                          context: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Next-token logits (M, V) of states `hidden` (M, H) plus the time pointer's term, for rows with a clip;
+        `logits` unchanged without a time pointer. Per state: its input token `token_ids` (M,), batch row `rows`
+        (M,) and position `positions` (M,); `context` = (last hidden states (B, C, H), which are text (B, C)):
+        the pointer reads the text at or before each state's position."""
         if keys is None:
             return logits
         out = logits.float().clone()
+        states, is_text = context
+        where = torch.arange(states.shape[1], device=states.device)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             for b in torch.unique(rows).tolist():
                 if keys[b] is None:
                     continue
                 pick = rows == b
+                text = is_text[b]
+                allowed = where[text][None] <= positions[pick][:, None]
                 out[pick] = out[pick] + self.time_pointer.logit_bias(hidden[pick], token_ids[pick], keys[b],
-                                                                     out.shape[-1])
+                                                                     out.shape[-1], states[b, text], allowed)
         return out
 
     def forward(
@@ -320,7 +327,9 @@ class PiteModel(nn.Module):
             if keys is not None:  # the pointer's term where a label follows (the only logits the loss reads)
                 b, i = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
                 logits = logits.float().clone()
-                logits[b, i] = self.with_time_pointer(logits[b, i], hidden[b, i], token_ids[b, i], b, keys)
+                text = attention_mask.bool() & (token_ids != self.video_token_id)
+                logits[b, i] = self.with_time_pointer(logits[b, i], hidden[b, i], token_ids[b, i], b, i, keys,
+                                                      (hidden, text))
             sums["lm"], local["lm"] = lm_sum(logits, labels)
         else:
             sums["lm"], local["lm"] = zero, torch.zeros((), dtype=torch.long, device=hidden.device)
@@ -409,11 +418,20 @@ class PiteModel(nn.Module):
             frames = self.frame_states(self._readout_source(out, embeds), input_ids, starts)
             keys = self.time_keys(input_ids, video_features)
             every = torch.arange(b, device=input_ids.device)
+            context = None
+            if keys is not None:  # the text states so far, which the time pointer reads (grown every step)
+                expanded = input_ids
+                if starts is not None:
+                    expanded = input_ids.new_full(mask.shape, self.video_token_id).scatter(1, starts, input_ids)
+                context = (out.hidden_states[-1], mask.bool() & (expanded != self.video_token_id))
 
             def next_logits(step_out, token: torch.Tensor) -> torch.Tensor:
                 """The last position's next-token logits (B, V), with the time pointer's term (its input: token)."""
+                if keys is None:
+                    return step_out.logits[:, -1].float()
+                here = torch.full_like(every, context[0].shape[1] - 1)
                 return self.with_time_pointer(step_out.logits[:, -1].float(), step_out.hidden_states[-1][:, -1],
-                                              token, every, keys)
+                                              token, every, here, keys, context)
 
             def feed(token: torch.Tensor):
                 """One cached step on the tokens (B,) just chosen; returns the output and the longer mask."""
@@ -438,6 +456,9 @@ class PiteModel(nn.Module):
                     break
                 out, mask = feed(nxt)
                 at.append(out.hidden_states[-1][:, -1])
+                if context is not None:
+                    context = (torch.cat([context[0], at[-1][:, None]], dim=1),
+                               torch.cat([context[1], context[1].new_ones(b, 1)], dim=1))
                 before.append(at[-1])
             if self.config.head_shift == 0:
                 # The last token was never fed back. Its own hidden state needs one more step, unless every row

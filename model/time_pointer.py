@@ -10,9 +10,10 @@ into digit tokens, and with RoPE and a clock term in the tokens it learned neith
 The time pointer splits the two, the way pointer networks copy from their input (Vinyals et al. 2015; See et al.
 2017's pointer-generator) and timestamp heads of video LLMs do (TRACE's separate time head):
 
+    query  q = Linear(h) + Attention(h over the text before it: the question's words)
     keys   k[t, s] = slot_embedding[s] + TemporalConv(the colour slot's keypoint, mass and their frame-to-frame
                      change over a window of frames around t)        (the adapter's keypoints, model/adapters.py)
-    p(t)         = sum_s softmax_{t,s}(q(h) . k[t, s] / sqrt(d))    (h: the LLM's last hidden state here)
+    p(t)         = sum_s softmax_{t,s}(q . k[t, s] / sqrt(d))    (h: the LLM's last hidden state here)
     P(number m)  = sum_t p(t) * share of frame t's time span in m's   (n = 100 frames: number m = frame m)
     next-token logits += log(10 P(tens digit = d)) on the tokens that write a tens digit, or, right after one,
                          log(10 P(units digit = u | d)) on the tokens that write a units digit
@@ -28,6 +29,7 @@ token (our byte-level BPE: " 2" "3"; LLaMA's: "2" "3" after a "▁").
 from __future__ import annotations
 
 import math
+from typing import Optional
 import torch
 from torch import nn
 
@@ -83,14 +85,26 @@ def frame_to_numbers(n: int, device=None) -> torch.Tensor:
 
 class TimePointer(nn.Module):
     def __init__(self, hidden: int, slots: int, tokens: list[list[int]], dim: int = 64, kernel: int = 9,
-                 device=None):
+                 heads: int = 4, device=None):
         super().__init__()
+        if dim % heads:
+            raise ConfigError(f"model.time_pointer_dim: {dim} is not a multiple of its {heads} heads")
         if kernel < 1 or kernel % 2 == 0:
             raise ConfigError(f"model.time_pointer_kernel: expected an odd number >= 1, got {kernel}")
         self.dim = dim
         self.query = nn.Linear(hidden, dim, device=device)
         nn.init.zeros_(self.query.weight)  # a uniform pointer at first: the term is 0 (see the module's docstring)
         nn.init.zeros_(self.query.bias)
+        # The query also reads the text before it (the question: which colour, which event) with an attention of
+        # its own: in the tiny demo LLM the state where a number starts did not carry the question's words (a toy
+        # with two colours entering at different frames: the pointer picked either, 10 of 20 right).
+        self.heads = heads
+        self.read_q = nn.Linear(hidden, dim, device=device)
+        self.read_k = nn.Linear(hidden, dim, device=device)
+        self.read_v = nn.Linear(hidden, dim, device=device)
+        self.read_out = nn.Linear(dim, dim, device=device)
+        nn.init.zeros_(self.read_out.weight)  # zero like the query: the pointer starts uniform
+        nn.init.zeros_(self.read_out.bias)
         self.slot = nn.Parameter(torch.randn(slots, dim, device=device) * 0.5)
         pad = kernel // 2
         self.conv = nn.Sequential(
@@ -107,19 +121,38 @@ class TimePointer(nn.Module):
         feats = _descriptors(keypoints.float()).permute(1, 2, 0)  # (S, 7, n): each slot a sequence over time
         return self.conv(feats).permute(2, 0, 1) + self.slot[None]
 
-    def numbers(self, hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    def queries(self, hidden: torch.Tensor, context: Optional[torch.Tensor] = None,
+                allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(M, H) states -> (M, d) pointer queries: Linear(h) + an attention of h over `context` (C, H), the text
+        states of its row (`allowed` (M, C): those at or before each state; every query has at least its own)."""
+        hidden = hidden.float()
+        q = self.query(hidden)
+        if context is None or not context.shape[0]:
+            return q
+        m, c, h = hidden.shape[0], context.shape[0], self.heads
+        context = context.float()
+        rq = self.read_q(hidden).view(m, h, -1)
+        rk, rv = self.read_k(context).view(c, h, -1), self.read_v(context).view(c, h, -1)
+        scores = torch.einsum("mhd,chd->mhc", rq, rk) / math.sqrt(rq.shape[-1])
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))
+        read = torch.einsum("mhc,chd->mhd", torch.softmax(scores, dim=-1).nan_to_num(0.0), rv).reshape(m, -1)
+        return q + self.read_out(read)
+
+    def numbers(self, hidden: torch.Tensor, keys: torch.Tensor, context: Optional[torch.Tensor] = None,
+                allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(M, H) states and one clip's keys (n, S, d) -> (M, 100) probabilities of each frame index 00..99."""
-        q = self.query(hidden.float())
+        q = self.queries(hidden, context, allowed)
         n = keys.shape[0]
         scores = torch.einsum("md,nsd->mns", q, keys).flatten(1) / math.sqrt(self.dim)
         p = torch.softmax(scores, dim=-1).view(-1, n, keys.shape[1]).sum(-1)  # (M, n)
         return p @ frame_to_numbers(n, p.device)
 
-    def logit_bias(self, hidden: torch.Tensor, input_ids: torch.Tensor, keys: torch.Tensor,
-                   vocab: int) -> torch.Tensor:
+    def logit_bias(self, hidden: torch.Tensor, input_ids: torch.Tensor, keys: torch.Tensor, vocab: int,
+                   context: Optional[torch.Tensor] = None, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(M, vocab) additions to the next-token logits of states `hidden` (M, H) whose input tokens are
         `input_ids` (M,), for one clip's `keys`: a units digit right after a tens digit, else a tens digit."""
-        numbers = self.numbers(hidden, keys).view(-1, DIGITS, DIGITS)  # (M, tens, units)
+        numbers = self.numbers(hidden, keys, context, allowed).view(-1, DIGITS, DIGITS)  # (M, tens, units)
         tens = numbers.sum(-1)  # (M, 10)
         after_tens = input_ids[:, None] == self.tens_ids[None]  # (M, 10): which tens digit was just written
         is_units = after_tens.any(-1)
