@@ -56,6 +56,7 @@ class PiteConfig:
     time_pointer_dim: int = 64
     time_pointer_kernel: int = 9  # frames each of its two temporal convolutions sees
     time_token_ids: Optional[list[list[int]]] = None  # [[tens digit 0..9], [units digit 0..9]] token ids
+    time_pointer_reads: str = "hidden"  # what its query reads of the text before it: hidden states | embeddings
 
     def __post_init__(self):
         if self.head_shift not in (0, 1):
@@ -64,6 +65,8 @@ class PiteConfig:
             raise ConfigError(f"model.adapter: unknown {self.adapter!r} (expected {' | '.join(ADAPTERS)})")
         if self.frame_readout_source not in ("hidden", "tokens"):
             raise ConfigError(f"model.frame_readout_source: expected hidden or tokens, got {self.frame_readout_source!r}")
+        if self.time_pointer_reads not in ("hidden", "embeddings"):
+            raise ConfigError(f"model.time_pointer_reads: expected hidden or embeddings, got {self.time_pointer_reads!r}")
         if self.adapter_basis < 1:
             raise ConfigError(f"model.adapter_basis: expected >= 1, got {self.adapter_basis}")
         if self.time_pointer and self.adapter != "colour_slots":

@@ -268,16 +268,16 @@ class PiteModel(nn.Module):
             return logits
         out = logits.float().clone()
         states, is_text = context
-        where = torch.arange(states.shape[1], device=states.device)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             for b in torch.unique(rows).tolist():
                 if keys[b] is None:
                     continue
                 pick = rows == b
                 text = is_text[b]
-                allowed = where[text][None] <= positions[pick][:, None]
+                rank = is_text[b].long().cumsum(0) - 1  # each position's index among the row's text tokens
+                distance = rank[positions[pick]][:, None] - rank[text][None]  # text tokens back (< 0: ahead)
                 out[pick] = out[pick] + self.time_pointer.logit_bias(hidden[pick], token_ids[pick], keys[b],
-                                                                     out.shape[-1], states[b, text], allowed)
+                                                                     out.shape[-1], states[b, text], distance)
         return out
 
     def forward(
@@ -328,8 +328,9 @@ class PiteModel(nn.Module):
                 b, i = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
                 logits = logits.float().clone()
                 text = attention_mask.bool() & (token_ids != self.video_token_id)
+                read = embeds if self.config.time_pointer_reads == "embeddings" else hidden
                 logits[b, i] = self.with_time_pointer(logits[b, i], hidden[b, i], token_ids[b, i], b, i, keys,
-                                                      (hidden, text))
+                                                      (read, text))
             sums["lm"], local["lm"] = lm_sum(logits, labels)
         else:
             sums["lm"], local["lm"] = zero, torch.zeros((), dtype=torch.long, device=hidden.device)
@@ -423,7 +424,9 @@ class PiteModel(nn.Module):
                 expanded = input_ids
                 if starts is not None:
                     expanded = input_ids.new_full(mask.shape, self.video_token_id).scatter(1, starts, input_ids)
-                context = (out.hidden_states[-1], mask.bool() & (expanded != self.video_token_id))
+                reads_embeddings = self.config.time_pointer_reads == "embeddings"
+                context = (embeds if reads_embeddings else out.hidden_states[-1],
+                           mask.bool() & (expanded != self.video_token_id))
 
             def next_logits(step_out, token: torch.Tensor) -> torch.Tensor:
                 """The last position's next-token logits (B, V), with the time pointer's term (its input: token)."""
@@ -457,7 +460,8 @@ class PiteModel(nn.Module):
                 out, mask = feed(nxt)
                 at.append(out.hidden_states[-1][:, -1])
                 if context is not None:
-                    context = (torch.cat([context[0], at[-1][:, None]], dim=1),
+                    new = self.llm.get_input_embeddings()(nxt) if reads_embeddings else at[-1]
+                    context = (torch.cat([context[0], new[:, None].to(context[0].dtype)], dim=1),
                                torch.cat([context[1], context[1].new_ones(b, 1)], dim=1))
                 before.append(at[-1])
             if self.config.head_shift == 0:

@@ -10,7 +10,7 @@ into digit tokens, and with RoPE and a clock term in the tokens it learned neith
 The time pointer splits the two, the way pointer networks copy from their input (Vinyals et al. 2015; See et al.
 2017's pointer-generator) and timestamp heads of video LLMs do (TRACE's separate time head):
 
-    query  q = Linear(h) + Attention(h over the text before it: the question's words)
+    query  q = Attention(from h over the text before it, recent text first: the question's words)
     keys   k[t, s] = slot_embedding[s] + TemporalConv(the colour slot's keypoint, mass and their frame-to-frame
                      change over a window of frames around t)        (the adapter's keypoints, model/adapters.py)
     p(t)         = sum_s softmax_{t,s}(q . k[t, s] / sqrt(d))    (h: the LLM's last hidden state here)
@@ -92,19 +92,26 @@ class TimePointer(nn.Module):
         if kernel < 1 or kernel % 2 == 0:
             raise ConfigError(f"model.time_pointer_kernel: expected an odd number >= 1, got {kernel}")
         self.dim = dim
-        self.query = nn.Linear(hidden, dim, device=device)
-        nn.init.zeros_(self.query.weight)  # a uniform pointer at first: the term is 0 (see the module's docstring)
-        nn.init.zeros_(self.query.bias)
-        # The query also reads the text before it (the question: which colour, which event) with an attention of
-        # its own: in the tiny demo LLM the state where a number starts did not carry the question's words (a toy
-        # with two colours entering at different frames: the pointer picked either, 10 of 20 right).
+        # The query is what an attention of its own reads of the text before it (the question: which colour,
+        # which event). Not Linear(h) of the state where the number starts: in the tiny demo LLM that state did
+        # not carry the question's words (a toy with two colours entering at different frames: the pointer picked
+        # either, 10 of 20 right), and on the demo it let the pointer memorise training clips.
         self.heads = heads
         self.read_q = nn.Linear(hidden, dim, device=device)
         self.read_k = nn.Linear(hidden, dim, device=device)
         self.read_v = nn.Linear(hidden, dim, device=device)
         self.read_out = nn.Linear(dim, dim, device=device)
-        nn.init.zeros_(self.read_out.weight)  # zero like the query: the pointer starts uniform
+        nn.init.zeros_(self.read_out.weight)  # a uniform pointer at first: the term is 0 (the module's docstring)
         nn.init.zeros_(self.read_out.bias)
+        # ALiBi-style recency (Press et al. 2022), one slope per head, learned: the read has no positions of its own,
+        # and in a conversation of several questions the one just asked is the one the number answers.
+        # With read_q at zero the read starts as pure recency pooling, a bag of the words just before (slopes from
+        # 0.02 to 0.3 per token: the last ~50 to ~3 tokens), which a linear map turns into a query as easily as a
+        # one-hot bag of words would; attention by content grows from there. Started at random, the read stayed
+        # blind to the question on the demo (the same answer to every question about a clip).
+        self.recency = nn.Parameter(torch.logspace(math.log10(0.02), math.log10(0.3), heads, device=device))
+        nn.init.zeros_(self.read_q.weight)
+        nn.init.zeros_(self.read_q.bias)
         self.slot = nn.Parameter(torch.randn(slots, dim, device=device) * 0.5)
         pad = kernel // 2
         self.conv = nn.Sequential(
@@ -122,37 +129,38 @@ class TimePointer(nn.Module):
         return self.conv(feats).permute(2, 0, 1) + self.slot[None]
 
     def queries(self, hidden: torch.Tensor, context: Optional[torch.Tensor] = None,
-                allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+                distance: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(M, H) states -> (M, d) pointer queries: Linear(h) + an attention of h over `context` (C, H), the text
-        states of its row (`allowed` (M, C): those at or before each state; every query has at least its own)."""
+        of its row; `distance` (M, C): how many text tokens back each context token lies from each state
+        (negative: after it, masked out; every state has at least itself at 0)."""
         hidden = hidden.float()
-        q = self.query(hidden)
-        if context is None or not context.shape[0]:
-            return q
+        if context is None:  # nothing to read: the state itself
+            context, distance = hidden, torch.diag(torch.ones(hidden.shape[0], device=hidden.device)) - 1
         m, c, h = hidden.shape[0], context.shape[0], self.heads
         context = context.float()
         rq = self.read_q(hidden).view(m, h, -1)
         rk, rv = self.read_k(context).view(c, h, -1), self.read_v(context).view(c, h, -1)
         scores = torch.einsum("mhd,chd->mhc", rq, rk) / math.sqrt(rq.shape[-1])
-        if allowed is not None:
-            scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))
+        if distance is not None:
+            scores = scores - self.recency.clamp(min=0)[None, :, None] * distance.clamp(min=0)[:, None, :].float()
+            scores = scores.masked_fill((distance < 0)[:, None, :], float("-inf"))
         read = torch.einsum("mhc,chd->mhd", torch.softmax(scores, dim=-1).nan_to_num(0.0), rv).reshape(m, -1)
-        return q + self.read_out(read)
+        return self.read_out(read)
 
     def numbers(self, hidden: torch.Tensor, keys: torch.Tensor, context: Optional[torch.Tensor] = None,
-                allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+                distance: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(M, H) states and one clip's keys (n, S, d) -> (M, 100) probabilities of each frame index 00..99."""
-        q = self.queries(hidden, context, allowed)
+        q = self.queries(hidden, context, distance)
         n = keys.shape[0]
         scores = torch.einsum("md,nsd->mns", q, keys).flatten(1) / math.sqrt(self.dim)
         p = torch.softmax(scores, dim=-1).view(-1, n, keys.shape[1]).sum(-1)  # (M, n)
         return p @ frame_to_numbers(n, p.device)
 
     def logit_bias(self, hidden: torch.Tensor, input_ids: torch.Tensor, keys: torch.Tensor, vocab: int,
-                   context: Optional[torch.Tensor] = None, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   context: Optional[torch.Tensor] = None, distance: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(M, vocab) additions to the next-token logits of states `hidden` (M, H) whose input tokens are
         `input_ids` (M,), for one clip's `keys`: a units digit right after a tens digit, else a tens digit."""
-        numbers = self.numbers(hidden, keys, context, allowed).view(-1, DIGITS, DIGITS)  # (M, tens, units)
+        numbers = self.numbers(hidden, keys, context, distance).view(-1, DIGITS, DIGITS)  # (M, tens, units)
         tens = numbers.sum(-1)  # (M, 10)
         after_tens = input_ids[:, None] == self.tens_ids[None]  # (M, 10): which tens digit was just written
         is_units = after_tens.any(-1)

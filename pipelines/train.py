@@ -124,6 +124,20 @@ def fresh_model(cfg: TrainConfig, out: Path, dist: Dist):
     return model, tokenizer, template
 
 
+def param_groups(model, lr: float, scales: dict[str, float], key: str) -> list[dict]:
+    """The trainable parameters in AdamW groups: one at `lr`, one per `scales` prefix at lr x its factor (a name
+    takes the longest matching prefix). A prefix that names no trainable parameter is a ConfigError."""
+    groups: dict[str, list] = {"": []}
+    prefixes = sorted(scales, key=len, reverse=True)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(next((x for x in prefixes if name.startswith(x)), ""), []).append(p)
+    unused = [x for x in scales if not groups.get(x)]
+    if unused:
+        raise ConfigError(f"{key}.lr_scale: {unused} name(s) no trainable parameter of this stage")
+    return [{"params": ps, "lr": lr * scales.get(x, 1.0)} for x, ps in groups.items() if ps]
+
+
 def stage_start(cfg: TrainConfig, index: int, out: Path, dist: Dist):
     """The model a stage begins with: the previous stage's (LoRA merged) or `init_from`, else a fresh one."""
     prev = str(out / cfg.stages[index - 1].name) if index > 0 else cfg.init_from
@@ -190,7 +204,8 @@ class StageRecipe:
                                                else None)
         self.params = [p for p in model.parameters() if p.requires_grad]  # after sharding, which swaps them
         o = stage.optim
-        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(model, o.lr, o.lr_scale, f"stages[{self.index}].optim"),
+                                           lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
         self.scheduler = get_cosine_with_min_lr_schedule_with_warmup(

@@ -57,6 +57,9 @@ class OptimSettings:
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     grad_accum: int = 1  # micro-batches per optimiser step
     clip: float = 1.0  # max gradient norm (0 = off)
+    # Learning-rate multipliers by parameter-name prefix, e.g. {time_pointer: 5}: a part trained from scratch
+    # beside a pretrained LLM learns at a multiple of its rate (LLaVA-style "mm_projector_lr").
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -165,3 +165,27 @@ def test_collate_of_a_stream_batch_feeds_the_model(tmp_path, data):
         assert int(out.counts["lm"]) == int(counts["lm"]) > 0
     finally:
         recipe.close()
+
+
+def test_lr_scale_gives_a_part_its_own_learning_rate(tmp_path, data, capsys):
+    from model.config import PiteConfig
+    from model.factory import TinyLlamaSettings, build_tiny
+    from pipelines.train import param_groups
+
+    model, _ = build_tiny(["a red ball"], PiteConfig(adapter="colour_slots", time_pointer=True),
+                          TinyLlamaSettings(vocab_size=300))
+    model.set_trainable(adapter=True, lora=False, loc_head=False, traj_head=False, llm=True)
+    groups = param_groups(model, 1e-3, {"time_pointer": 5.0, "time_pointer.conv": 10.0}, "optim")
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_lr = {round(g["lr"], 6): {names[id(p)] for p in g["params"]} for g in groups}
+    assert sorted(by_lr) == [1e-3, 5e-3, 1e-2]
+    assert by_lr[1e-2] and all(n.startswith("time_pointer.conv.") for n in by_lr[1e-2])  # the longest prefix
+    assert by_lr[5e-3] and all(n.startswith("time_pointer.") and ".conv." not in f".{n}" for n in by_lr[5e-3])
+    assert not any(n.startswith("time_pointer.") for n in by_lr[1e-3])
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+    # a prefix that names nothing that trains is an error, in one line from the command line too
+    with pytest.raises(Exception, match="lr_scale"):
+        param_groups(model, 1e-3, {"frame_readout": 2.0}, "optim")
+    path = _config(tmp_path, data, STAGES[:1])
+    assert main(["--config", str(path), f"out={tmp_path / 'o'}", "stages.0.optim.lr_scale.nope=2"]) == 2
+    assert "stages[0].optim.lr_scale: ['nope']" in capsys.readouterr().err
