@@ -26,6 +26,7 @@ from model.config import LabelConfig, LoraSettings, PiteConfig  # noqa: E402
 from model.conversation import get_template  # noqa: E402
 from model.factory import TinyLlamaSettings, tiny_llama  # noqa: E402
 from model.pite import PiteModel  # noqa: E402
+from model.time_pointer import attach_time_tokens  # noqa: E402
 from model.tokenizer import train_tokenizer  # noqa: E402
 from pipelines.train_data import ExampleBuilder, TrainStream, model_inputs, run_shards  # noqa: E402
 
@@ -62,7 +63,9 @@ def loader_and_tiny_step(args) -> dict:
                           intermediate_size=2 * args.hidden, vocab_size=600)
     config = PiteConfig(lora=LoraSettings(r=16, alpha=32, dropout=0.0), adapter=args.adapter,
                         adapter_slots=args.slots, frame_readout=args.frame_readout,
-                        frame_readout_source=args.frame_readout_source)
+                        frame_readout_source=args.frame_readout_source, time_pointer=args.time_pointer,
+                        time_pointer_reads="embeddings")
+    attach_time_tokens(config, tok)
     model = PiteModel(tiny_llama(tok, s), config, video_token_id=tok.convert_tokens_to_ids("<video>"))
     extra = model.tokens_per_frame - 1  # positions each frame adds once the adapter expands it
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -87,6 +90,7 @@ def loader_and_tiny_step(args) -> dict:
         "loader_startup_s": round(t1 - t0, 2),
         "tiny_model": {"hidden": args.hidden, "layers": args.layers, "adapter": args.adapter,
                        "frame_readout": args.frame_readout and args.frame_readout_source,
+                       "time_pointer": args.time_pointer,
                        "tokens_per_frame": model.tokens_per_frame,
                        "params": sum(p.numel() for p in model.parameters())},
         "tiny_step_s": round(step, 3),
@@ -186,6 +190,7 @@ def main(argv=None) -> int:
     p.add_argument("--slots", type=int, default=8, help="colour_slots: tokens per frame")
     p.add_argument("--frame-readout", action="store_true", help="heads also point at each frame's tokens")
     p.add_argument("--frame-readout-source", default="tokens", choices=["hidden", "tokens"])
+    p.add_argument("--time-pointer", action="store_true", help="frame numbers read by pointing at frames (--stage 3)")
     p.add_argument("--gpu", action="store_true", help="also the 7B-shaped GPU step (needs CUDA)")
     p.add_argument("--gpu-batch", type=int, default=8)
     p.add_argument("--text-tokens", type=int, default=250)

@@ -56,7 +56,9 @@ class PiteConfig:
     time_pointer_dim: int = 64
     time_pointer_kernel: int = 9  # frames each of its two temporal convolutions sees
     time_token_ids: Optional[list[list[int]]] = None  # [[tens digit 0..9], [units digit 0..9]] token ids
-    time_pointer_reads: str = "hidden"  # what its query reads of the text before it: hidden states | embeddings
+    # what its query reads of the text before it: the LLM's hidden states | its input embeddings | words (word
+    # vectors of the pointer's own)
+    time_pointer_reads: str = "hidden"
 
     def __post_init__(self):
         if self.head_shift not in (0, 1):
@@ -65,8 +67,9 @@ class PiteConfig:
             raise ConfigError(f"model.adapter: unknown {self.adapter!r} (expected {' | '.join(ADAPTERS)})")
         if self.frame_readout_source not in ("hidden", "tokens"):
             raise ConfigError(f"model.frame_readout_source: expected hidden or tokens, got {self.frame_readout_source!r}")
-        if self.time_pointer_reads not in ("hidden", "embeddings"):
-            raise ConfigError(f"model.time_pointer_reads: expected hidden or embeddings, got {self.time_pointer_reads!r}")
+        if self.time_pointer_reads not in ("hidden", "embeddings", "words"):
+            raise ConfigError(f"model.time_pointer_reads: expected hidden, embeddings or words, "
+                              f"got {self.time_pointer_reads!r}")
         if self.adapter_basis < 1:
             raise ConfigError(f"model.adapter_basis: expected >= 1, got {self.adapter_basis}")
         if self.time_pointer and self.adapter != "colour_slots":
@@ -116,6 +119,9 @@ class LabelConfig:
     # another), so a grounding answer cannot be copied from the dense captions of the same conversation: a model
     # that could learned to copy, and answered every held-out grounding question with one span.
     stage3_split: bool = False
+    # stage 3: the grounding questions alone (no caption, conversation or dense captions; samples without events
+    # give nothing), e.g. for a stage that trains the time pointer only (configs/train/demo.yaml).
+    stage3_grounding_only: bool = False
 
     def __post_init__(self):
         if self.stage not in (1, 2, 3):

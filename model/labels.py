@@ -345,7 +345,7 @@ def build_examples(
     caption: Optional[list[tuple[str, str]]] = None
     spans: list[tuple[int, int]] = []
     keep: list[int] = []
-    if n_obj > 0 and (cfg.stage == 2 or cfg.caption_turn_in_stage3):
+    if n_obj > 0 and (cfg.stage == 2 or (cfg.caption_turn_in_stage3 and not cfg.stage3_grounding_only)):
         answer, lead = _caption_answer(meta, template, key)
         visible = [i for i in range(n_obj) if vis[i].any()]
         if len(visible) < n_obj:
@@ -367,6 +367,8 @@ def build_examples(
     groups = [others + ([] if cfg.stage3_split else grounding)]
     if cfg.stage3_split and grounding:
         groups.append(grounding)
+    if cfg.stage == 3 and cfg.stage3_grounding_only:
+        groups = [grounding]
     if caption is None and not any(groups):
         dropped["sample without stage-3 data"] += 1
         return examples, dropped

@@ -82,9 +82,10 @@ class PiteModel(nn.Module):
             if config.time_token_ids is None:
                 raise ConfigError("model.time_pointer: no time_token_ids (build the model through model.factory, "
                                   "which reads them off the tokenizer)")
+            vocab = llm.get_input_embeddings().num_embeddings if config.time_pointer_reads == "words" else 0
             self.time_pointer = TimePointer(hidden, self.tokens_per_frame, config.time_token_ids,
                                             dim=config.time_pointer_dim, kernel=config.time_pointer_kernel,
-                                            device=device)
+                                            vocab=vocab, device=device)
         # Where the base LLM came from (a local dir) and the LoRA adapters already merged into it, in order:
         # what a checkpoint needs to rebuild these weights (model/checkpoint.py).
         self.base_source: Optional[str] = None
@@ -121,8 +122,9 @@ class PiteModel(nn.Module):
         return self.llm.get_base_model() if self.has_lora else self.llm
 
     def set_trainable(self, adapter: bool = True, lora: bool = True, loc_head: bool = True, traj_head: bool = True,
-                      llm: bool = False) -> None:
-        """Choose what trains: the adapter, the LoRA weights, each head, or (rarely) the whole LLM."""
+                      llm: bool = False, time_pointer: Optional[bool] = None) -> None:
+        """Choose what trains: the adapter, the LoRA weights, each head, or (rarely) the whole LLM; the time pointer
+        trains with the LLM or LoRA unless `time_pointer` says otherwise."""
         for name, p in self.llm.named_parameters():
             p.requires_grad_(llm or (lora and "lora_" in name))
         self.vision_adapter.requires_grad_(adapter)
@@ -130,8 +132,8 @@ class PiteModel(nn.Module):
         self.trajectory_projector.requires_grad_(traj_head)
         if self.frame_readout is not None:  # a term of both heads: it trains with either
             self.frame_readout.requires_grad_(loc_head or traj_head)
-        if self.time_pointer is not None:  # a term of the LM's logits: it trains with the LM
-            self.time_pointer.requires_grad_(llm or lora)
+        if self.time_pointer is not None:  # a term of the LM's logits: by default it trains with the LM
+            self.time_pointer.requires_grad_(bool(llm or lora) if time_pointer is None else time_pointer)
 
     def enable_gradient_checkpointing(self) -> None:
         # Non-reentrant checkpointing works with frozen embeddings (no enable_input_require_grads needed).
@@ -257,17 +259,29 @@ class PiteModel(nn.Module):
                 first += n
         return out
 
-    def with_time_pointer(self, logits: torch.Tensor, hidden: torch.Tensor, token_ids: torch.Tensor,
-                          rows: torch.Tensor, positions: torch.Tensor, keys: Optional[list],
-                          context: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def _time_context(self, token_ids: torch.Tensor, embeds: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """What the time pointer reads at each position (model.time_pointer_reads)."""
+        reads = self.config.time_pointer_reads
+        if reads == "words":  # video positions are never read; their id may lie outside the table
+            return self.time_pointer.words(token_ids.masked_fill(token_ids == self.video_token_id, 0))
+        return embeds if reads == "embeddings" else hidden
+
+    def with_time_pointer(self, logits: torch.Tensor, hidden: torch.Tensor, rows: torch.Tensor,
+                          positions: torch.Tensor, keys: Optional[list],
+                          context: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Next-token logits (M, V) of states `hidden` (M, H) plus the time pointer's term, for rows with a clip;
-        `logits` unchanged without a time pointer. Per state: its input token `token_ids` (M,), batch row `rows`
-        (M,) and position `positions` (M,); `context` = (last hidden states (B, C, H), which are text (B, C)):
-        the pointer reads the text at or before each state's position."""
+        `logits` unchanged without a time pointer. Per state: its batch row `rows` (M,) and position `positions`
+        (M,); `context` = (what the pointer reads (B, C, H), which positions are text (B, C), the token ids
+        (B, C), video positions holding the video id): the pointer reads the text at or before each state."""
         if keys is None:
             return logits
         out = logits.float().clone()
-        states, is_text = context
+        states, is_text, ids = context
+        window = torch.arange(-5, 1, device=ids.device)  # the state's own token and the 5 before it
+        at = positions[:, None] + window[None]
+        recent = torch.where(at >= 0, ids[rows[:, None], at.clamp(min=0)], -1)
+        token_ids = recent[:, -1]
+        floor = self.time_pointer.span_floor(recent)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             for b in torch.unique(rows).tolist():
                 if keys[b] is None:
@@ -277,7 +291,8 @@ class PiteModel(nn.Module):
                 rank = is_text[b].long().cumsum(0) - 1  # each position's index among the row's text tokens
                 distance = rank[positions[pick]][:, None] - rank[text][None]  # text tokens back (< 0: ahead)
                 out[pick] = out[pick] + self.time_pointer.logit_bias(hidden[pick], token_ids[pick], keys[b],
-                                                                     out.shape[-1], states[b, text], distance)
+                                                                     out.shape[-1], states[b, text], distance,
+                                                                     floor[pick])
         return out
 
     def forward(
@@ -328,9 +343,9 @@ class PiteModel(nn.Module):
                 b, i = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
                 logits = logits.float().clone()
                 text = attention_mask.bool() & (token_ids != self.video_token_id)
-                read = embeds if self.config.time_pointer_reads == "embeddings" else hidden
-                logits[b, i] = self.with_time_pointer(logits[b, i], hidden[b, i], token_ids[b, i], b, i, keys,
-                                                      (read, text))
+                read = self._time_context(token_ids, embeds, hidden)
+                logits[b, i] = self.with_time_pointer(logits[b, i], hidden[b, i], b, i, keys,
+                                                      (read, text, token_ids))
             sums["lm"], local["lm"] = lm_sum(logits, labels)
         else:
             sums["lm"], local["lm"] = zero, torch.zeros((), dtype=torch.long, device=hidden.device)
@@ -424,17 +439,16 @@ class PiteModel(nn.Module):
                 expanded = input_ids
                 if starts is not None:
                     expanded = input_ids.new_full(mask.shape, self.video_token_id).scatter(1, starts, input_ids)
-                reads_embeddings = self.config.time_pointer_reads == "embeddings"
-                context = (embeds if reads_embeddings else out.hidden_states[-1],
-                           mask.bool() & (expanded != self.video_token_id))
+                context = (self._time_context(expanded, embeds, out.hidden_states[-1]),
+                           mask.bool() & (expanded != self.video_token_id), expanded)
 
-            def next_logits(step_out, token: torch.Tensor) -> torch.Tensor:
-                """The last position's next-token logits (B, V), with the time pointer's term (its input: token)."""
+            def next_logits(step_out) -> torch.Tensor:
+                """The last position's next-token logits (B, V), with the time pointer's term."""
                 if keys is None:
                     return step_out.logits[:, -1].float()
                 here = torch.full_like(every, context[0].shape[1] - 1)
                 return self.with_time_pointer(step_out.logits[:, -1].float(), step_out.hidden_states[-1][:, -1],
-                                              token, every, here, keys, context)
+                                              every, here, keys, context)
 
             def feed(token: torch.Tensor):
                 """One cached step on the tokens (B,) just chosen; returns the output and the longer mask."""
@@ -448,10 +462,8 @@ class PiteModel(nn.Module):
             before, at, tokens = [out.hidden_states[-1][:, -1]], [], []
             done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
             length = torch.zeros(b, dtype=torch.long, device=input_ids.device)
-            last = input_ids[:, -1]
             for step in range(max_new_tokens):
-                nxt = _sample(next_logits(out, last), temperature, top_p, generator)
-                last = nxt
+                nxt = _sample(next_logits(out), temperature, top_p, generator)
                 tokens.append(nxt)
                 length += (~done).long()
                 done |= torch.isin(nxt, stops)
@@ -460,9 +472,11 @@ class PiteModel(nn.Module):
                 out, mask = feed(nxt)
                 at.append(out.hidden_states[-1][:, -1])
                 if context is not None:
-                    new = self.llm.get_input_embeddings()(nxt) if reads_embeddings else at[-1]
+                    new = self._time_context(nxt[:, None], self.llm.get_input_embeddings()(nxt[:, None]),
+                                             at[-1][:, None])[:, 0]
                     context = (torch.cat([context[0], new[:, None].to(context[0].dtype)], dim=1),
-                               torch.cat([context[1], context[1].new_ones(b, 1)], dim=1))
+                               torch.cat([context[1], context[1].new_ones(b, 1)], dim=1),
+                               torch.cat([context[2], nxt[:, None]], dim=1))
                 before.append(at[-1])
             if self.config.head_shift == 0:
                 # The last token was never fed back. Its own hidden state needs one more step, unless every row

@@ -10,26 +10,33 @@ into digit tokens, and with RoPE and a clock term in the tokens it learned neith
 The time pointer splits the two, the way pointer networks copy from their input (Vinyals et al. 2015; See et al.
 2017's pointer-generator) and timestamp heads of video LLMs do (TRACE's separate time head):
 
-    query  q = Attention(from h over the text before it, recent text first: the question's words)
+    query  q = Attention(from h, the LLM's last hidden state here, over the text before it, recent words first:
+                         the question's words; `time_pointer_reads`: their hidden states, input embeddings, or
+                         word vectors of the pointer's own)
     keys   k[t, s] = slot_embedding[s] + TemporalConv(the colour slot's keypoint, mass and their frame-to-frame
                      change over a window of frames around t)        (the adapter's keypoints, model/adapters.py)
-    p(t)         = sum_s softmax_{t,s}(q . k[t, s] / sqrt(d))    (h: the LLM's last hidden state here)
+    p(t)         = sum_s softmax_{t,s}(q . k[t, s] / sqrt(d))
     P(number m)  = sum_t p(t) * share of frame t's time span in m's   (n = 100 frames: number m = frame m)
     next-token logits += log(10 P(tens digit = d)) on the tokens that write a tens digit, or, right after one,
                          log(10 P(units digit = u | d)) on the tokens that write a units digit
+    and where it writes the end of a span ("From 45 to _"), P is renormalised over the numbers >= the start
 
 a product of the LM's and the pointer's distributions over the digits (the LM's own logits decide whether a digit
 comes at all). The query starts at zero, so p is uniform and the term is exactly 0: a model without a trained
 pointer (or a checkpoint saved before it existed) generates as before. The conv sees a window of frames because
 events are changes: a stop is "moving, then still", an entry "absent, then present" at the slot of the named colour.
 Tokens come from the tokenizer (`time_token_ids`): any that writes "NN" as a tens-digit token then a units-digit
-token (our byte-level BPE: " 2" "3"; LLaMA's: "2" "3" after a "▁").
+token (ours and LLaMA's write digits one by one; a BPE that writes " 2" then "3" works too).
+
+Only the demo's colour-slot adapter has the per-slot keypoints it points with: a released (linear-adapter)
+checkpoint never has a time pointer. What it took on the demo is in the README ("The demo model").
 """
 
 from __future__ import annotations
 
 import math
 from typing import Optional
+
 import torch
 from torch import nn
 
@@ -85,7 +92,7 @@ def frame_to_numbers(n: int, device=None) -> torch.Tensor:
 
 class TimePointer(nn.Module):
     def __init__(self, hidden: int, slots: int, tokens: list[list[int]], dim: int = 64, kernel: int = 9,
-                 heads: int = 4, device=None):
+                 heads: int = 4, vocab: int = 0, device=None):
         super().__init__()
         if dim % heads:
             raise ConfigError(f"model.time_pointer_dim: {dim} is not a multiple of its {heads} heads")
@@ -97,9 +104,13 @@ class TimePointer(nn.Module):
         # not carry the question's words (a toy with two colours entering at different frames: the pointer picked
         # either, 10 of 20 right), and on the demo it let the pointer memorise training clips.
         self.heads = heads
+        # `vocab` > 0: word vectors of its own to read (model.time_pointer_reads: words), a bag of words that the
+        # LLM's training cannot move under it.
+        self.words = nn.Embedding(vocab, dim, device=device) if vocab else None
+        width = dim if vocab else hidden
         self.read_q = nn.Linear(hidden, dim, device=device)
-        self.read_k = nn.Linear(hidden, dim, device=device)
-        self.read_v = nn.Linear(hidden, dim, device=device)
+        self.read_k = nn.Linear(width, dim, device=device)
+        self.read_v = nn.Linear(width, dim, device=device)
         self.read_out = nn.Linear(dim, dim, device=device)
         nn.init.zeros_(self.read_out.weight)  # a uniform pointer at first: the term is 0 (the module's docstring)
         nn.init.zeros_(self.read_out.bias)
@@ -134,8 +145,9 @@ class TimePointer(nn.Module):
         of its row; `distance` (M, C): how many text tokens back each context token lies from each state
         (negative: after it, masked out; every state has at least itself at 0)."""
         hidden = hidden.float()
-        if context is None:  # nothing to read: the state itself
-            context, distance = hidden, torch.diag(torch.ones(hidden.shape[0], device=hidden.device)) - 1
+        if context is None:  # nothing to read: a zero vector
+            context = hidden.new_zeros(1, self.read_k.in_features)
+            distance = torch.zeros(hidden.shape[0], 1, dtype=torch.long, device=hidden.device)
         m, c, h = hidden.shape[0], context.shape[0], self.heads
         context = context.float()
         rq = self.read_q(hidden).view(m, h, -1)
@@ -156,11 +168,40 @@ class TimePointer(nn.Module):
         p = torch.softmax(scores, dim=-1).view(-1, n, keys.shape[1]).sum(-1)  # (M, n)
         return p @ frame_to_numbers(n, p.device)
 
+    def span_floor(self, recent: torch.Tensor) -> torch.Tensor:
+        """(M, W) the last W input tokens of each state (the state's own last; -1 = none) -> (M,) the number a span
+        started with when the state writes its end ("From 45 to" -> 45), else -1: the last tens-units digit pair
+        before the state's own token, followed by at most 3 tokens none of which is a digit (the state's own
+        token may be the end's tens digit)."""
+        tens = torch.isin(recent, self.tens_ids)
+        units = torch.isin(recent, self.units_ids)
+        digit = tens | units
+        floor = torch.full((recent.shape[0],), -1, dtype=torch.long, device=recent.device)
+        w = recent.shape[1]
+        for j in range(w - 3, max(-1, w - 6), -1):  # the pair (j, j+1) ends 1 to 3 tokens before the state's own
+            pair = tens[:, j] & units[:, j + 1] & (floor < 0)
+            after = digit[:, j + 2: w - 1].any(-1) if j + 2 < w - 1 else torch.zeros_like(pair)
+            ok = pair & ~after
+            if bool(ok.any()):
+                d = (recent[ok, j, None] == self.tens_ids[None]).float().argmax(-1)
+                u = (recent[ok, j + 1, None] == self.units_ids[None]).float().argmax(-1)
+                floor[ok] = d * DIGITS + u
+        return floor
+
     def logit_bias(self, hidden: torch.Tensor, input_ids: torch.Tensor, keys: torch.Tensor, vocab: int,
-                   context: Optional[torch.Tensor] = None, distance: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   context: Optional[torch.Tensor] = None, distance: Optional[torch.Tensor] = None,
+                   floor: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(M, vocab) additions to the next-token logits of states `hidden` (M, H) whose input tokens are
-        `input_ids` (M,), for one clip's `keys`: a units digit right after a tens digit, else a tens digit."""
-        numbers = self.numbers(hidden, keys, context, distance).view(-1, DIGITS, DIGITS)  # (M, tens, units)
+        `input_ids` (M,), for one clip's `keys`: a units digit right after a tens digit, else a tens digit.
+        `floor` (M,): a span's start number where the state writes its end (`span_floor`), -1 elsewhere: the
+        end is not pointed before the start."""
+        numbers = self.numbers(hidden, keys, context, distance)
+        if floor is not None and bool((floor >= 0).any()):
+            below = torch.arange(N_NUMBERS, device=numbers.device)[None] < floor[:, None]
+            kept = numbers.masked_fill(below, 0.0)
+            mass = kept.sum(-1, keepdim=True)
+            numbers = torch.where(mass > 1e-9, kept / mass.clamp(min=1e-12), numbers)
+        numbers = numbers.view(-1, DIGITS, DIGITS)  # (M, tens, units)
         tens = numbers.sum(-1)  # (M, 10)
         after_tens = input_ids[:, None] == self.tens_ids[None]  # (M, 10): which tens digit was just written
         is_units = after_tens.any(-1)

@@ -183,7 +183,8 @@ class StageRecipe:
         if stage.lora and cfg.model.lora.enabled:
             model.apply_lora(cfg.model.lora)
         t = stage.trainable
-        model.set_trainable(adapter=t.adapter, lora=t.lora, loc_head=t.loc_head, traj_head=t.traj_head, llm=t.llm)
+        model.set_trainable(adapter=t.adapter, lora=t.lora, loc_head=t.loc_head, traj_head=t.traj_head, llm=t.llm,
+                            time_pointer=t.time_pointer)
         if cfg.model.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         return model.to(dist.device)

@@ -69,6 +69,7 @@ class Trainable:
     loc_head: bool = True
     traj_head: bool = True
     llm: bool = False  # the whole LLM (only sensible for a tiny random one)
+    time_pointer: Optional[bool] = None  # model.time_pointer's weights; None: they train with the LLM or LoRA
 
 
 @dataclass

@@ -106,15 +106,58 @@ def world():
     return model, plain, tok, examples
 
 
-def test_an_untrained_pointer_adds_nothing(world):
+def test_an_untrained_pointer_adds_nothing_but_the_span_rule(world):
     model, plain, tok, examples = world
-    batch = collate(examples, tok.pad_token_id)
+    # answers without a span: exactly the plain model
+    no_span = [_example(model, tok, ex.video, "When does the red square enter?", "At 20.") for ex in examples]
+    batch = collate(no_span, tok.pad_token_id)
     with torch.no_grad():
         assert torch.allclose(model(**batch).lm_loss, plain(**batch).lm_loss, atol=1e-6)
     prompt = _prompt_ids(model, tok, "When does the red square enter?", 10)
     a = model.generate(prompt, video_features=examples[0].video, max_new_tokens=6, stop_token_ids=[])[0]
     b = plain.generate(prompt, video_features=examples[0].video, max_new_tokens=6, stop_token_ids=[])[0]
     assert a.token_ids == b.token_ids
+    # in "From 20 to 99." only the end's digits change: they cannot go below the start
+    ex = examples[0]
+    with torch.no_grad():
+        mine, theirs = (m(**collate([ex], tok.pad_token_id)).logits[0].float() for m in (model, plain))
+    digits = [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
+    others = torch.ones(mine.shape[-1], dtype=torch.bool)
+    others[digits] = False
+    assert torch.allclose(mine[:, others], theirs[:, others], atol=1e-5)  # only digit logits move
+    changed = ((mine - theirs).abs().amax(-1) > 1e-5).nonzero().flatten().tolist()
+    to = ex.input_ids.tolist().index(tok.convert_tokens_to_ids("Ġto")) + (S - 1) * 10  # 10 frames, 8 tokens each
+    assert changed and min(changed) >= to  # from " to" on: the end's digits (and the harmless "." after)
+
+
+def test_the_end_of_a_span_is_read_at_or_after_its_start():
+    model, tok = build_tiny(TEXTS, PiteConfig(**{**_config().to_dict(), "n_frames": 100}), TINY)
+    tp = model.time_pointer
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    def floor_at(text):
+        recent = torch.tensor([([-1] * 6 + ids(text))[-6:]])
+        return int(tp.span_floor(recent)[0])
+    assert floor_at("From 45 to") == 45 and floor_at("From 45 to ") == 45 and floor_at("From 45 to 6") == 45
+    assert floor_at("From 45") == -1 and floor_at("From 4") == -1 and floor_at("From") == -1
+    assert floor_at("From 45 to 67.") == 67  # harmless: the next token is no digit
+    assert floor_at("From 45 to 67, the red square stops. From") == -1
+    # a BPE that writes " 4" then "5" finds the same start
+    bpe = _bpe([f"From {i:02d} to {i:02d}." for i in range(100)] * 3, split_digits=True)
+    tens, units = time_token_ids(bpe)
+    other = type(tp)(32, S, [tens, units], dim=tp.dim)
+    enc = bpe("From 45 to", add_special_tokens=False)["input_ids"]
+    assert int(other.span_floor(torch.tensor([([-1] * 6 + enc)[-6:]]))[0]) == 45
+    # the pointer's numbers are renormalised over those >= the start
+    keys = torch.zeros(100, S, tp.dim)
+    keys[30, 0] = keys[60, 0] = 1.0
+    with torch.no_grad():
+        tp.read_out.bias.fill_(50.0)
+    hidden = torch.ones(1, 32)
+    before = tp.logit_bias(hidden, torch.tensor(ids("From")[-1:]), keys, len(tok))
+    after = tp.logit_bias(hidden, torch.tensor(ids("From")[-1:]), keys, len(tok), floor=torch.tensor([45]))
+    three, six = tok.convert_tokens_to_ids("3"), tok.convert_tokens_to_ids("6")
+    assert abs(before[0, three] - before[0, six]) < 1e-3  # two frames alike: 30 and 60
+    assert after[0, six] > after[0, three] + 5  # from 45 on, only 60 is left
 
 
 def test_a_pointer_at_one_frame_writes_its_number():
@@ -200,8 +243,10 @@ def test_checkpoints_keep_the_pointer_and_older_ones_load(world, tmp_path):
     (tmp_path / "old" / "pite.json").write_text(json.dumps(meta))
     upgraded, _, _ = load_checkpoint(tmp_path / "old")
     assert upgraded.time_pointer is not None
+    no_span = collate([_example(model, tok, ex.video, "When does the red square enter?", "At 20.") for ex in examples],
+                      tok.pad_token_id)
     with torch.no_grad():
-        assert torch.allclose(upgraded(**batch).lm_loss, plain(**batch).lm_loss, atol=1e-6)
+        assert torch.allclose(upgraded(**no_span).lm_loss, plain(**no_span).lm_loss, atol=1e-6)
 
 
 @pytest.mark.slow
