@@ -40,7 +40,7 @@ def loader_and_tiny_step(args) -> dict:
     for name in ("RANK", "WORLD_SIZE"):
         os.environ.pop(name, None)
     captions = ds.dataset(str(Path(args.data) / "index")).to_table(columns=["caption"]).column("caption").to_pylist()
-    tok = train_tokenizer(captions, vocab_size=600)
+    tok = train_tokenizer(captions, vocab_size=600, split_digits=args.time_pointer)
     template = get_template("pite")
     builder = ExampleBuilder(tok, template, tok.convert_tokens_to_ids("<video>"), LabelConfig(stage=args.stage))
 

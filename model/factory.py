@@ -57,7 +57,8 @@ def build_tiny(texts: Iterable[str], config: Optional[PiteConfig] = None,
     """(model, tokenizer): a tokenizer trained on `texts`, a tiny random LLaMA, fresh adapter and heads. No LoRA."""
     config = config or PiteConfig()
     s = settings or TinyLlamaSettings()
-    tokenizer = train_tokenizer(texts, vocab_size=s.vocab_size, video_token=config.video_token)
+    tokenizer = train_tokenizer(texts, vocab_size=s.vocab_size, video_token=config.video_token,
+                                split_digits=config.time_pointer)  # the pointer needs one token per digit
     check_template(tokenizer, get_template(config.template))
     llm = tiny_llama(tokenizer, s, seed=seed)
     attach_time_tokens(config, tokenizer)

@@ -7,6 +7,9 @@ r"""The PiTe network: frame features -> vision adapter -> spliced into an LLM's 
                                                   \-> last hidden states --localization_projector--> (x, y)
                                                                          \-trajectory_projector---> (K, T, 2)
 
+With `time_pointer` (model/time_pointer.py, opt-in) the next-token logits of frame-number digits also get a
+pointer over the frames.
+
 A phrase's heads are read at its last token (`head_shift` 0) or at the position before (1, the release's).
 Heads and their L1 run in fp32, masked to supervised tokens x visible points (see model/losses.py).
 """

@@ -21,18 +21,21 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3, as LLaMA's (<unk
 
 
 def train_tokenizer(
-    texts: Iterable[str], vocab_size: int = 1000, video_token: str = "<video>", min_frequency: int = 1
+    texts: Iterable[str], vocab_size: int = 1000, video_token: str = "<video>", min_frequency: int = 1,
+    split_digits: bool = False,
 ) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on `texts` (and the Vicuna template's fixed strings), LLaMA's special tokens.
 
-    Byte-level means no text is ever unknown (emoji, accents), like LLaMA's byte fallback; digits are single
-    tokens, as in LLaMA.
+    Byte-level means no text is ever unknown (emoji, accents), like LLaMA's byte fallback.
     """
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    # Digits one by one, as LLaMA's tokenizer writes them: frame numbers ("From 23 to 41.") are then digit tokens
-    # that model/time_pointer.py can point at, whatever merges the BPE would have learned ("00", " 2").
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    # split_digits: digits one by one, as LLaMA's tokenizer writes them, so that frame numbers ("From 23 to 41.")
+    # are digit tokens that model/time_pointer.py can point at, whatever merges the BPE would learn ("00"). Off by
+    # default: the demo LLM without a time pointer wrote spans worse with them (end before start, R1@0.5 0).
+    steps = [pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    if split_digits:
+        steps.insert(0, pre_tokenizers.Digits(individual_digits=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

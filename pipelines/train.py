@@ -95,7 +95,8 @@ def tiny_tokenizer(cfg: TrainConfig, out: Path, dist: Dist):
     if dist.is_main and not (path / "tokenizer.json").is_file():
         runs = [s.data or cfg.data for s in cfg.stages]
         tok = train_tokenizer(tokenizer_corpus(runs, cfg), vocab_size=cfg.base.tiny.vocab_size,
-                              video_token=cfg.model.video_token)
+                              video_token=cfg.model.video_token,
+                              split_digits=cfg.model.time_pointer)  # the pointer needs one token per digit
         tmp = out / ".tokenizer.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tok.save_pretrained(str(tmp))

@@ -391,3 +391,20 @@ def test_schema_sample_through_its_shard_members(bpe_tokenizer):
     (b,), _ = build_examples(sample, bpe_tokenizer, TEMPLATES["pite"], vid, LabelConfig(stage=2))
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.head_pos, b.head_pos)
     assert torch.equal(a.traj_target, b.traj_target) and torch.equal(a.video, b.video)
+
+
+def test_stage3_grounding_only_keeps_just_the_grounding_questions(bpe_tokenizer):
+    vid = bpe_tokenizer.convert_tokens_to_ids("<video>")
+    caption = "a man rolls the ball to the left"
+    events = [{"start": 4.0, "end": 9.96, "text": "The ball stops."}, {"start": 1.2, "end": 4.0, "text": "a man rolls it"}]
+    sample = _sample(caption, _spans(caption, "a man", "the ball"), events=events)
+    cfg = LabelConfig(stage=3, stage3_grounding_only=True, max_grounding_turns=1)
+    (ex,), _ = build_examples(sample, bpe_tokenizer, TEMPLATES["pite"], vid, cfg, random.Random(0))
+    text = _expanded_text(bpe_tokenizer, ex)
+    assert text.count("During which frames can we see") == 1 and text.count("This is a video with 100 frames:") == 1
+    assert "rolls the ball to the left" not in text and "Could you please" not in text
+    assert ex.head_pos.numel() == 0
+    # a sample without events gives nothing (and says so)
+    examples, dropped = build_examples(_sample(caption, _spans(caption, "a man")), bpe_tokenizer, TEMPLATES["pite"],
+                                       vid, cfg, random.Random(0))
+    assert examples == [] and dropped["sample without stage-3 data"] == 1

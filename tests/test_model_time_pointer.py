@@ -282,3 +282,33 @@ def test_it_learns_to_point_at_the_frame_the_named_object_enters():
                                 tokenizer=tok)
         hits += gen.text.strip().startswith(f"From {enter}")
     assert hits >= 17, hits
+
+
+def test_what_trains_with_the_time_pointer(world):
+    model = world[0]
+    trains = lambda: {p.requires_grad for p in model.time_pointer.parameters()}  # noqa: E731
+    model.set_trainable(adapter=False, lora=False, loc_head=False, traj_head=False, llm=True)
+    assert trains() == {True}  # with the LLM by default
+    model.set_trainable(adapter=False, lora=False, loc_head=False, traj_head=False, llm=True, time_pointer=False)
+    assert trains() == {False}
+    model.set_trainable(adapter=False, lora=False, loc_head=False, traj_head=False, llm=False, time_pointer=True)
+    assert trains() == {True} and not any(p.requires_grad for p in model.llm.parameters())
+
+
+def test_a_pointer_with_word_vectors_of_its_own_generates_like_its_forward():
+    model, tok = build_tiny(TEXTS, PiteConfig(**{**_config().to_dict(), "time_pointer_reads": "words"}), TINY)
+    assert model.time_pointer.words.num_embeddings == model.llm.get_input_embeddings().num_embeddings
+    with torch.no_grad():
+        model.time_pointer.read_out.weight.normal_(0, 1.0)
+        model.time_pointer.read_q.weight.normal_(0, 1.0)
+    model.eval()
+    video = _clip(4, seed=3)
+    prompt = _prompt_ids(model, tok, "When does the red square enter?", 10)
+    (gen,) = model.generate(prompt, video_features=video, max_new_tokens=6, stop_token_ids=[])
+    ids = torch.cat([prompt, torch.tensor(gen.token_ids)])
+    labels = ids.clone()
+    labels[: len(prompt)] = IGNORE_INDEX
+    with torch.no_grad():
+        out = model(ids[None], video_features=video[None], labels=labels[None])
+    p = len(prompt) + 10 * (S - 1)
+    assert out.logits[0, p - 1: p + len(gen.token_ids) - 1].argmax(-1).tolist() == gen.token_ids
