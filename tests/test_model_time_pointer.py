@@ -6,8 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from annotate.errors import ConfigError
 from model.batch import collate
@@ -17,6 +15,7 @@ from model.conversation import TEMPLATES, format_span
 from model.factory import TinyLlamaSettings, build_tiny
 from model.labels import IGNORE_INDEX, Example, encode_prompt
 from model.time_pointer import N_NUMBERS, frame_to_numbers, time_token_ids
+from model.tokenizer import train_tokenizer
 
 D, S = 768, 8  # the 8 slots are the RGB cube's corners: red among them
 TEXTS = ["the red square enters the frame", "When does the red square enter?", "When does the blue square enter?"]
@@ -29,27 +28,12 @@ def _config(**kw):
                       time_pointer=True, **kw)
 
 
-def _bpe(texts, split_digits: bool) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    steps = [pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    if split_digits:
-        steps.insert(0, pre_tokenizers.Digits(individual_digits=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>"], show_progress=False,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
-
-
 def test_digit_tokens_are_read_off_the_tokenizer():
     _, tok = build_tiny(TEXTS, _config(), TINY)  # ours: digits one by one, after a separate space
     tens, units = time_token_ids(tok)
     assert tens == units == [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
-    # a BPE that merges " 3" but keeps units alone: two different sets, still usable
-    tens, units = time_token_ids(_bpe([f"From {i:02d} to {i:02d}." for i in range(100)] * 3, split_digits=True))
-    assert len(set(tens)) == len(set(units)) == 10
-    # one that learned "00", "37" ... as whole tokens cannot be pointed at digit by digit
-    merged = _bpe([f"From {i:02d} to {i:02d}." for i in range(100)] * 30, split_digits=False)
+    # a BPE that learned "00", "37" ... as whole tokens cannot be pointed at digit by digit
+    merged = train_tokenizer([format_span(i, i) for i in range(100)] * 30, vocab_size=400)
     with pytest.raises(ConfigError, match="not one per digit"):
         time_token_ids(merged)
 
@@ -141,12 +125,6 @@ def test_the_end_of_a_span_is_read_at_or_after_its_start():
     assert floor_at("From 45") == -1 and floor_at("From 4") == -1 and floor_at("From") == -1
     assert floor_at("From 45 to 67.") == 67  # harmless: the next token is no digit
     assert floor_at("From 45 to 67, the red square stops. From") == -1
-    # a BPE that writes " 4" then "5" finds the same start
-    bpe = _bpe([f"From {i:02d} to {i:02d}." for i in range(100)] * 3, split_digits=True)
-    tens, units = time_token_ids(bpe)
-    other = type(tp)(32, S, [tens, units], dim=tp.dim)
-    enc = bpe("From 45 to", add_special_tokens=False)["input_ids"]
-    assert int(other.span_floor(torch.tensor([([-1] * 6 + enc)[-6:]]))[0]) == 45
     # the pointer's numbers are renormalised over those >= the start
     keys = torch.zeros(100, S, tp.dim)
     keys[30, 0] = keys[60, 0] = 1.0
