@@ -323,12 +323,10 @@ class PiteModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embeds, attention_mask, starts = self.embed(input_ids, video_features, attention_mask)
-        token_ids = input_ids
+        token_ids = _follow(input_ids, starts, attention_mask.shape, self.video_token_id)
         if starts is not None:  # positions moved: labels and head positions follow their tokens
-            token_ids = input_ids.new_full(attention_mask.shape, self.video_token_id).scatter(1, starts, input_ids)
             if labels is not None:
-                moved = labels.new_full(attention_mask.shape, IGNORE_INDEX)
-                labels = moved.scatter(1, starts, labels)
+                labels = _follow(labels, starts, attention_mask.shape, IGNORE_INDEX)
             if head_pos is not None and head_pos.numel():
                 head_pos = starts[head_batch, head_pos]
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask,
@@ -439,9 +437,7 @@ class PiteModel(nn.Module):
             every = torch.arange(b, device=input_ids.device)
             context = None
             if keys is not None:  # the text states so far, which the time pointer reads (grown every step)
-                expanded = input_ids
-                if starts is not None:
-                    expanded = input_ids.new_full(mask.shape, self.video_token_id).scatter(1, starts, input_ids)
+                expanded = _follow(input_ids, starts, mask.shape, self.video_token_id)
                 context = (self._time_context(expanded, embeds, out.hidden_states[-1]),
                            mask.bool() & (expanded != self.video_token_id), expanded)
 
@@ -572,6 +568,14 @@ def _frame_times(is_video: torch.Tensor) -> torch.Tensor:
         elif n:
             times.append(torch.arange(n, dtype=torch.float32) / (n - 1))
     return torch.cat(times).to(is_video.device)
+
+
+def _follow(values: torch.Tensor, starts: Optional[torch.Tensor], shape, fill: int) -> torch.Tensor:
+    """Per-token `values` (B, L) moved to their positions in embed()'s expanded layout (`starts`; None: not
+    expanded), `fill` at the positions a frame's extra tokens took."""
+    if starts is None:
+        return values
+    return values.new_full(shape, fill).scatter(1, starts, values)
 
 
 def _expand_video(embeds: torch.Tensor, mask: torch.Tensor, is_video: torch.Tensor,

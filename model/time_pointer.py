@@ -219,13 +219,6 @@ class TimePointer(nn.Module):
         return bias
 
 
-def clip_keypoints(adapter: nn.Module, frames: torch.Tensor) -> torch.Tensor:
-    """The adapter's per-slot keypoints of one clip's frames (n, D) -> (n, S, 3)."""
-    if not hasattr(adapter, "keypoints"):
-        raise ConfigError("model.time_pointer needs the colour_slots adapter (its per-colour keypoints)")
-    return adapter.keypoints(frames)
-
-
 def attach_time_tokens(config, tokenizer) -> None:
     """Fill config.time_token_ids from `tokenizer` when the time pointer is on (they are saved with the config)."""
     if config.time_pointer:
