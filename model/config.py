@@ -59,6 +59,11 @@ class PiteConfig:
     # what its query reads of the text before it: the LLM's hidden states | its input embeddings | words (word
     # vectors of the pointer's own)
     time_pointer_reads: str = "hidden"
+    # how its distribution over the digits meets the LM's: product (a second expert, the LM's digit logits stay) |
+    # replace (pointer-generator style: the LM says only whether a digit comes, the pointer which one; on the demo
+    # the LM learned the training clips' numbers by heart and outvoted a pointer that had learned to read the
+    # question, model/time_pointer.py)
+    time_pointer_mix: str = "product"
 
     def __post_init__(self):
         if self.head_shift not in (0, 1):
@@ -70,6 +75,8 @@ class PiteConfig:
         if self.time_pointer_reads not in ("hidden", "embeddings", "words"):
             raise ConfigError(f"model.time_pointer_reads: expected hidden, embeddings or words, "
                               f"got {self.time_pointer_reads!r}")
+        if self.time_pointer_mix not in ("product", "replace"):
+            raise ConfigError(f"model.time_pointer_mix: expected product or replace, got {self.time_pointer_mix!r}")
         if self.adapter_basis < 1:
             raise ConfigError(f"model.adapter_basis: expected >= 1, got {self.adapter_basis}")
         if self.time_pointer and self.adapter != "colour_slots":

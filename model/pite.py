@@ -293,9 +293,9 @@ class PiteModel(nn.Module):
                 text = is_text[b]
                 rank = is_text[b].long().cumsum(0) - 1  # each position's index among the row's text tokens
                 distance = rank[positions[pick]][:, None] - rank[text][None]  # text tokens back (< 0: ahead)
-                out[pick] = out[pick] + self.time_pointer.logit_bias(hidden[pick], token_ids[pick], keys[b],
-                                                                     out.shape[-1], states[b, text], distance,
-                                                                     floor[pick])
+                out[pick] = self.time_pointer.mix(out[pick], hidden[pick], token_ids[pick], keys[b],
+                                                  states[b, text], distance, floor[pick],
+                                                  replace=self.config.time_pointer_mix == "replace")
         return out
 
     def forward(

@@ -218,6 +218,23 @@ class TimePointer(nn.Module):
         bias[is_units] = bias[is_units].index_copy(1, self.units_ids, units_bias[is_units])
         return bias
 
+    def mix(self, logits: torch.Tensor, hidden: torch.Tensor, input_ids: torch.Tensor, keys: torch.Tensor,
+            context: Optional[torch.Tensor] = None, distance: Optional[torch.Tensor] = None,
+            floor: Optional[torch.Tensor] = None, replace: bool = False) -> torch.Tensor:
+        """The next-token logits (M, V) with the pointer's say on the digits (`logit_bias`'s arguments).
+        product: logits + logit_bias. replace: the pointer-generator split (See et al. 2017): the digit tokens
+        of the state's group (tens or units) share the LM's total probability of a digit, in the pointer's
+        proportions, so the LM decides only whether a digit comes and gets no gradient for which one."""
+        bias = self.logit_bias(hidden, input_ids, keys, logits.shape[-1], context, distance, floor)
+        if not replace:
+            return logits + bias
+        is_units = (input_ids[:, None] == self.tens_ids[None]).any(-1)
+        group = torch.where(is_units[:, None], self.units_ids[None], self.tens_ids[None])  # (M, 10)
+        lm = logits.gather(1, group)
+        # bias on the group is log(10 P); log P = bias - log 10
+        pointer = bias.gather(1, group) - math.log(DIGITS)
+        return logits.scatter(1, group, torch.logsumexp(lm, dim=-1, keepdim=True) + pointer)
+
 
 def attach_time_tokens(config, tokenizer) -> None:
     """Fill config.time_token_ids from `tokenizer` when the time pointer is on (they are saved with the config)."""

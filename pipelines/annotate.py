@@ -53,6 +53,7 @@ class SynthSettings:
     n: int = 0  # > 0: generate this many synthetic clips into `out` first when its manifest is missing
     seed: int = 0
     out: str = "data/synth-demo"
+    workers: int = 0  # processes rendering clips (0: one per CPU core); the clips do not depend on it
 
 
 @dataclass
@@ -701,7 +702,9 @@ def _maybe_synthesize(cfg: AnnotateJobConfig) -> None:
         return
     from pipelines.synth import main as synth_main
 
-    synth_main(["--n", str(cfg.synth.n), "--seed", str(cfg.synth.seed), "--out", cfg.synth.out])
+    workers = cfg.synth.workers or os.cpu_count() or 1
+    synth_main(["--n", str(cfg.synth.n), "--seed", str(cfg.synth.seed), "--out", cfg.synth.out,
+                "--workers", str(workers)])
 
 
 def summary_line(stats: dict, out: Path) -> str:

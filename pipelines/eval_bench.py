@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ def ensure_heldout(run: Path, synth_out: Path, seed: int, start: int, n: int, an
     manifest = synth_out / "manifest.jsonl"
     if not manifest.is_file():
         subprocess.run([sys.executable, "-m", "pipelines.synth", "--n", str(n), "--seed", str(seed), "--start",
-                        str(start), "--out", str(synth_out)], check=True)
+                        str(start), "--out", str(synth_out), "--workers", str(os.cpu_count() or 1)], check=True)
     subprocess.run([sys.executable, "-m", "pipelines.annotate", "--config", annotate_config, f"input={manifest}",
                     f"out={run}", "synth.n=0", "progress=false"], check=True)
     return run

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,7 +113,8 @@ def ensure_heldout(eval_cfg, log=print) -> Path:
     if not manifest.is_file():
         log(f"eval: synthesising {eval_cfg.synth_n} held-out clips (seed {eval_cfg.synth_seed}) into {synth_out}")
         subprocess.run([sys.executable, "-m", "pipelines.synth", "--n", str(eval_cfg.synth_n), "--seed",
-                        str(eval_cfg.synth_seed), "--start", str(eval_cfg.synth_start), "--out", str(synth_out)],
+                        str(eval_cfg.synth_seed), "--start", str(eval_cfg.synth_start), "--out", str(synth_out),
+                        "--workers", str(os.cpu_count() or 1)],
                        check=True)
     log(f"eval: annotating them into {run} with {eval_cfg.annotate_config}")
     subprocess.run([sys.executable, "-m", "pipelines.annotate", "--config", str(eval_cfg.annotate_config),

@@ -29,9 +29,11 @@ def _config(**kw):
 
 
 def test_digit_tokens_are_read_off_the_tokenizer():
-    _, tok = build_tiny(TEXTS, _config(), TINY)  # ours: digits one by one, after a separate space
+    _, tok = build_tiny(TEXTS, _config(), TINY)  # ours: " 2" then "3", whatever the BPE would merge
     tens, units = time_token_ids(tok)
-    assert tens == units == [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
+    assert tens == [tok.convert_tokens_to_ids(f"Ġ{d}") for d in range(10)]
+    assert units == [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
+    assert tok.decode(tok("From 05 to 2023.", add_special_tokens=False)["input_ids"]) == "From 05 to 2023."
     # a BPE that learned "00", "37" ... as whole tokens cannot be pointed at digit by digit
     merged = train_tokenizer([format_span(i, i) for i in range(100)] * 30, vocab_size=400)
     with pytest.raises(ConfigError, match="not one per digit"):
@@ -105,7 +107,7 @@ def test_an_untrained_pointer_adds_nothing_but_the_span_rule(world):
     ex = examples[0]
     with torch.no_grad():
         mine, theirs = (m(**collate([ex], tok.pad_token_id)).logits[0].float() for m in (model, plain))
-    digits = [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
+    digits = [tok.convert_tokens_to_ids(t) for d in range(10) for t in (str(d), f"Ġ{d}")]
     others = torch.ones(mine.shape[-1], dtype=torch.bool)
     others[digits] = False
     assert torch.allclose(mine[:, others], theirs[:, others], atol=1e-5)  # only digit logits move
@@ -133,7 +135,7 @@ def test_the_end_of_a_span_is_read_at_or_after_its_start():
     hidden = torch.ones(1, 32)
     before = tp.logit_bias(hidden, torch.tensor(ids("From")[-1:]), keys, len(tok))
     after = tp.logit_bias(hidden, torch.tensor(ids("From")[-1:]), keys, len(tok), floor=torch.tensor([45]))
-    three, six = tok.convert_tokens_to_ids("3"), tok.convert_tokens_to_ids("6")
+    three, six = tok.convert_tokens_to_ids("Ġ3"), tok.convert_tokens_to_ids("Ġ6")  # tens digits
     assert abs(before[0, three] - before[0, six]) < 1e-3  # two frames alike: 30 and 60
     assert after[0, six] > after[0, three] + 5  # from 45 on, only 60 is left
 
@@ -148,15 +150,46 @@ def test_a_pointer_at_one_frame_writes_its_number():
         tp.read_out.bias.fill_(50.0)  # a constant query: q . k = 50 d for that key, 0 for the others
     numbers = tp.numbers(hidden, keys)
     assert numbers[0].argmax() == 37 and numbers[0, 37] > 0.99
-    digit = lambda d: tok.convert_tokens_to_ids(str(d))  # noqa: E731
-    inputs = torch.tensor([tok.convert_tokens_to_ids("Ġ"), digit(3)])  # before the tens digit; after it
+    tens = torch.tensor([tok.convert_tokens_to_ids(f"Ġ{d}") for d in range(10)])  # " 3"
+    units = torch.tensor([tok.convert_tokens_to_ids(str(d)) for d in range(10)])  # "7"
+    inputs = torch.tensor([tok.convert_tokens_to_ids("From"), tens[3]])  # before the tens digit; after it
     bias = tp.logit_bias(hidden, inputs, keys, len(tok))
-    digits = torch.tensor([digit(d) for d in range(10)])
-    assert bias[0, digits].argmax() == 3 and bias[1, digits].argmax() == 7
-    assert torch.allclose(bias[0, digits[3]], torch.log(torch.tensor(10.0)), atol=1e-3)
+    assert bias[0, tens].argmax() == 3 and bias[1, units].argmax() == 7
+    assert torch.allclose(bias[0, tens[3]], torch.log(torch.tensor(10.0)), atol=1e-3)
+    assert bias[0, units].abs().max() == 0 and bias[1, tens].abs().max() == 0  # each state its own digits
     others = torch.ones(len(tok), dtype=torch.bool)
-    others[digits] = False
+    others[tens] = others[units] = False
     assert bias[:, others].abs().max() == 0  # only digit tokens are touched
+
+
+def test_replace_mix_keeps_the_lms_digit_mass_in_the_pointers_proportions():
+    model, tok = build_tiny(TEXTS, PiteConfig(**{**_config().to_dict(), "n_frames": 100}), TINY)
+    tp = model.time_pointer
+    hidden = torch.ones(2, 32)
+    keys = torch.zeros(100, S, tp.dim)
+    keys[37, 1], keys[62, 1] = 1.0, 0.98  # two frames along the query
+    with torch.no_grad():
+        tp.read_out.bias.fill_(2.0)
+    tens = torch.tensor([tok.convert_tokens_to_ids(f"Ġ{d}") for d in range(10)])
+    units = torch.tensor([tok.convert_tokens_to_ids(str(d)) for d in range(10)])
+    inputs = torch.tensor([tok.convert_tokens_to_ids("From"), tens[3]])  # before the tens digit; after it
+    logits = torch.randn(2, len(tok)) * 3
+    logits[0, tens[8]] += 10  # an LM sure of " 8" and "8": replace gives them only the LM's digit mass
+    logits[1, units[8]] += 10
+    mixed = tp.mix(logits, hidden, inputs, keys, replace=True)
+    p_lm, p_mixed = torch.softmax(logits, -1), torch.softmax(mixed, -1)
+    numbers = tp.numbers(hidden, keys).view(2, 10, 10)
+    for row, group, want in ((0, tens, numbers[0].sum(-1)), (1, units, numbers[1, 3] / numbers[1, 3].sum())):
+        assert torch.allclose(p_mixed[row, group].sum(), p_lm[row, group].sum(), atol=1e-5)  # whether a digit
+        assert torch.allclose(p_mixed[row, group] / p_mixed[row, group].sum(), want, atol=1e-4)  # which: pointer
+        others = torch.ones(len(tok), dtype=torch.bool)
+        others[group] = False
+        assert torch.allclose(p_mixed[row, others], p_lm[row, others], atol=1e-6)
+    assert mixed[0, tens].argmax() == 3 and mixed[1, units].argmax() == 7
+    product = tp.mix(logits, hidden, inputs, keys)  # the LM's digit logits stay: a second expert
+    assert torch.allclose(product, logits + tp.logit_bias(hidden, inputs, keys, len(tok)))
+    with pytest.raises(ConfigError, match="time_pointer_mix"):
+        _config(time_pointer_mix="sum")
 
 
 def test_forward_and_generate_agree_and_batch_with_the_pointer_on(world):
@@ -228,13 +261,14 @@ def test_checkpoints_keep_the_pointer_and_older_ones_load(world, tmp_path):
 
 
 @pytest.mark.slow
-def test_it_learns_to_point_at_the_frame_the_named_object_enters():
+@pytest.mark.parametrize("mix", ["product", "replace"])
+def test_it_learns_to_point_at_the_frame_the_named_object_enters(mix):
     """Train pointer and LLM on "When does the red/blue square enter?" over clips where both enter, each at a
     random frame: the answer's tens digit (the frame, 10 frames a clip) is then right on clips it never saw, so the
     pointer found the event and the question's colour chose which (a pointer that ignored the colour would be
     right about half the time)."""
     torch.manual_seed(0)
-    model, tok = build_tiny(TEXTS, _config(), TINY)
+    model, tok = build_tiny(TEXTS, _config(time_pointer_mix=mix), TINY)
     model.set_trainable(adapter=True, lora=False, loc_head=False, traj_head=False, llm=True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     rng = np.random.default_rng(0)
