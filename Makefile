@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml requirements/lock.txt
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
-# Generate the synthetic demo set (64 clips) if missing, annotate it on a local Ray, print where the outputs are.
+# Generate the synthetic demo set (256 clips) if missing, annotate it on a local Ray, print where the outputs are.
 annotate: setup
 	$(PY) -m pipelines.annotate --config configs/annotate/demo.yaml $(ARGS)
 	$(PY) -m pipelines.inspect runs/annotate/demo

@@ -699,7 +699,15 @@ def _maybe_synthesize(cfg: AnnotateJobConfig) -> None:
     if not cfg.input:
         cfg.input = str(manifest)
     if Path(cfg.input).exists():
-        return
+        made = Path(cfg.synth.out) / "synth.json"  # what the clips there were made with
+        if Path(cfg.input) != manifest or not made.is_file():
+            return
+        old = json.loads(made.read_text())
+        if (old.get("n"), old.get("seed")) == (cfg.synth.n, cfg.synth.seed):
+            return
+        print(f"synth: {cfg.synth.out} holds n={old.get('n')} seed={old.get('seed')}, the config asks for "
+              f"n={cfg.synth.n} seed={cfg.synth.seed}: making them again", file=sys.stderr)
+        manifest.unlink()  # the manifest goes last (pipelines/synth.py): a cut-off run leaves none
     from pipelines.synth import main as synth_main
 
     workers = cfg.synth.workers or os.cpu_count() or 1

@@ -185,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--synth-out", default="data/synth-demo-heldout")
     ap.add_argument("--synth-seed", type=int, default=1000)
     ap.add_argument("--synth-start", type=int, default=1000)
-    ap.add_argument("--synth-n", type=int, default=16)
+    ap.add_argument("--synth-n", type=int, default=64)
     ap.add_argument("--annotate-config", default="configs/annotate/demo.yaml")
     args = ap.parse_args(argv)
     try:
