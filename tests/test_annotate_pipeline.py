@@ -564,3 +564,20 @@ def test_csv_and_parquet_manifests_give_the_jsonl_samples(ray_session, clips, re
     assert annotate(manifest, out) == 0
     for i in range(3):
         assert shard_paths(out, i)["tar"].read_bytes() == shard_paths(reference_run, i)["tar"].read_bytes()
+
+
+def test_the_demo_set_is_made_again_when_the_config_asks_for_another(tmp_path):
+    """A synth.out made with another n (the demo went from 64 to 256 clips) is remade, not silently reused."""
+    from pipelines.annotate import AnnotateJobConfig, _maybe_synthesize
+    from pipelines.config import load_config
+
+    out = tmp_path / "synth"
+    rows = lambda: (out / "manifest.jsonl").read_text().splitlines()  # noqa: E731
+    for n in (2, 3, 3):
+        cfg = load_config(AnnotateJobConfig, CONFIG, ['input=""', f"synth.n={n}", f"synth.out={out}",
+                                                      "synth.workers=1"])
+        _maybe_synthesize(cfg)
+        assert cfg.input == str(out / "manifest.jsonl") and len(rows()) == n
+    first = (out / json.loads(rows()[0])["video"]).stat().st_mtime_ns
+    _maybe_synthesize(load_config(AnnotateJobConfig, CONFIG, ['input=""', "synth.n=3", f"synth.out={out}"]))
+    assert (out / json.loads(rows()[0])["video"]).stat().st_mtime_ns == first  # the same n: kept as it is
