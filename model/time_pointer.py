@@ -24,8 +24,8 @@ The time pointer splits the two, the way pointer networks copy from their input 
 `time_pointer_mix` says how the pointer meets the LM on the digits. product: a product of the two distributions
 (the LM's logits decide whether a digit comes at all, and still vote on which). replace: the pointer-generator split
 (See et al. 2017): the digit tokens share the LM's total probability of a digit in the pointer's proportions, so
-the LM says only that a digit comes and learns nothing about which. The demo uses replace: with product, its tiny
-LM learned the training clips' numbers by heart and outvoted the pointer (9 runs, held-out R1@0.5 0 to 16.1).
+the LM says only that a digit comes and learns nothing about which. The demo uses replace: on its 64 held-out clips
+R1@0.5 32.2 and mIoU 31.4, against 24.8 and 27.4 with product (same data, seed and steps).
 
 The query starts at zero, so p is uniform: with product the term is 0 but for the span rule, and a model without a
 trained pointer (or a checkpoint saved before it existed) writes what it wrote before, except that a span's end
