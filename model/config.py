@@ -60,9 +60,8 @@ class PiteConfig:
     # vectors of the pointer's own)
     time_pointer_reads: str = "hidden"
     # how its distribution over the digits meets the LM's: product (a second expert, the LM's digit logits stay) |
-    # replace (pointer-generator style: the LM says only whether a digit comes, the pointer which one; on the demo
-    # the LM learned the training clips' numbers by heart and outvoted a pointer that had learned to read the
-    # question, model/time_pointer.py)
+    # replace (pointer-generator style: the LM says only whether a digit comes, the pointer which one; the demo's:
+    # held-out R1@0.5 32.2 against 24.8 with product, model/time_pointer.py)
     time_pointer_mix: str = "product"
 
     def __post_init__(self):

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -28,19 +26,8 @@ import numpy as np
 from annotate.errors import ConfigError, PiteError
 from pipelines import eval_metrics as M
 from pipelines import evaluate as E
-
-
-def ensure_heldout(run: Path, synth_out: Path, seed: int, start: int, n: int, annotate_config: str) -> Path:
-    """The held-out annotation run; synthesised and annotated (subprocesses) when it has no stats.json."""
-    if (run / "stats.json").is_file():
-        return run
-    manifest = synth_out / "manifest.jsonl"
-    if not manifest.is_file():
-        subprocess.run([sys.executable, "-m", "pipelines.synth", "--n", str(n), "--seed", str(seed), "--start",
-                        str(start), "--out", str(synth_out), "--workers", str(os.cpu_count() or 1)], check=True)
-    subprocess.run([sys.executable, "-m", "pipelines.annotate", "--config", annotate_config, f"input={manifest}",
-                    f"out={run}", "synth.n=0", "progress=false"], check=True)
-    return run
+from pipelines.train_config import EvalSettings
+from pipelines.train_eval import ensure_heldout
 
 
 def _samples(run: Path):
@@ -118,8 +105,10 @@ def run_bench(args) -> dict:
     from pipelines.infer import Predictor
 
     out = Path(args.out)
-    heldout = ensure_heldout(Path(args.heldout), Path(args.synth_out), args.synth_seed, args.synth_start,
-                             args.synth_n, args.annotate_config)
+    # made when missing exactly as the trainer's held-out check makes it
+    heldout = ensure_heldout(EvalSettings(data=args.heldout, synth_seed=args.synth_seed, synth_n=args.synth_n,
+                                          synth_start=args.synth_start, synth_out=args.synth_out,
+                                          annotate_config=args.annotate_config))
     ann_path, feats = export_public(heldout, out / "data")
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
     answer = E.model_answers(predictor, batch_size=args.batch_size, max_new_tokens=64)
