@@ -196,13 +196,13 @@ class TimePointer(nn.Module):
                 floor[ok] = d * DIGITS + u
         return floor
 
-    def logit_bias(self, hidden: torch.Tensor, input_ids: torch.Tensor, keys: torch.Tensor, vocab: int,
-                   context: Optional[torch.Tensor] = None, distance: Optional[torch.Tensor] = None,
-                   floor: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(M, vocab) additions to the next-token logits of states `hidden` (M, H) whose input tokens are
-        `input_ids` (M,), for one clip's `keys`: a units digit right after a tens digit, else a tens digit.
-        `floor` (M,): a span's start number where the state writes its end (`span_floor`), -1 elsewhere: the
-        end is not pointed before the start."""
+    def digit_probs(self, hidden: torch.Tensor, input_ids: torch.Tensor, keys: torch.Tensor,
+                    context: Optional[torch.Tensor] = None, distance: Optional[torch.Tensor] = None,
+                    floor: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """For states `hidden` (M, H) whose input tokens are `input_ids` (M,), and one clip's `keys`: the digit
+        tokens each state may write (M, 10), a units digit right after a tens digit, else a tens digit, and the
+        pointer's probabilities of them (M, 10). `floor` (M,): a span's start number where the state writes its
+        end (`span_floor`), -1 elsewhere: the end is not pointed before the start."""
         numbers = self.numbers(hidden, keys, context, distance)
         if floor is not None and bool((floor >= 0).any()):
             below = torch.arange(N_NUMBERS, device=numbers.device)[None] < floor[:, None]
@@ -210,36 +210,36 @@ class TimePointer(nn.Module):
             mass = kept.sum(-1, keepdim=True)
             numbers = torch.where(mass > 1e-9, kept / mass.clamp(min=1e-12), numbers)
         numbers = numbers.view(-1, DIGITS, DIGITS)  # (M, tens, units)
-        tens = numbers.sum(-1)  # (M, 10)
         after_tens = input_ids[:, None] == self.tens_ids[None]  # (M, 10): which tens digit was just written
         is_units = after_tens.any(-1)
         d = after_tens.float().argmax(-1)
         units = numbers[torch.arange(numbers.shape[0], device=numbers.device), d]  # (M, 10) joint P(d, u)
         units = units / units.sum(-1, keepdim=True).clamp(min=1e-12)
-        eps = 1e-6
+        probs = torch.where(is_units[:, None], units, numbers.sum(-1))
+        group = torch.where(is_units[:, None], self.units_ids[None], self.tens_ids[None])
+        return group, probs
+
+    def logit_bias(self, hidden: torch.Tensor, input_ids: torch.Tensor, keys: torch.Tensor, vocab: int,
+                   context: Optional[torch.Tensor] = None, distance: Optional[torch.Tensor] = None,
+                   floor: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(M, vocab) additions to the next-token logits (`digit_probs`' arguments): log(10 P) on each state's
+        digit tokens, 0 elsewhere, so a uniform pointer adds nothing."""
+        group, probs = self.digit_probs(hidden, input_ids, keys, context, distance, floor)
         bias = hidden.new_zeros(hidden.shape[0], vocab, dtype=torch.float32)
-        tens_bias = torch.log(DIGITS * tens + eps)
-        units_bias = torch.log(DIGITS * units + eps)
-        bias[~is_units] = bias[~is_units].index_copy(1, self.tens_ids, tens_bias[~is_units])
-        bias[is_units] = bias[is_units].index_copy(1, self.units_ids, units_bias[is_units])
-        return bias
+        return bias.scatter(1, group, torch.log(DIGITS * probs + 1e-6))
 
     def mix(self, logits: torch.Tensor, hidden: torch.Tensor, input_ids: torch.Tensor, keys: torch.Tensor,
             context: Optional[torch.Tensor] = None, distance: Optional[torch.Tensor] = None,
             floor: Optional[torch.Tensor] = None, replace: bool = False) -> torch.Tensor:
-        """The next-token logits (M, V) with the pointer's say on the digits (`logit_bias`'s arguments).
+        """The next-token logits (M, V) with the pointer's say on the digits (`digit_probs`' arguments).
         product: logits + logit_bias. replace: the pointer-generator split (See et al. 2017): the digit tokens
         of the state's group (tens or units) share the LM's total probability of a digit, in the pointer's
         proportions, so the LM decides only whether a digit comes and gets no gradient for which one."""
-        bias = self.logit_bias(hidden, input_ids, keys, logits.shape[-1], context, distance, floor)
         if not replace:
-            return logits + bias
-        is_units = (input_ids[:, None] == self.tens_ids[None]).any(-1)
-        group = torch.where(is_units[:, None], self.units_ids[None], self.tens_ids[None])  # (M, 10)
-        lm = logits.gather(1, group)
-        # bias on the group is log(10 P); log P = bias - log 10
-        pointer = bias.gather(1, group) - math.log(DIGITS)
-        return logits.scatter(1, group, torch.logsumexp(lm, dim=-1, keepdim=True) + pointer)
+            return logits + self.logit_bias(hidden, input_ids, keys, logits.shape[-1], context, distance, floor)
+        group, probs = self.digit_probs(hidden, input_ids, keys, context, distance, floor)
+        lm_digit = torch.logsumexp(logits.gather(1, group), dim=-1, keepdim=True)
+        return logits.scatter(1, group, lm_digit + torch.log(probs + 1e-7))
 
 
 def attach_time_tokens(config, tokenizer) -> None:
