@@ -11,7 +11,7 @@ from typing import Optional
 
 from annotate.config import AnnotateConfig
 from annotate.item import ClipItem
-from annotate.stage import Resources, Stage
+from annotate.stage import Stage
 
 STAGE_NAMES = ("decode", "nouns", "ground", "segment", "points", "track", "features")
 
@@ -51,31 +51,6 @@ def build_stage(name: str, cfg: AnnotateConfig) -> Stage:
 
 def build_stages(cfg: AnnotateConfig) -> list[Stage]:
     return [build_stage(name, cfg) for name in STAGE_NAMES]
-
-
-def group_stages(stages: list[Stage]) -> list[list[Stage]]:
-    """Consecutive stages that want the same kind of device share one actor: no hop between them.
-
-    The embedded CPU path becomes a single group (one process does decode..features, as a plain loop would);
-    with GPU backends the CPU stages between GPU ones form their own groups.
-    """
-    groups: list[list[Stage]] = []
-    for stage in stages:
-        gpu = stage.resources().num_gpus > 0
-        if groups and (groups[-1][0].resources().num_gpus > 0) == gpu:
-            groups[-1].append(stage)
-        else:
-            groups.append([stage])
-    return groups
-
-
-def group_resources(group: list[Stage]) -> Resources:
-    res = [s.resources() for s in group]
-    return Resources(
-        num_cpus=max(r.num_cpus for r in res),
-        num_gpus=max(r.num_gpus for r in res),
-        memory_gb=max(r.memory_gb for r in res),
-    )
 
 
 def row_seed(seed: int, video_id: str) -> int:

@@ -490,7 +490,11 @@ class GroundTruth:
             "events_json": np.array(json.dumps(self.events)),
         }
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path) -> None:
+        """To a path or a binary file object."""
+        if hasattr(path, "write"):
+            np.savez_compressed(path, **self.to_arrays())
+            return
         with open(path, "wb") as f:  # a file object: savez would otherwise append ".npz" to our ".gt.npz" names
             np.savez_compressed(f, **self.to_arrays())
 

@@ -22,6 +22,7 @@ def annotate_one(cfg, video: str, caption: str, boxes: Optional[list] = None, vi
     from annotate.pipeline import ClipAnnotator, make_item
     from annotate.schema import validate_sample
     from annotate.stage import one_line
+    from pipelines.annotate.config import stage_config_hash
 
     item = make_item(0, video_id or Path(video).stem, str(Path(video).resolve()), caption, cfg.seed,
                      start=start, end=end, boxes=boxes, gt=gt)
@@ -38,19 +39,8 @@ def annotate_one(cfg, video: str, caption: str, boxes: Optional[list] = None, vi
         return None, item
 
 
-def stage_config_hash(cfg) -> str:
-    """Provenance hash of the settings that shape a sample: the `AnnotateConfig` fields only (no I/O, no cluster)."""
-    from dataclasses import fields
-
-    from annotate.config import AnnotateConfig
-    from pipelines.config import config_hash, to_dict
-
-    names = {f.name for f in fields(AnnotateConfig)}
-    return config_hash({k: v for k, v in to_dict(cfg).items() if k in names}, exclude=())
-
-
 def main(argv: Optional[list[str]] = None) -> int:
-    from pipelines.annotate import AnnotateJobConfig
+    from pipelines.annotate.config import AnnotateJobConfig
     from pipelines.config import load_config
 
     p = argparse.ArgumentParser(prog="pite annotate-clip", description=__doc__.split("\n\n")[0])

@@ -11,8 +11,8 @@ relative paths). Clip i depends only on (seed, i, params), so any number of work
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import fields
@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from annotate.errors import ConfigError
 from annotate.synthetic import SynthClip, WorldParams, encode_mp4, make_clip, params_dict
+from pipelines.files import write_atomic
 
 
 def write_clip(clip: SynthClip, out: str | Path, params: WorldParams) -> dict:
@@ -32,17 +33,11 @@ def write_clip(clip: SynthClip, out: str | Path, params: WorldParams) -> dict:
     (out / "videos").mkdir(parents=True, exist_ok=True)
     (out / "gt").mkdir(parents=True, exist_ok=True)
     data = encode_mp4(clip.frames, clip.fps, crf=params.crf, preset=params.preset)
-    _write_atomic(out / video, data)
-    tmp = out / (gt + ".tmp")
-    clip.gt.save(tmp)
-    os.replace(tmp, out / gt)
+    write_atomic(out / video, data)
+    buf = io.BytesIO()
+    clip.gt.save(buf)
+    write_atomic(out / gt, buf.getvalue())
     return clip.manifest_row(video, gt)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _one(job: tuple[int, int, WorldParams, str]) -> dict:
@@ -108,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
             rows = list(tqdm(pool.map(_one, jobs), **bar))
     # The manifest goes last, so a manifest on disk means every file it lists is there.
-    _write_atomic(out / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    write_atomic(out / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     return 0
 
 

@@ -365,7 +365,7 @@ def test_a_row_that_kills_its_worker_every_time_is_rejected_and_the_rest_goes_on
 
 def test_a_death_with_batch_mates_makes_suspects_and_only_a_death_alone_convicts(good_manifest, tmp_path):
     """The attempt ledger, driven by hand (deaths written as the marks a dying worker leaves), no Ray."""
-    from pipelines.annotate import AnnotateJobConfig, StageGroup, _Ledger
+    from pipelines.annotate import AnnotateJobConfig, AttemptLedger, ClipChain
     from pipelines.config import load_config
     from pipelines.manifest import iter_manifest
 
@@ -373,9 +373,8 @@ def test_a_death_with_batch_mates_makes_suspects_and_only_a_death_alone_convicts
     records = [r.to_record() for r in iter_manifest(str(good_manifest))][:2]
     batch = {k: np.array([r[k] for r in records], dtype=object) for k in records[0]}
     ledger_dir = tmp_path / "attempts"
-    group = StageGroup(cfg, ["decode", "nouns", "ground", "segment", "points", "track", "features"], 0, True,
-                       str(ledger_dir), "hash")
-    ledger = _Ledger(str(ledger_dir), 0)
+    group = ClipChain(cfg, str(ledger_dir), "hash")
+    ledger = AttemptLedger(str(ledger_dir))
 
     def died(rows, stage):  # a worker that died leaves its mark behind
         ledger.at(ledger.start(rows), rows, stage)
@@ -394,15 +393,14 @@ def test_a_death_with_batch_mates_makes_suspects_and_only_a_death_alone_convicts
 
 def test_a_batch_wide_failure_is_retried_item_by_item(good_manifest, tmp_path):
     """A stage that raises for a whole batch costs only the item that also fails alone."""
-    from pipelines.annotate import AnnotateJobConfig, StageGroup
+    from pipelines.annotate import AnnotateJobConfig, ClipChain
     from pipelines.config import load_config
     from pipelines.manifest import iter_manifest
 
     records = [r.to_record() for r in iter_manifest(str(good_manifest))][:3]
     cfg = load_config(AnnotateJobConfig, CONFIG, [*FAST, f'fault_injection=["points:{records[1]["video_id"]}:raise"]'])
     batch = {k: np.array([r[k] for r in records], dtype=object) for k in records[0]}
-    group = StageGroup(cfg, ["decode", "nouns", "ground", "segment", "points", "track", "features"], 0, True,
-                       str(tmp_path / "attempts"), "hash")
+    group = ClipChain(cfg, str(tmp_path / "attempts"), "hash")
     out = group(batch)
     assert out["ok"].tolist() == [True, False, True]
     assert (out["stage"][1], out["error"][1]) == ("points", "RuntimeError: injected fault in stage points (row 1)")
@@ -504,13 +502,13 @@ def test_outputs_open_with_webdataset_ray_data_and_pyarrow(ray_session, referenc
 @pytest.mark.slow
 def test_input_rows_reach_the_actors_in_small_blocks(ray_session, reference_run):
     """Rows stream batch by batch (a smooth progress bar), not in one block per shard."""
-    from pipelines.annotate import _data_context, _read_input_files
+    from pipelines.annotate import data_context, read_input_files
     import ray
 
     files = [{"path": str(reference_run / "input" / f"pite-{s:06d}.parquet")} for s in range(3)]
-    with _data_context():
+    with data_context():
         ds = ray.data.from_items(files, override_num_blocks=3).map_batches(
-            _read_input_files, batch_size=1, num_cpus=0, batch_format="pyarrow").materialize()
+            read_input_files, batch_size=1, num_cpus=0, batch_format="pyarrow").materialize()
     assert ds.count() == N_GOOD and ds.num_blocks() == N_GOOD  # one row per block, not one shard per block
 
 
@@ -568,7 +566,7 @@ def test_csv_and_parquet_manifests_give_the_jsonl_samples(ray_session, clips, re
 
 def test_the_demo_set_is_made_again_when_the_config_asks_for_another(tmp_path):
     """A synth.out made with another n (the demo went from 64 to 256 clips) is remade, not silently reused."""
-    from pipelines.annotate import AnnotateJobConfig, _maybe_synthesize
+    from pipelines.annotate import AnnotateJobConfig, maybe_synthesize
     from pipelines.config import load_config
 
     out = tmp_path / "synth"
@@ -576,8 +574,8 @@ def test_the_demo_set_is_made_again_when_the_config_asks_for_another(tmp_path):
     for n in (2, 3, 3):
         cfg = load_config(AnnotateJobConfig, CONFIG, ['input=""', f"synth.n={n}", f"synth.out={out}",
                                                       "synth.workers=1"])
-        _maybe_synthesize(cfg)
+        maybe_synthesize(cfg)
         assert cfg.input == str(out / "manifest.jsonl") and len(rows()) == n
     first = (out / json.loads(rows()[0])["video"]).stat().st_mtime_ns
-    _maybe_synthesize(load_config(AnnotateJobConfig, CONFIG, ['input=""', "synth.n=3", f"synth.out={out}"]))
+    maybe_synthesize(load_config(AnnotateJobConfig, CONFIG, ['input=""', "synth.n=3", f"synth.out={out}"]))
     assert (out / json.loads(rows()[0])["video"]).stat().st_mtime_ns == first  # the same n: kept as it is

@@ -136,7 +136,7 @@ def test_ray_job_submit_annotates_the_demo_on_a_local_head(ray_head, tmp_path):
     # The working dir the head unpacked holds the code and left the venv, runs/ and data/ behind.
     unpacked = [p for p in temp_dir.glob("session_latest/runtime_resources/working_dir_files/_ray_pkg_*") if p.is_dir()]
     assert len(unpacked) == 1, unpacked
-    assert (unpacked[0] / "pipelines" / "annotate.py").is_file()
+    assert (unpacked[0] / "pipelines" / "annotate" / "actor.py").is_file()
     assert not [d for d in (".venv", "runs", "data", ".git") if (unpacked[0] / d).exists()]
     size = sum(p.stat().st_size for p in unpacked[0].rglob("*") if p.is_file())
     assert size < 5 * 2**20, f"working dir upload is {size / 2**20:.1f} MiB"
@@ -161,7 +161,7 @@ def test_ray_job_submit_annotates_the_demo_on_a_local_head(ray_head, tmp_path):
 
     # It ran on this head, not on a Ray of its own: the stage actors' logs are in the head's session.
     worker_logs = list(temp_dir.glob("session_latest/logs/worker-*"))
-    assert any("StageGroup" in p.read_text(errors="replace") for p in worker_logs), "no StageGroup actor on the head"
+    assert any("ClipChain" in p.read_text(errors="replace") for p in worker_logs), "no ClipChain actor on the head"
 
 
 def test_ray_job_submit_trains_with_two_ray_train_workers(ray_head, tmp_path):

@@ -1,0 +1,35 @@
+"""`pite annotate --config CONFIG [input=MANIFEST] [out=DIR] [key=value ...]`: a manifest in, PiTe shards out.
+
+On a cluster: `ray job submit --working-dir . -- python -m pipelines.annotate --config ... input=/abs out=/abs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+from annotate.errors import PiteError
+from pipelines.annotate.config import AnnotateJobConfig, resolve_out
+from pipelines.annotate.driver import run
+from pipelines.annotate.stats import summary_line
+from pipelines.config import load_config
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="pite annotate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="YAML in configs/annotate/")
+    p.add_argument("overrides", nargs="*",
+                   help="key=value, e.g. input=manifest.jsonl out=runs/x ground.box_threshold=0.3")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(AnnotateJobConfig, args.config, args.overrides)
+        if not cfg.out:
+            cfg.name = cfg.name if cfg.name != "annotate" else Path(args.config).stem
+        stats = run(cfg)
+    except PiteError as exc:
+        print(f"pite annotate: {exc}", file=sys.stderr)
+        return 2
+    print(summary_line(stats, resolve_out(cfg)))
+    return 0

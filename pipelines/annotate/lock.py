@@ -1,0 +1,64 @@
+"""One run at a time per output dir: OUT/.run.lock names the live run; a second one is refused.
+
+Two runs writing the same shards would each rename their files over the other's and clear the other's attempt
+ledger, so a second submission of the same command while the first is live is refused with a one-line error. A
+lock whose process is gone (same host) is taken over; one from another host cannot be checked from here, so the
+message says how to clear it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from annotate.errors import ConfigError
+
+LOCK_NAME = ".run.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _holder(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # being written right now, or unreadable: treated as a live holder below
+
+
+@contextmanager
+def run_lock(out: Path):
+    path = Path(out) / LOCK_NAME
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            held = _holder(path)
+            if held.get("host") == me["host"] and isinstance(held.get("pid"), int) and not _alive(held["pid"]):
+                path.unlink(missing_ok=True)  # its run died without cleaning up: take over
+                continue
+            who = (f"pid {held.get('pid')} on {held.get('host')} since {held.get('since')}" if held else "another run")
+            raise ConfigError(f"out: {out} is being written by another run ({who}); wait for it to finish, or "
+                              f"choose another out= (if no such run is alive, delete {path})") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise ConfigError(f"out: could not take {path}: another run keeps replacing it")
+    try:
+        yield path
+    finally:
+        if _holder(path).get("pid") == me["pid"]:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,97 @@
+"""What leaves an actor for a clip: its sample's members (or its reject), index figures, timings and a preview.
+
+Only these travel back through Ray's object store: a few hundred KB per clip, never decoded frames.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import numpy as np
+
+from annotate.schema import MEMBERS
+from annotate.stage import one_line
+
+
+def member_column(member: str) -> str:
+    return "m_" + member.replace(".", "_")
+
+
+def object_array(values: list) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+def outputs(items, cfg, sample_hash: str) -> dict:
+    """Serialise each item as sample members (or a reject) + its index figures, timings and preview.
+
+    Every item leaves as one output row: a failure while building its sample makes it a reject, and a failure of
+    the extras (quality against ground truth, preview picture) only drops that extra, noted in `note`.
+    """
+    cols: dict[str, list] = defaultdict(list)
+    for it in items:
+        members, quality, preview, note = {}, {}, b"", ""
+        if it.ok:
+            try:
+                members = sample_members(it, cfg, sample_hash)
+            except Exception as exc:  # noqa: BLE001 - a sample that cannot be built is a reject, never a crash
+                it.reject(getattr(exc, "stage", "assemble"), one_line(exc))
+                members = {}
+        if it.ok and it.gt:
+            try:
+                from annotate.quality import clip_quality
+
+                quality = clip_quality(it, cfg)
+            except Exception as exc:  # noqa: BLE001 - ground truth only feeds the report
+                note = f"quality: {one_line(exc)}"
+        if it.ok and it.row < cfg.report_samples:
+            try:
+                preview = preview_png(it)
+            except Exception as exc:  # noqa: BLE001 - a picture for the report, not part of the sample
+                note = (note + "; " if note else "") + f"preview: {one_line(exc)}"
+        cols["row"].append(it.row)
+        cols["video_id"].append(it.video_id)
+        cols["ok"].append(it.ok)
+        cols["stage"].append(it.error[0] if it.error else "")
+        cols["error"].append(it.error[1] if it.error else "")
+        for m in MEMBERS:
+            cols[member_column(m)].append(members.get(m, b""))
+        cols["quality"].append(json.dumps(quality))
+        cols["timings"].append(json.dumps(it.timings))
+        cols["preview"].append(preview)
+        cols["note"].append(note)
+    return {k: (np.array(v) if k in ("row", "ok") else object_array(v)) for k, v in cols.items()}
+
+
+def output_bytes(rec: dict) -> int:
+    """Payload bytes of one output row as it crosses the object store (members, preview and the small fields)."""
+    return sum(len(v) if isinstance(v, (bytes, str)) else 8 for v in rec.values())
+
+
+def sample_members(item, cfg, sample_hash: str) -> dict[str, bytes]:
+    from annotate.assemble import assemble
+    from annotate.schema import validate_sample
+
+    sample = assemble(item, cfg, sample_hash)
+    validate_sample(sample, num_frames=cfg.num_frames, num_points=cfg.num_points)
+    return sample.to_members()
+
+
+def preview_png(item) -> bytes:
+    """The report's picture of a clip: the first grounding frame with its boxes and masks, two samples with tracks."""
+    from annotate.draw import draw_frame, encode_png, grid
+    from annotate.track import read_off_samples
+
+    clip = item.clip
+    g0 = item.groundings[0]
+    on_frame = [i for i, g in enumerate(item.groundings) if g.track_frame == g0.track_frame]
+    labels = [item.phrases[item.groundings[i].phrase_index].text for i in on_frame]
+    first = draw_frame(clip.track_frames[g0.track_frame], boxes=np.stack([item.groundings[i].box for i in on_frame]),
+                       masks=[item.masks[i] for i in on_frame], labels=labels)
+    traj, vis = read_off_samples(item.tracks, item.track_vis, clip.track_times, clip.sample_times, size=clip.size)
+    tiles = [first]
+    for t in (len(clip.sample_times) // 2, len(clip.sample_times) - 1):
+        tiles.append(draw_frame(clip.sample_frames[t], tracks=traj, vis=vis, t=t))
+    return encode_png(grid(tiles, cols=3))
