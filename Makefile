@@ -19,8 +19,16 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	$(PY) -m pip check
 	@touch $@
 
-test: setup
+test: setup cotracker
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# CoTracker3 is not on the registry and is CC-BY-NC: installed from the team's checkout beside this repo when it is
+# there (never copied in), so the real-tracker tests run; elsewhere they skip.
+COTRACKER_SRC ?= ../shared/third_party/co-tracker
+.PHONY: cotracker
+cotracker: setup
+	@if [ -d "$(COTRACKER_SRC)" ] && ! $(PY) -c "import cotracker" 2>/dev/null; then \
+		$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$(COTRACKER_SRC)"; fi
 
 # Generate the synthetic demo set (256 clips) if missing, annotate it on a local Ray, print where the outputs are.
 annotate: setup

@@ -21,13 +21,13 @@ import cv2
 import numpy as np
 
 from annotate.config import AnnotateConfig, FeaturesConfig
+from annotate.device import DTYPES, resolve_device, resolve_dtype
 from annotate.errors import ConfigError, StageError
 from annotate.item import ClipItem
 from annotate.stage import Resources, Stage
 
 THUMB_SIDE = 16  # 16 * 16 * 3 = 768, CLIP ViT-L/14's projection size, so the two backends are interchangeable
 CROPS = ("center", "pad")
-DTYPES = ("float32", "float16", "bfloat16")  # names of torch dtypes; torch is imported only by the clip backend
 
 
 def thumbnail_features(frames: np.ndarray) -> np.ndarray:
@@ -87,8 +87,10 @@ class ClipEncoder:
 
     @classmethod
     def from_config(cls, fcfg: FeaturesConfig) -> "ClipEncoder":
-        model, processor = load_clip(fcfg.weights, fcfg.dtype)
-        return cls(model, processor, fcfg.crop, fcfg.batch_size, fcfg.device, fcfg.dtype, Path(fcfg.weights).name)
+        device = resolve_device(fcfg.device)
+        dtype = resolve_dtype(fcfg.dtype, device)
+        model, processor = load_clip(fcfg.weights, dtype)
+        return cls(model, processor, fcfg.crop, fcfg.batch_size, device, dtype, Path(fcfg.weights).name)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         import torch
@@ -199,7 +201,8 @@ class FeatureStage(Stage):
     def resources(self) -> Resources:
         f = self.cfg.features
         if f.backend == "clip":
-            return Resources(num_cpus=1.0, num_gpus=1.0 if f.device.startswith("cuda") else 0.0, memory_gb=3.0)
+            # auto asks for a GPU; it runs on the CPU when none is there
+            return Resources(num_cpus=1.0, num_gpus=0.0 if f.device == "cpu" else 1.0, memory_gb=3.0)
         return Resources(num_cpus=1.0, num_gpus=0.0, memory_gb=0.5)
 
     def setup(self) -> None:

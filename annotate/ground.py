@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from annotate.config import AnnotateConfig
+from annotate.device import DTYPES, resolve_device, resolve_dtype
 from annotate.errors import ConfigError, StageError
 from annotate.item import ClipItem, Grounding, Phrase
 from annotate.stage import Resources, Stage
@@ -274,7 +275,6 @@ def ground_positions(num_track_frames: int, every_n: int) -> list[int]:
     return list(range(0, num_track_frames, max(1, int(every_n))))
 
 
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 class GroundingDinoGrounder(Stage):
@@ -291,7 +291,7 @@ class GroundingDinoGrounder(Stage):
         self.dtype = None  # torch dtype, set in setup
 
     def resources(self) -> Resources:
-        on_gpu = not str(self.cfg.ground.device).startswith("cpu")
+        on_gpu = str(self.cfg.ground.device) != "cpu"  # auto asks for a GPU; it runs on the CPU when none is there
         return Resources(num_cpus=1, num_gpus=1.0 if on_gpu else 0.0, memory_gb=4.0)
 
     def version(self) -> str:
@@ -304,24 +304,25 @@ class GroundingDinoGrounder(Stage):
         from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
         gc = self.cfg.ground
+        self.device = resolve_device(gc.device)
+        self.dtype = getattr(torch, resolve_dtype(gc.dtype, self.device))
         try:
             self.processor = AutoProcessor.from_pretrained(self.weights)
-            model = GroundingDinoForObjectDetection.from_pretrained(self.weights, dtype=getattr(torch, gc.dtype))
+            model = GroundingDinoForObjectDetection.from_pretrained(self.weights, dtype=self.dtype)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"ground.weights: cannot load Grounding DINO from {self.weights} "
                               f"({' '.join(str(exc).split())[:200]})") from exc
         if not getattr(self.processor.tokenizer, "is_fast", False):
             raise ConfigError(f"ground.weights: {self.weights} has no fast tokenizer (tokenizer.json); "
                               f"the phrase-to-token map needs its offsets")
-        self.model = model.to(gc.device).eval()
-        self.dtype = getattr(torch, gc.dtype)
+        self.model = model.to(self.device).eval()
 
     def _forward(self, pixels: dict, prompt: Prompt):
         import torch
 
         n = pixels["pixel_values"].shape[0]
         text = self.processor.tokenizer([prompt.text] * n, return_tensors="pt")
-        dev = self.cfg.ground.device
+        dev = self.device
         with torch.inference_mode():
             out = self.model(pixel_values=pixels["pixel_values"].to(dev, self.dtype),
                              pixel_mask=pixels["pixel_mask"].to(dev),

@@ -1,7 +1,8 @@
 """Segment stage: one mask per grounding, in the frame it was grounded in, from its box.
 
 Backends (`segment.backend`):
-- `sam`: segment-anything (vit_b / vit_l / vit_h checkpoint). All boxes of one frame go through the mask decoder
+- `sam`: segment-anything (vit_b / vit_l / vit_h checkpoint; `auto` reads the size off the checkpoint, see
+  `annotate.sam_build`). All boxes of one frame go through the mask decoder
   in one batched call after a single image encoding; of SAM's three candidate masks per box the one with the
   highest predicted IoU is kept.
 - `grabcut`: OpenCV GrabCut initialised from the box (outside = background, inside = probable foreground), on a
@@ -23,6 +24,7 @@ import cv2
 import numpy as np
 
 from annotate.config import AnnotateConfig
+from annotate.device import resolve_device
 from annotate.errors import ConfigError, StageError
 from annotate.item import ClipItem
 from annotate.stage import Resources, Stage
@@ -30,6 +32,7 @@ from annotate.stage import Resources, Stage
 # torch and segment_anything are imported where SAM needs them: the GrabCut path runs without loading them.
 
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
+SAM_AUTO = "auto"  # any size: built to fit the checkpoint's tensor shapes (annotate.sam_build)
 SAM_HOST_MEMORY_GB = {"vit_b": 2.0, "vit_l": 3.0, "vit_h": 5.0}  # weights on the host while loading, with headroom
 
 # GrabCut sees the box plus this much context around it: enough background to fit its colour model,
@@ -183,29 +186,68 @@ def select_best_masks(masks: "torch.Tensor", iou_predictions: "torch.Tensor") ->
 
 
 def load_sam(model_type: str, weights: Optional[str]):
-    """Build a segment-anything model of `model_type` and load its checkpoint (weights only, no pickled code)."""
-    if model_type not in SAM_MODEL_TYPES:
-        expected = " | ".join(SAM_MODEL_TYPES)
+    """Build a segment-anything model of `model_type` (or, for `auto`, of the size its checkpoint has) and load the
+    checkpoint (weights only, no pickled code)."""
+    if model_type not in SAM_MODEL_TYPES + (SAM_AUTO,):
+        expected = " | ".join(SAM_MODEL_TYPES + (SAM_AUTO,))
         raise ConfigError(f"segment.model_type: {model_type!r} is not a SAM model (expected {expected})")
     if not weights or not Path(weights).is_file():
+        name = "sam_vit_*.pth" if model_type == SAM_AUTO else f"sam_{model_type}_*.pth"
         raise ConfigError(
             f"segment.weights: SAM checkpoint not found ({weights!r}); set segment.weights to a local "
-            f"sam_{model_type}_*.pth from github.com/facebookresearch/segment-anything#model-checkpoints"
+            f"{name} from github.com/facebookresearch/segment-anything#model-checkpoints"
         )
     import torch
 
-    sam_model_registry = _import_segment_anything().sam_model_registry
-    sam = sam_model_registry[model_type](checkpoint=None)
+    segment_anything = _import_segment_anything()
     # segment-anything's own loader calls torch.load without weights_only; load the state dict ourselves.
     state = torch.load(weights, map_location="cpu", weights_only=True)
+    if model_type == SAM_AUTO:
+        sam = _sam_to_fit(state, weights)
+    else:
+        sam = segment_anything.sam_model_registry[model_type](checkpoint=None)
     try:
         sam.load_state_dict(state)
     except RuntimeError as exc:
+        reason = _size_hint(state) or _last_line(str(exc))[:200]
         raise ConfigError(
-            f"segment.weights: {weights} does not fit segment.model_type={model_type} "
-            f"({_last_line(str(exc))[:200]})"
+            f"segment.weights: {weights} does not fit segment.model_type={model_type} ({reason})"
         ) from exc
     return sam
+
+
+def _size_hint(state) -> str:
+    """'it holds a vit_l: set segment.model_type=vit_l' (or auto, for other sizes); "" when no size can be read."""
+    from annotate.sam_build import PUBLISHED, arch_from_state, describe
+
+    try:
+        size = describe(arch_from_state(state)) if isinstance(state, dict) else ""
+    except ValueError:
+        return ""
+    return f"it holds a {size}: set segment.model_type={size if size in PUBLISHED else SAM_AUTO}" if size else ""
+
+
+def _sam_to_fit(state, weights: str):
+    """A random Sam of the size `state` was saved from; one-line ConfigError when that cannot be read off it."""
+    from annotate.sam_build import arch_from_state, build_sam
+
+    try:
+        if not isinstance(state, dict):
+            raise ValueError(f"holds a {type(state).__name__}, not a state dict")
+        return build_sam(arch_from_state(state))
+    except ValueError as exc:
+        raise ConfigError(f"segment.weights: cannot read a SAM architecture off {weights} "
+                          f"for segment.model_type=auto ({_last_line(str(exc))[:200]})") from exc
+
+
+def sam_host_memory_gb(model_type: str, weights: Optional[str]) -> float:
+    """Host memory to load a SAM: the table for the named sizes; for `auto`, scaled from the checkpoint's size
+    (1 GB + 1.6 x the file fits the table: vit_b 375 MB -> 1.6, vit_h 2.56 GB -> 5.1), else the largest."""
+    if model_type in SAM_HOST_MEMORY_GB:
+        return SAM_HOST_MEMORY_GB[model_type]
+    if weights and Path(weights).is_file():
+        return round(1.0 + 1.6 * Path(weights).stat().st_size / 1e9, 1)
+    return max(SAM_HOST_MEMORY_GB.values())
 
 
 def _import_segment_anything():
@@ -232,11 +274,11 @@ class SamSegmenter(BoxSegmenter):
         return cls(cfg, model=model)
 
     def resources(self) -> Resources:
-        on_gpu = self.cfg.segment.device.startswith("cuda")
+        on_gpu = self.cfg.segment.device != "cpu"  # auto asks for a GPU; it runs on the CPU when none is there
         return Resources(
             num_cpus=1.0,
             num_gpus=1.0 if on_gpu else 0.0,
-            memory_gb=SAM_HOST_MEMORY_GB.get(self.cfg.segment.model_type, 5.0),
+            memory_gb=sam_host_memory_gb(self.cfg.segment.model_type, self.cfg.segment.weights),
         )
 
     def version(self) -> str:
@@ -254,7 +296,11 @@ class SamSegmenter(BoxSegmenter):
         segment_anything = _import_segment_anything()
         if self.model is None:
             self.model = load_sam(self.cfg.segment.model_type, self.cfg.segment.weights)
-        self.model.to(torch.device(self.cfg.segment.device)).eval()
+            if self.kind == SAM_AUTO:  # provenance names the size that was loaded, not just "auto"
+                from annotate.sam_build import arch_from_state, describe
+
+                self.kind = f"auto={describe(arch_from_state(self.model.state_dict()))}"
+        self.model.to(torch.device(resolve_device(self.cfg.segment.device))).eval()
         self.predictor = segment_anything.SamPredictor(self.model)
 
     def segment_frame(self, frame, boxes, rects):

@@ -15,6 +15,8 @@ COMMANDS = {
     "evaluate": ("pipelines.evaluate", "temporal grounding, captioning, trajectory and QA metrics"),
     "viz": ("pipelines.viz", "draw a sample's tracks on its frames"),
     "convert": ("pipelines.convert", "convert VTimeLLM/LLaVA data into PiTe shards"),
+    "weights": ("pipelines.weights", "write random weights for every production backend, in the on-disk form users "
+                "download"),
 }
 
 

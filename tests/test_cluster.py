@@ -1,25 +1,14 @@
-"""`ray job submit` of the annotation pipeline and of the trainer to a local Ray head on 127.0.0.1 (README "Running on a Ray cluster").
+"""`ray job submit` of the annotation pipeline and of the trainer to a local Ray head on a loopback address (README "Running on a Ray cluster").
 
-The head is a separate set of processes with its own ports and temp dir, so an in-process `ray.init` of another test
-is left alone. Ray 2.60's catches (../shared/FIELD-NOTES.md): the head starts with the venv's bin/ first on PATH (the
-job's `python` is the head's), token auth is switched off explicitly for this loopback-only head (the client would
-otherwise pick up ~/.ray/auth_token and send it), and everything binds to 127.0.0.1. Teardown kills exactly the
-processes this head started: they carry a marker in their environment. `ray stop --force` would kill every Ray
-on the machine.
+The heads come from tests/ray_heads.py (loopback only, auth off, torn down by marker).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -27,83 +16,24 @@ import pyarrow.dataset as ds
 import pytest
 
 from pipelines.shards import iter_samples, list_done_shards
+from tests.ray_heads import RAY, start_head
 
 REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent  # the interpreter running the tests: .venv/bin under `make test`
-RAY = str(VENV_BIN / "ray")
-MARKER = "PITE_TEST_RAY_HEAD"
 # What the job upload leaves out (the 100 MiB package limit; runs/ and data/ hold outputs and generated clips).
 EXCLUDES = [".venv", "runs", "data", ".git", "**/__pycache__", ".pytest_cache", "*.egg-info"]
 
 pytestmark = pytest.mark.slow
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def pids_with_marker(value: str) -> list[int]:
-    """Processes whose environment holds MARKER=value: the head's daemons, workers and the job's driver."""
-    needle = f"{MARKER}={value}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            env = Path(entry.path, "environ").read_bytes()
-        except OSError:  # gone, or not ours
-            continue
-        if needle in env.split(b"\0"):
-            found.append(int(entry.name))
-    return found
-
-
-def stop_head(marker: str, grace_s: float = 3.0) -> None:
-    """SIGTERM, then SIGKILL what is left: the head's state lives in its temp dir, removed afterwards."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids_with_marker(marker):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while pids_with_marker(marker) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not pids_with_marker(marker):
-            return
-
-
 @pytest.fixture
 def ray_head():
-    """A Ray head on 127.0.0.1 with 2 CPUs; yields (dashboard url, client env); always stopped afterwards."""
-    gcs, dash, client, agent, agent_grpc, metrics, runtime_env, node_mgr, obj_mgr = free_ports(9)
-    marker = uuid.uuid4().hex
-    # Short and under /tmp: Ray's unix sockets live below it and their paths are limited to ~107 bytes.
-    temp_dir = tempfile.mkdtemp(prefix="pite-ray-", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update({"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "disabled",
-                MARKER: marker, "RAY_USAGE_STATS_ENABLED": "0"})
-    cmd = [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
-           "--port", str(gcs), "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
-           "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
-           "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env),
-           "--node-manager-port", str(node_mgr), "--object-manager-port", str(obj_mgr),
-           "--num-cpus", "2", "--num-gpus", "0", "--object-store-memory", str(300 * 2**20),
-           "--temp-dir", temp_dir, "--include-dashboard", "true", "--disable-usage-stats"]
+    """A Ray head on a loopback address with 2 CPUs; yields (dashboard url, client env, temp dir); always stopped."""
+    head = start_head(num_cpus=2, num_gpus=0)
     try:
-        started = subprocess.run(cmd, env=env, cwd=temp_dir, capture_output=True, text=True, timeout=180)
-        assert started.returncode == 0, f"ray start failed:\n{started.stdout}\n{started.stderr}"
-        yield f"http://127.0.0.1:{dash}", env, Path(temp_dir)
+        yield head.dashboard, head.env, head.temp_dir
     finally:
-        stop_head(marker)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        head.stop()
+        shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 
 def make_manifest(tmp_path: Path, n: int = 6) -> Path:

@@ -218,5 +218,6 @@ def _backend(name: str) -> AnnotateConfig:
 
 
 def test_clip_resources_follow_the_device(clip_dir):
-    assert make_feature_extractor(clip_cfg(clip_dir)).resources().num_gpus == 0
+    assert make_feature_extractor(clip_cfg(clip_dir, device="cpu")).resources().num_gpus == 0
+    assert make_feature_extractor(clip_cfg(clip_dir)).resources().num_gpus == 1  # auto: a GPU where there is one
     assert make_feature_extractor(clip_cfg(clip_dir, device="cuda")).resources().num_gpus == 1

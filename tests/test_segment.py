@@ -218,7 +218,10 @@ def test_sam_checkpoint_of_another_model_is_a_config_error(tmp_path):
 
 def test_sam_resources_follow_the_device():
     cfg = sam_cfg()
+    cfg.segment.device = "cpu"
     assert make_segmenter(cfg).resources().num_gpus == 0
+    cfg.segment.device = "auto"  # asks for a GPU; runs on the CPU where there is none
+    assert make_segmenter(cfg).resources().num_gpus == 1
     cfg.segment.device = "cuda:0"
     assert make_segmenter(cfg).resources().num_gpus == 1
     assert GrabCutSegmenter(cfg).resources().num_gpus == 0

@@ -60,7 +60,9 @@ class ClipChain:
                 self.ledger.at(mark, rows, stage.name)
                 self._run_stage(stage, chunk)
             self.ledger.clear(mark)
-        return outputs(items, self.cfg, self.sample_hash)
+        # Attempts per row: this one plus every worker death with the row in flight (stats count the retries).
+        attempts = {it.row: 1 + len(deaths.get(it.row, ())) for it in items}
+        return outputs(items, self.cfg, self.sample_hash, attempts)
 
     def _convict(self, item, died: list[tuple[str, bool]]) -> None:
         alone = [stage for stage, was_alone in died if was_alone]

@@ -141,6 +141,7 @@ def _finish_shard(cfg, out: Path, shard: int, recs: list[dict], tally: RunTally)
     written, rejects = write_shard(ShardWriter, out, shard, recs, cfg)
     tally.written += written
     for r in recs:
+        tally.retried += int(r["attempts"]) > 1
         for k, v in json.loads(r["timings"]).items():
             tally.stage_seconds[k] += v
         if r["note"]:

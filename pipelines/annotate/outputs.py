@@ -24,7 +24,7 @@ def object_array(values: list) -> np.ndarray:
     return arr
 
 
-def outputs(items, cfg, sample_hash: str) -> dict:
+def outputs(items, cfg, sample_hash: str, attempts: dict[int, int] | None = None) -> dict:
     """Serialise each item as sample members (or a reject) + its index figures, timings and preview.
 
     Every item leaves as one output row: a failure while building its sample makes it a reject, and a failure of
@@ -62,7 +62,8 @@ def outputs(items, cfg, sample_hash: str) -> dict:
         cols["timings"].append(json.dumps(it.timings))
         cols["preview"].append(preview)
         cols["note"].append(note)
-    return {k: (np.array(v) if k in ("row", "ok") else object_array(v)) for k, v in cols.items()}
+        cols["attempts"].append((attempts or {}).get(it.row, 1))
+    return {k: (np.array(v) if k in ("row", "ok", "attempts") else object_array(v)) for k, v in cols.items()}
 
 
 def output_bytes(rec: dict) -> int:

@@ -52,6 +52,7 @@ class RunTally:
         self.previews: list[tuple[int, str, bytes]] = []
         self.bytes_in = 0  # row metadata read by the reader tasks and handed to the actors
         self.bytes_out = 0  # what the actors returned: sample members, previews, figures
+        self.retried = 0  # rows that were in flight when a worker process died, and ran again
         self.first_output = None  # seconds until the first row came back: actor start-up and model loading
 
     @property
@@ -80,6 +81,7 @@ def build_stats(cfg, out: Path, total: int, tally: RunTally, prev: dict, seconds
         "shards": len(list((out / "shards").glob("pite-*.tar"))),
         "shards_resumed": prev["shards"],
         "processed_this_run": processed,
+        "rows_retried_after_a_worker_death": tally.retried,
         "seconds": {**{k: round(v, 3) for k, v in seconds.items()},
                     "first_output": None if tally.first_output is None else round(tally.first_output, 3),
                     "per_stage": {k: round(v, 3) for k, v in sorted(tally.stage_seconds.items())}},
