@@ -37,8 +37,8 @@ class GroundConfig:
     box_threshold: float = 0.35
     text_threshold: float = 0.25
     every_n_frames: int = 20  # groundingdino: ground on tracking frame 0 and every n-th, keep the earliest confident
-    device: str = "cpu"
-    dtype: str = "float32"  # float32 | float16 | bfloat16 (GPU)
+    device: str = "auto"  # auto (the GPU Ray assigned, else the CPU) | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bfloat16 on a GPU, float32 on the CPU) | float32 | float16 | bfloat16
     batch_size: int = 8  # frames per forward
 
 
@@ -48,7 +48,7 @@ class SegmentConfig:
     weights: Optional[str] = None  # sam: segment-anything checkpoint (.pth)
     model_type: str = "vit_b"  # sam: vit_b | vit_l | vit_h
     grabcut_iters: int = 3
-    device: str = "cpu"
+    device: str = "auto"  # sam: auto | cpu | cuda | cuda:N
 
 
 @dataclass
@@ -64,7 +64,12 @@ class TrackConfig:
     fb_threshold_px: float = 1.5  # lk: forward-backward error above this marks a point not visible
     win_size: int = 21  # lk window
     max_level: int = 3  # lk pyramid levels
-    device: str = "cpu"
+    device: str = "auto"  # cotracker: auto (the GPU Ray assigned, else the CPU) | cpu | cuda | cuda:N | mps
+    # Tracking frames per tracker call: a longer clip is tracked in overlapping windows, stitched (track_windows),
+    # and its frames are decoded a window at a time; a clip of at most `window` frames is tracked in one call and
+    # its frames stay in memory. 0 = always the whole clip in one call, all frames in memory.
+    window: int = 200
+    overlap: int = 16  # frames consecutive windows share: each object is handed over to the next window there
 
 
 @dataclass
@@ -73,8 +78,8 @@ class FeaturesConfig:
     weights: Optional[str] = None  # clip: local dir of clip-vit-large-patch14 (CLIPVisionModelWithProjection)
     crop: str = "center"  # clip: center (CLIP's processor, the release) | pad (pad to square, as LLaVA)
     batch_size: int = 32
-    device: str = "cpu"
-    dtype: str = "float32"
+    device: str = "auto"  # clip: auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # clip: auto (bfloat16 on a GPU, float32 on the CPU) | float32 | float16 | bfloat16
 
 
 @dataclass
@@ -83,6 +88,8 @@ class AnnotateConfig:
     num_points: int = 3  # K points per object (the paper's)
     track_fps: float = 10.0  # tracking runs on frames at up to this rate over the whole clip
     max_side: int = 640  # frames are decoded with their longer side at most this (coordinates are scaled back)
+    max_duration: float = 0.0  # seconds of a clip annotated at most (0 = no limit); see long_clips
+    long_clips: str = "cut"  # a clip longer than max_duration: cut (keep [start, start + max_duration)) | reject
     seed: int = 0
     nouns: NounsConfig = field(default_factory=NounsConfig)
     ground: GroundConfig = field(default_factory=GroundConfig)

@@ -7,13 +7,26 @@ import io
 import os
 import tarfile
 
+from annotate.config import AnnotateConfig
+from annotate.errors import ConfigError, DecodeError
 from annotate.item import ClipItem
 from annotate.stage import Resources, Stage
-from annotate.video import decode_clip, probe
+from annotate.video import decode_clip, probe, video_duration
+
+LONG_CLIPS = ("cut", "reject")
+# Seconds a stated duration may exceed max_duration and still fit: metadata rounding, far below one frame.
+DURATION_SLACK_S = 1e-3
 
 
 class DecodeStage(Stage):
     name = "decode"
+
+    def __init__(self, cfg: AnnotateConfig):
+        super().__init__(cfg)
+        if cfg.long_clips not in LONG_CLIPS:
+            raise ConfigError(f"long_clips: expected cut or reject, got {cfg.long_clips!r}")
+        if not cfg.max_duration >= 0:
+            raise ConfigError(f"max_duration: must be >= 0 seconds (0 = no limit), got {cfg.max_duration}")
 
     def resources(self) -> Resources:
         return Resources(num_cpus=1, memory_gb=1.0)
@@ -32,18 +45,40 @@ class DecodeStage(Stage):
 
     def _decode(self, item: ClipItem, path) -> None:
         cfg = self.cfg
+        end = self._end(item, path)
         # Malformed frames are left to the given grounder, which drops those boxes by name.
         extra = sorted({b["frame"] for b in item.boxes or [] if isinstance(b, dict) and _is_index(b.get("frame"))})
         if extra:
             # Given boxes on frames outside the clip cannot be grounded; the given grounder drops them by name.
-            info = probe(path, start=item.start, end=item.end)
+            info = probe(path, start=item.start, end=end)
             if hasattr(path, "seek"):
                 path.seek(0)
             extra = [f for f in extra if info.first_index <= f < info.first_index + info.num_frames]
+        # A clip the tracker takes in one call keeps its tracking frames in memory (the tracker holds them all
+        # then anyway); a longer one is tracked window by window and decodes them a window at a time.
         item.clip = decode_clip(
-            path, num_samples=cfg.num_frames, track_fps=cfg.track_fps, start=item.start, end=item.end,
-            max_side=cfg.max_side, extra_indices=extra,
+            path, num_samples=cfg.num_frames, track_fps=cfg.track_fps, start=item.start, end=end,
+            max_side=cfg.max_side, extra_indices=extra, resident_frames=cfg.track.window or None,
         )
+
+    def _end(self, item: ClipItem, path) -> float | None:
+        """The clip's end with max_duration applied, decided before decoding: `cut` ends the clip at start +
+        max_duration; `reject` raises a DecodeError for a clip that lasts longer (known from the file's stated
+        duration, else from a demux scan that stops soon after the limit)."""
+        cfg = self.cfg
+        start = item.start or 0.0
+        if cfg.max_duration <= 0 or (item.end is not None and item.end - start <= cfg.max_duration):
+            return item.end
+        if cfg.long_clips == "cut":
+            return start + cfg.max_duration  # the scan of decode_clip stops soon after it: nothing later is read
+        seconds, exact = video_duration(path, item.start, limit=cfg.max_duration)
+        if item.end is not None and item.end - start < seconds:
+            seconds, exact = item.end - start, True
+        if seconds > cfg.max_duration + DURATION_SLACK_S:
+            name = f"{item.video}:{item.tar_member}" if item.tar_member else str(item.video)
+            raise DecodeError(f"{name}: the clip lasts {seconds:.2f} s{'' if exact else ' or more'}, over "
+                              f"max_duration={cfg.max_duration:g} (long_clips=reject)")
+        return item.end
 
 
 def read_member_bytes(tar_path: str, member: str) -> bytes:

@@ -346,7 +346,9 @@ class GroundingDinoGrounder(Stage):
             if not pending:
                 break  # every phrase already has its earliest confident frame
             batch = positions[lo: lo + max(1, gc.batch_size)]
-            pixels = self.processor.image_processor(images=[clip.track_frames[p] for p in batch], return_tensors="pt")
+            # One read per batch: a long clip's tracking frames are decoded on demand, in one pass per call.
+            frames = clip.track_frames[list(batch)]
+            pixels = self.processor.image_processor(images=list(frames), return_tensors="pt")
             for prompt in prompts:
                 if not pending.intersection(prompt.phrase_ids):
                     continue

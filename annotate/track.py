@@ -10,6 +10,9 @@ and it lies inside the frame (0 <= x < w, 0 <= y < h).
 - `cotracker`: CoTracker3 offline through the `cotracker` package (installed from its checkout; CC-BY-NC) and a
   checkpoint path (`track.weights`).
 
+A clip of more than `track.window` tracking frames is tracked window by window and stitched (annotate.track_windows),
+so neither the tracker's memory nor the decoded frames grow with the clip's length.
+
 Coordinates: ours are continuous (pixel (i, j) covers [i, i+1) x [j, j+1), centre (i + 0.5, j + 0.5)). OpenCV's
 LK and CoTracker both put pixel centres on integers (CoTracker rescales with align_corners=True), so we subtract 0.5
 going in and add it back coming out.
@@ -23,9 +26,11 @@ import cv2
 import numpy as np
 
 from annotate.config import AnnotateConfig, TrackConfig
+from annotate.device import resolve_device
 from annotate.errors import ConfigError, StageError
 from annotate.item import ClipItem
 from annotate.stage import Resources, Stage
+from annotate.track_windows import check_windows, track_in_windows
 
 # Patch side (px) of the appearance check; small enough to sit inside an object, big enough to be distinctive.
 NCC_PATCH = 9
@@ -115,9 +120,19 @@ class TrackStage(Stage):
 
     name = "track"
 
+    def __init__(self, cfg: AnnotateConfig):
+        super().__init__(cfg)
+        check_windows(cfg.track.window, cfg.track.overlap)
+
     def track(self, frames: np.ndarray, points: np.ndarray, query_frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """frames (F, h, w, 3) uint8 RGB, points (N, K, 2) continuous px at query_frames (N,) -> (N,K,F,2), (N,K,F)."""
         raise NotImplementedError
+
+    def _track_in_frame(self, frames, points, query_frames):
+        """`track` on one window, with the inside-frame rule: windows are handed over at visible points only."""
+        tracks, vis = self.track(frames, points, query_frames)
+        tracks = np.asarray(tracks, dtype=np.float64)
+        return tracks, np.asarray(vis, dtype=bool) & inside_frame(tracks, frames.shape[2], frames.shape[1])
 
     def process_item(self, item: ClipItem) -> None:
         clip = item.clip
@@ -134,10 +149,14 @@ class TrackStage(Stage):
         if points.ndim != 3 or points.shape[-1] != 2:
             raise StageError(self.name, f"points must be (N, K, 2), got {points.shape}")
         n, k = points.shape[:2]
+        window = self.cfg.track.window
         if n == 0:
             tracks, vis = np.zeros((0, k, num_frames, 2)), np.zeros((0, k, num_frames), dtype=bool)
-        else:
-            tracks, vis = self.track(frames, points, query_frames)
+        elif 0 < window < num_frames:
+            tracks, vis = track_in_windows(self._track_in_frame, frames, points, query_frames, window,
+                                           self.cfg.track.overlap)
+        else:  # one call, as the backend was built for (a lazy source is read whole: it fits in one window)
+            tracks, vis = self.track(np.asarray(frames), points, query_frames)
         w, h = clip.size
         item.tracks = np.asarray(tracks, dtype=np.float32)
         item.track_vis = np.asarray(vis, dtype=bool) & inside_frame(item.tracks, w, h)
@@ -346,7 +365,7 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class CoTrackerTracker(TrackStage):
-    """CoTracker3 offline: all points of the clip in one call, queries (t, x, y) at each object's grounding frame.
+    """CoTracker3 offline: all points of a window in one call, queries (t, x, y) at each object's query frame.
 
     The package's predictor (cotracker/predictor.py, CoTrackerPredictor.forward) takes video (B, T, 3, H, W) float
     0-255 and queries (B, N, 3) as (t, x, y) pixels with pixel centres on integers; with backward_tracking=True it
@@ -358,7 +377,8 @@ class CoTrackerTracker(TrackStage):
         self.predictor = predictor
 
     def resources(self) -> Resources:
-        gpu = self.cfg.track.device.startswith("cuda")
+        device = self.cfg.track.device
+        gpu = device == "auto" or device.startswith("cuda")  # auto: the GPU Ray assigns, when there is one
         return Resources(num_cpus=1.0, num_gpus=1.0 if gpu else 0.0, memory_gb=4.0)
 
     def version(self) -> str:
@@ -377,7 +397,7 @@ class CoTrackerTracker(TrackStage):
 
         if self.predictor is None:
             self.setup()
-        device = self.cfg.track.device
+        device = resolve_device(self.cfg.track.device)
         n, k = points.shape[:2]
         video = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2)[None].float()
         t = np.repeat(query_frames, k).astype(np.float32)[:, None]
@@ -413,4 +433,4 @@ def load_cotracker(cfg: TrackConfig):
         raise ConfigError(f"track.weights: {cfg.weights} is not a file (expected a CoTracker3 checkpoint, "
                           "scaled_offline.pth)")
     predictor = CoTrackerPredictor(checkpoint=cfg.weights)  # defaults: CoTracker3 offline, window_len=60
-    return predictor.to(cfg.device).eval()
+    return predictor.to(resolve_device(cfg.device)).eval()

@@ -13,26 +13,25 @@ a file whose decoded pts turn out to disagree with that order is re-read that wa
 
 from __future__ import annotations
 
+import functools
+import io
 import math
 import os
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 import av
 import numpy as np
 
 from annotate.errors import DecodeError
-
-Source = Union[str, os.PathLike, BinaryIO]  # a path, or an open binary file (e.g. a tar member)
+from annotate.frames import FrameFiler, LazyFrames, decoded_size, quarter_turns, to_display  # noqa: F401 (API)
+from annotate.video_open import Source, open_video, source_name
 
 _EPS = 1e-6  # seconds: a frame at exactly `start` is inside the clip despite float rounding
 # AVI stores decode-order timestamps only: with B-frames its "pts" are not presentation times.
 ORDER_ONLY_FORMATS = ("avi",)
 _SEEK_MARGIN_S = 1.0  # seek this far before the first frame wanted, so B-frame reordering cannot skip it
 _SCAN_MARGIN_S = 2.0  # demux this far past `end` (in pts) before trusting that no earlier frame can follow
-# First bytes of containers we know: a file that starts like one but does not open is damaged, not "not a video".
-_MAGIC = ((4, b"ftyp", "MP4/MOV"), (4, b"moov", "MP4/MOV"), (4, b"mdat", "MP4/MOV"), (4, b"wide", "MP4/MOV"),
-          (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM"), (0, b"RIFF", "AVI"), (0, b"GIF8", "GIF"))
 
 
 @dataclass
@@ -59,7 +58,9 @@ class DecodedClip:
     # Frames that tracking runs on: up to track_fps over the whole clip, plus every extra index asked for.
     track_indices: np.ndarray  # (F,) int64 source frame indices, sorted, unique
     track_times: np.ndarray  # (F,) float64 seconds from the clip start
-    track_frames: np.ndarray  # (F, h, w, 3) uint8 RGB at decoded size
+    # (F, h, w, 3) uint8 RGB at decoded size: an array, or for a clip over `resident_frames` a LazyFrames that
+    # decodes what it is indexed with (ints, slices, lists of positions) and otherwise reads like one.
+    track_frames: Union[np.ndarray, LazyFrames]
 
     @property
     def size(self) -> tuple[int, int]:
@@ -93,73 +94,6 @@ def tracking_positions(n: int, fps: float, track_fps: float) -> np.ndarray:
     return np.unique(np.append(np.arange(0, n, step, dtype=np.int64), n - 1))
 
 
-def decoded_size(width: int, height: int, max_side: int) -> tuple[int, int, float]:
-    """(w, h, scale) with the longer side at most max_side; never upscaled."""
-    scale = min(1.0, max_side / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale)), scale
-
-
-def quarter_turns(ccw_degrees: float) -> int:
-    """Counter-clockwise quarter turns (0-3) for a display-matrix angle, as FFmpeg's autorotate rounds it."""
-    return int(round(ccw_degrees / 90.0)) % 4
-
-
-def to_display(image: np.ndarray, turns: int) -> np.ndarray:
-    """Turn a decoded (h, w, ...) image upright: `turns` quarter turns counter-clockwise (np.rot90's sense)."""
-    return np.rot90(image, turns) if turns else image
-
-
-# ---------------------------------------------------------------- opening, with one clear message per failure
-
-
-def _name(src: Source) -> str:
-    return os.fspath(src) if isinstance(src, (str, os.PathLike)) else str(getattr(src, "name", "<stream>"))
-
-
-def _sniff(src: Source) -> Optional[str]:
-    """The container a file's first bytes announce, if one we know."""
-    if isinstance(src, (str, os.PathLike)):
-        with open(src, "rb") as f:
-            head = f.read(16)
-    else:
-        src.seek(0)
-        head = src.read(16)
-        src.seek(0)
-    for offset, magic, kind in _MAGIC:
-        if head[offset:offset + len(magic)] == magic:
-            return kind
-    return None
-
-
-def _open(src: Source, name: str):
-    """Open a container and its video stream, or raise a DecodeError saying which kind of bad input this is."""
-    if isinstance(src, (str, os.PathLike)):
-        if not os.path.exists(src):
-            raise DecodeError(f"{name}: missing file (no such file)")
-        if not os.path.isfile(src):
-            raise DecodeError(f"{name}: not a video (not a regular file)")
-        if os.path.getsize(src) == 0:
-            raise DecodeError(f"{name}: empty file (0 bytes)")
-    else:
-        src.seek(0)
-    try:
-        container = av.open(src if not isinstance(src, os.PathLike) else os.fspath(src), "r")
-    except av.error.FFmpegError as exc:
-        kind = _sniff(src)
-        if kind is None:
-            raise DecodeError(f"{name}: not a video (FFmpeg cannot read it as a media file: {exc.strerror})") from None
-        raise DecodeError(f"{name}: corrupt or truncated {kind} container (FFmpeg cannot parse its header: "
-                          f"{exc.strerror})") from None
-    except OSError as exc:
-        raise DecodeError(f"{name}: unreadable file ({exc.strerror or exc})") from None
-    if not container.streams.video:
-        kinds = ", ".join(s.type for s in container.streams) or "none"
-        container.close()
-        raise DecodeError(f"{name}: not a video (no video stream; streams: {kinds})")
-    # The first video stream, as players pick it; both passes must read the same one.
-    return container, container.streams.video[0]
-
-
 # ---------------------------------------------------------------- pass 1: the timeline, from packets alone
 
 
@@ -170,6 +104,7 @@ class _Timeline:
     times: np.ndarray  # (N,) float64 seconds from the file's first frame
     pts: Optional[np.ndarray]  # (N,) int64 sorted pts; None when frames are indexed by decoder output order
     fps: float
+    complete: bool = True  # False when the scan stopped past `end` before the stream's end
 
     def position_of(self) -> dict[int, int]:
         return {int(p): i for i, p in enumerate(self.pts)}
@@ -186,7 +121,7 @@ def _frame_rate(stream, name: str, times: Optional[np.ndarray]) -> float:
 
 def _scan(src: Source, name: str, end: Optional[float], by_order: bool) -> _Timeline:
     """Demux (no decoding) to count the frames and read their pts; stop early once past `end`."""
-    container, stream = _open(src, name)
+    container, stream = open_video(src, name)
     with container:
         tb = stream.time_base
         pts: list[int] = []
@@ -224,10 +159,10 @@ def _scan(src: Source, name: str, end: Optional[float], by_order: bool) -> _Time
         order_only = order_only or bool(set(container.format.name.split(",")) & set(ORDER_ONLY_FORMATS))
         if order_only:
             fps = _frame_rate(stream, name, None)
-            return _Timeline(times=np.arange(kept) / fps, pts=None, fps=fps)
+            return _Timeline(times=np.arange(kept) / fps, pts=None, fps=fps, complete=not stopped)
         sorted_pts = np.sort(np.asarray(pts, dtype=np.int64))
         times = (sorted_pts - sorted_pts[0]).astype(np.float64) * float(tb)
-        return _Timeline(times=times, pts=sorted_pts, fps=_frame_rate(stream, name, times))
+        return _Timeline(times=times, pts=sorted_pts, fps=_frame_rate(stream, name, times), complete=not stopped)
 
 
 def _clip_range(tl: _Timeline, name: str, start: Optional[float], end: Optional[float]) -> tuple[int, int]:
@@ -268,7 +203,7 @@ def _decode_wanted(src: Source, name: str, tl: _Timeline, wanted: np.ndarray,
 def _decode_pass(src, name, tl, wanted, use, seek: bool, threads: int) -> None:
     total = len(tl.times)
     position_of = tl.position_of() if tl.pts is not None else None
-    container, stream = _open(src, name)
+    container, stream = open_video(src, name)
     with container:
         # One thread by default: the pipeline's parallelism is one worker per CPU, and FFmpeg's "auto" would start
         # a thread per core of the node in every worker (measured here: no gain at 256 px or 720p on 2 cores).
@@ -320,35 +255,7 @@ def _decode_pass(src, name, tl, wanted, use, seek: bool, threads: int) -> None:
         raise DecodeError(f"{name}: corrupt: only {decoded} of {total} frames decode")
 
 
-class _Frames:
-    """Converts decoded frames to upright RGB at the bounded size and files them into preallocated arrays."""
-
-    def __init__(self, max_side: int, slots: dict[int, list[tuple[int, int]]], counts: tuple[int, int]):
-        self.max_side = max_side
-        self.slots = slots  # source index -> [(0 for sample_frames or 1 for track_frames, row)]
-        self.counts = counts  # rows of (sample_frames, track_frames)
-        self.arrays: Optional[tuple[np.ndarray, np.ndarray]] = None
-
-    def start(self, frame) -> None:
-        """Sizes come from the first frame: the display rotation is frame side data."""
-        self.turns = quarter_turns(frame.rotation)
-        w, h = (frame.height, frame.width) if self.turns % 2 else (frame.width, frame.height)
-        self.width, self.height = w, h
-        dw, dh, self.scale = decoded_size(w, h, self.max_side)
-        self.coded_out = (dh, dw) if self.turns % 2 else (dw, dh)  # size to convert to, before turning
-        self.arrays = tuple(np.empty((c, dh, dw, 3), np.uint8) for c in self.counts)
-
-    def __call__(self, index: int, frame) -> None:
-        if self.arrays is None:
-            self.start(frame)
-        cw, ch = self.coded_out
-        rgb = frame.to_ndarray(format="rgb24", width=cw, height=ch, interpolation="AREA")
-        rgb = to_display(rgb, self.turns)
-        for which, row in self.slots[index]:
-            self.arrays[which][row] = rgb
-
-
-def _info(name, tl, first, n, frames: _Frames) -> VideoInfo:
+def _info(name, tl, first, n, frames: FrameFiler) -> VideoInfo:
     times = tl.times[first:first + n]
     return VideoInfo(path=name, width=frames.width, height=frames.height, fps=tl.fps, num_frames=n,
                      duration=float(times[-1] - times[0]) + 1.0 / tl.fps, rotation=(-90 * frames.turns) % 360,
@@ -360,7 +267,7 @@ def _info(name, tl, first, n, frames: _Frames) -> VideoInfo:
 
 def probe(path: Source, start: Optional[float] = None, end: Optional[float] = None) -> VideoInfo:
     """Facts of a clip (all frames, or those in [start, end) seconds) without decoding more than its first frame."""
-    name = _name(path)
+    name = source_name(path)
     try:
         return _probe(path, name, start, end, by_order=False)
     except _TimestampsDisagree:
@@ -370,31 +277,35 @@ def probe(path: Source, start: Optional[float] = None, end: Optional[float] = No
 def _probe(path, name, start, end, by_order) -> VideoInfo:
     tl = _scan(path, name, end, by_order)
     first, n = _clip_range(tl, name, start, end)
-    frames = _Frames(max_side=1, slots={}, counts=(0, 0))
+    frames = FrameFiler(max_side=1, slots={}, counts=())
     _decode_wanted(path, name, tl, np.array([first]), lambda i, f: frames.start(f))
     return _info(name, tl, first, n, frames)
 
 
 def decode_clip(path: Source, num_samples: int = 100, track_fps: float = 10.0, start: Optional[float] = None,
                 end: Optional[float] = None, max_side: int = 640, extra_indices: Iterable[int] = (),
-                threads: int = 1) -> DecodedClip:
+                threads: int = 1, resident_frames: Optional[int] = None) -> DecodedClip:
     """Decode the T samples and the tracking frames of a clip, upright, longer side at most max_side.
 
     extra_indices: absolute source frame indices that must be tracking frames too (grounding frames of given
     boxes); one outside the clip is a DecodeError. threads: decoder threads (0 = FFmpeg's choice).
+    resident_frames: a clip with more tracking frames than this gets them as a LazyFrames (decoded when indexed)
+    instead of an array; None holds them all.
     """
     if num_samples < 1 or track_fps <= 0 or max_side < 1:
         raise ValueError(f"decode_clip needs num_samples >= 1, track_fps > 0, max_side >= 1 "
                          f"(got {num_samples}, {track_fps}, {max_side})")
-    name = _name(path)
+    name = source_name(path)
     extra = np.asarray(list(extra_indices), dtype=np.int64)
+    args = (num_samples, track_fps, start, end, max_side, extra, threads, resident_frames)
     try:
-        return _decode_clip(path, name, num_samples, track_fps, start, end, max_side, extra, threads, False)
+        return _decode_clip(path, name, *args, by_order=False)
     except _TimestampsDisagree:
-        return _decode_clip(path, name, num_samples, track_fps, start, end, max_side, extra, threads, True)
+        return _decode_clip(path, name, *args, by_order=True)
 
 
-def _decode_clip(path, name, num_samples, track_fps, start, end, max_side, extra, threads, by_order) -> DecodedClip:
+def _decode_clip(path, name, num_samples, track_fps, start, end, max_side, extra, threads, resident_frames,
+                 by_order) -> DecodedClip:
     tl = _scan(path, name, end, by_order)
     first, n = _clip_range(tl, name, start, end)
     outside = extra[(extra < first) | (extra >= first + n)]
@@ -403,17 +314,21 @@ def _decode_clip(path, name, num_samples, track_fps, start, end, max_side, extra
                           f"(source frames {first}-{first + n - 1})")
     sample_idx = first + sample_positions(n, num_samples)
     track_idx = np.union1d(first + tracking_positions(n, tl.fps, track_fps), extra).astype(np.int64)
+    resident = resident_frames is None or len(track_idx) <= resident_frames
 
     slots: dict[int, list[tuple[int, int]]] = {}
     for row, index in enumerate(sample_idx):
         slots.setdefault(int(index), []).append((0, row))
-    for row, index in enumerate(track_idx):
+    for row, index in enumerate(track_idx if resident else ()):
         slots.setdefault(int(index), []).append((1, row))
-    frames = _Frames(max_side, slots, counts=(len(sample_idx), len(track_idx)))
+    frames = FrameFiler(max_side, slots, counts=(len(sample_idx), len(track_idx) if resident else 0))
     _decode_wanted(path, name, tl, np.array(sorted(slots), dtype=np.int64), frames, threads)
 
     t0 = tl.times[first]
     samples, tracks = frames.arrays
+    if not resident:
+        read = functools.partial(_read_frames, _reopenable(path), name, tl, track_idx, max_side, threads)
+        tracks = LazyFrames((len(track_idx), *samples.shape[1:]), read)
     return DecodedClip(
         info=_info(name, tl, first, n, frames),
         scale=frames.scale,
@@ -424,3 +339,51 @@ def _decode_clip(path, name, num_samples, track_fps, start, end, max_side, extra
         track_times=tl.times[track_idx] - t0,
         track_frames=tracks,
     )
+
+
+def _reopenable(src: Source) -> Union[str, os.PathLike, bytes]:
+    """What a lazy reader opens again: the path, or the compressed bytes of an in-memory file (a tar member)."""
+    if isinstance(src, (str, os.PathLike)):
+        return src
+    if isinstance(src, io.BytesIO):
+        return src.getvalue()
+    src.seek(0)
+    return src.read()
+
+
+def _read_frames(source, name: str, tl: _Timeline, indices: np.ndarray, max_side: int, threads: int,
+                 positions: np.ndarray) -> np.ndarray:
+    """LazyFrames' reader: the frames at `positions` (sorted, unique) of source `indices`, in one decoding pass."""
+    wanted = indices[positions]
+    filer = FrameFiler(max_side, {int(i): [(0, row)] for row, i in enumerate(wanted)}, counts=(len(wanted),))
+    try:
+        _decode_wanted(io.BytesIO(source) if isinstance(source, bytes) else source, name, tl, wanted, filer, threads)
+    except _TimestampsDisagree:  # the first pass read every frame of the clip in this order: the file changed
+        raise DecodeError(f"{name}: corrupt: frames near {int(wanted[0])} decode out of the order first "
+                          "read") from None
+    return filer.arrays[0]
+
+
+def video_duration(path: Source, start: Optional[float] = None, limit: float = math.inf) -> tuple[float, bool]:
+    """(seconds of video from `start` on, exact?) without decoding a frame.
+
+    The stream's stated duration (else the container's) when the file states one; else the frames' timestamps
+    from a demux scan that stops soon after start + limit seconds (then the value is a lower bound: exact False).
+    """
+    name = source_name(path)
+    offset = start or 0.0
+    container, stream = open_video(path, name)
+    with container:
+        stated = _stated_seconds(container, stream)
+    if stated is not None:
+        return stated - offset, True
+    tl = _scan(path, name, offset + limit if math.isfinite(limit) else None, by_order=False)
+    return float(tl.times[-1]) + 1.0 / tl.fps - offset, tl.complete
+
+
+def _stated_seconds(container, stream) -> Optional[float]:
+    if stream.duration and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return None

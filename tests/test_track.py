@@ -307,7 +307,35 @@ def _cotracker_cfg(weights=None):
     cfg = AnnotateConfig()
     cfg.track.backend = "cotracker"
     cfg.track.weights = weights
+    cfg.track.device = "cpu"  # where the injected predictors are (auto would pick a GPU when there is one)
     return cfg
+
+
+def test_resolve_device_names_and_auto(monkeypatch):
+    import torch
+
+    from annotate.device import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert [resolve_device(d) for d in ("cpu", "cuda", "cuda:1", "mps", "CUDA:0")] == \
+        ["cpu", "cuda", "cuda:1", "mps", "cuda:0"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"  # in a Ray GPU actor: the GPU Ray assigned (CUDA_VISIBLE_DEVICES)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    for bad in ("gpu", "cuda:x", ""):
+        with pytest.raises(ConfigError, match="device: unknown device"):
+            resolve_device(bad)
+
+
+def test_cotracker_asks_for_a_gpu_unless_on_the_cpu():
+    cfg = _cotracker_cfg()
+    gpus = {}
+    for device in ("auto", "cuda", "cuda:1", "cpu"):
+        cfg.track.device = device
+        gpus[device] = make_tracker(cfg).resources().num_gpus
+    assert gpus == {"auto": 1.0, "cuda": 1.0, "cuda:1": 1.0, "cpu": 0.0}
+    assert AnnotateConfig().track.device == "auto"
 
 
 def test_cotracker_adapter_sends_txy_queries_and_maps_tracks_back():

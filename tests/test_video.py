@@ -347,3 +347,214 @@ def test_sample_footage(name, size, n, fps, decoded, tracked):
         assert np.abs(clip.sample_frames[row] - ref).mean() < 3
         other = cv2.resize(full[(k + n // 3) % n], decoded, interpolation=cv2.INTER_AREA).astype(float)
         assert np.abs(clip.sample_frames[row] - other).mean() > 5
+
+
+# ---------------------------------------------------------------- long clips: lazy tracking frames, max_duration
+
+
+def textured(i: int, h: int, w: int) -> np.ndarray:
+    """The colour that spells i plus a texture that changes every frame, so a frame decoded from the wrong
+    references would not match (flat frames would)."""
+    rng = np.random.default_rng(i)
+    noise = rng.integers(-6, 7, (h, w, 1))
+    return np.clip(np.array(index_colour(i)) + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def clip60(tmp_path_factory) -> Path:
+    """60 textured frames, 25 fps, a keyframe every 10 frames (so lazy reads seek)."""
+    return write_video(tmp_path_factory.mktemp("v") / "clip60.mp4", n=60, options={"g": "10"}, paint=textured)
+
+
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["path", "tar-member-bytes"])
+def test_lazy_tracking_frames_match_the_in_memory_decode(clip60, as_bytes):
+    from annotate.frames import LazyFrames
+
+    source = (lambda: io.BytesIO(clip60.read_bytes())) if as_bytes else (lambda: clip60)
+    full = decode_clip(source(), num_samples=7, track_fps=25.0)  # every frame is a tracking frame
+    stream = source()
+    lazy = decode_clip(stream, num_samples=7, track_fps=25.0, resident_frames=59)
+    if as_bytes:
+        stream.close()  # the lazy source keeps the compressed bytes, not the stream it was given
+    frames = lazy.track_frames
+    assert isinstance(full.track_frames, np.ndarray) and isinstance(frames, LazyFrames)
+    assert len(frames) == 60 and frames.shape == full.track_frames.shape and lazy.size == full.size
+    np.testing.assert_array_equal(lazy.sample_frames, full.sample_frames)
+    assert frames.decoded == 0  # nothing decoded before it is asked for
+    for i in (0, 7, 31, 59, -1, -25):
+        np.testing.assert_array_equal(frames[i], full.track_frames[i])
+    for key in (slice(5, 17), slice(None, None, 7), slice(40, None), slice(50, 20, -6), slice(3, 3)):
+        np.testing.assert_array_equal(frames[key], full.track_frames[key])
+    for key in ([33, 2, 2, 59], np.array([45, 12]), [], [-1, 0]):
+        np.testing.assert_array_equal(frames[key], full.track_frames[key])
+    assert frame_ids(frames[[33, 2, 2, 59]]).tolist() == [33, 2, 2, 59]
+    np.testing.assert_array_equal(np.asarray(frames), full.track_frames)
+    np.testing.assert_array_equal(np.stack(list(frames)), full.track_frames)
+
+
+def test_lazy_frames_decode_only_what_is_asked_and_keep_a_few_single_frames(clip60):
+    lazy = decode_clip(clip60, num_samples=3, track_fps=25.0, resident_frames=10).track_frames
+    lazy[20:30]
+    assert lazy.decoded == 10
+    lazy[[44, 41, 44]]
+    assert lazy.decoded == 12  # repeats are decoded once
+    first = lazy[7]
+    first[:] = 0  # a caller drawing on its frame does not change the kept one
+    assert lazy[7].any() and lazy.decoded == 13  # the second read of a single frame is kept, not decoded
+    for i in range(7):
+        lazy[i]
+    assert lazy.decoded == 13 + 7
+    lazy[6], lazy[3]
+    assert lazy.decoded == 20  # the last four single frames are kept ...
+    lazy[7]
+    assert lazy.decoded == 21  # ... and no more
+    with pytest.raises(IndexError, match="out of range for 60 frames"):
+        lazy[60]
+    with pytest.raises(TypeError):
+        lazy[1.5, 2]
+
+
+def test_decode_stage_keeps_clips_that_fit_one_tracking_window_in_memory(clip30):
+    from annotate.config import AnnotateConfig
+    from annotate.decode import DecodeStage
+    from annotate.frames import LazyFrames
+    from annotate.item import ClipItem
+
+    kinds = {}
+    for window in (0, 11, 10):  # clip30 has 11 tracking frames at 10 fps
+        cfg = AnnotateConfig(num_frames=5)
+        cfg.track.window, cfg.track.overlap = window, 2
+        item = ClipItem(row=0, video_id="v", video=str(clip30), caption="a clip")
+        DecodeStage(cfg).process([item])
+        assert item.ok, item.error
+        kinds[window] = type(item.clip.track_frames)
+    assert kinds == {0: np.ndarray, 11: np.ndarray, 10: LazyFrames}
+
+
+@pytest.mark.slow
+def test_lazy_frames_keep_memory_far_below_the_clip_size(tmp_path):
+    """1800 tracking frames at 256x256 (354 MB as one array): read window by window, the lazy source's peak RSS
+    growth stays a small fraction of that, while holding them all grows by about that much (the measure works)."""
+    import json
+    import subprocess
+    import sys
+
+    n, side = 1800, 256
+    flat = lambda i, h, w: np.broadcast_to(np.array(index_colour(i % 100), np.uint8), (h, w, 3)).copy()  # noqa: E731
+    path = write_video(tmp_path / "long.mp4", n=n, w=side, h=side, fps=30, options={"preset": "ultrafast"},
+                       paint=flat)
+    script = """
+import json, sys
+import numpy as np
+from annotate.video import decode_clip
+
+def peak_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+path, resident = sys.argv[1], sys.argv[2]
+decode_clip(path, num_samples=2, track_fps=30.0, max_side=16)  # warm up the decoder's own allocations
+before = peak_kb()
+clip = decode_clip(path, num_samples=100, track_fps=30.0, max_side=256,
+                   resident_frames=None if resident == "all" else int(resident))
+frames = clip.track_frames
+for a in range(0, len(frames), 184):  # the windowed tracker's reads: 200 frames, 16 shared
+    assert frames[a:a + 200].shape[1:] == (256, 256, 3)
+print(json.dumps({"frames": len(frames), "growth": (peak_kb() - before) * 1024}))
+"""
+    full_bytes = n * side * side * 3
+    growth = {}
+    for resident in ("200", "all"):
+        out = subprocess.run([sys.executable, "-c", script, str(path), resident], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).parents[1])
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert result["frames"] == n
+        growth[resident] = result["growth"]
+    print(f"peak RSS growth: lazy {growth['200'] / 2**20:.0f} MiB, resident {growth['all'] / 2**20:.0f} MiB, "
+          f"F*h*w*3 = {full_bytes / 2**20:.0f} MiB")
+    assert growth["all"] > 0.9 * full_bytes
+    assert growth["200"] < 0.25 * full_bytes
+
+
+def decode_stage_item(path, cfg_changes: dict, **row):
+    from annotate.config import AnnotateConfig
+    from annotate.decode import DecodeStage
+    from annotate.item import ClipItem
+
+    cfg = AnnotateConfig(num_frames=6, **cfg_changes)
+    item = ClipItem(row=0, video_id="v", video=str(path), caption="a clip", **row)
+    DecodeStage(cfg).process([item])
+    return item
+
+
+@pytest.mark.parametrize("start", [None, 0.4])
+def test_max_duration_cut_keeps_the_first_max_duration_seconds(clip30, start):
+    item = decode_stage_item(clip30, {"max_duration": 0.5, "long_clips": "cut"}, start=start)
+    assert item.ok, item.error
+    clip = item.clip
+    shorter = decode_clip(clip30, num_samples=6, start=start, end=(start or 0.0) + 0.5)
+    first = 10 if start else 0
+    assert (clip.info.first_index, clip.info.num_frames) == (first, 13)  # 25 fps: frames at 0.00-0.48 s
+    assert clip.info.duration == pytest.approx(0.52)
+    # The samples of a cut clip are ordinary samples of the shorter clip.
+    assert clip.sample_indices.tolist() == (first + video.sample_positions(13, 6)).tolist()
+    np.testing.assert_array_equal(clip.sample_frames, shorter.sample_frames)
+    assert clip.track_indices.tolist() == shorter.track_indices.tolist()
+
+
+def test_max_duration_leaves_shorter_clips_alone(clip30):
+    for long_clips in ("cut", "reject"):
+        item = decode_stage_item(clip30, {"max_duration": 1.2, "long_clips": long_clips})
+        assert item.ok, item.error
+        assert item.clip.info.num_frames == 30
+    item = decode_stage_item(clip30, {"max_duration": 0.5, "long_clips": "reject"}, start=0.2, end=0.6)
+    assert item.ok and item.clip.info.num_frames == 10  # the row's own range fits
+
+
+def test_max_duration_reject_names_the_duration_and_the_limit(clip30):
+    item = decode_stage_item(clip30, {"max_duration": 0.5, "long_clips": "reject"})
+    assert not item.ok and item.error[0] == "decode"
+    assert item.error[1] == f"{clip30}: the clip lasts 1.20 s, over max_duration=0.5 (long_clips=reject)"
+    item = decode_stage_item(clip30, {"max_duration": 0.5, "long_clips": "reject"}, start=0.4, end=1.0)
+    assert "the clip lasts 0.60 s, over max_duration=0.5" in item.error[1]
+
+
+def test_max_duration_without_duration_metadata_scans_packets(tmp_path):
+    path = tmp_path / "raw.h264"  # a raw H.264 stream states no duration
+    with av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(50):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), index_colour(i), np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with av.open(str(path)) as src:
+        assert src.duration is None and src.streams.video[0].duration is None
+    assert video.video_duration(path) == (pytest.approx(2.0), True)
+    item = decode_stage_item(path, {"max_duration": 1.0, "long_clips": "reject"})
+    assert "the clip lasts 2.00 s, over max_duration=1" in item.error[1]
+    item = decode_stage_item(path, {"max_duration": 1.0, "long_clips": "cut"})
+    assert item.ok and item.clip.info.num_frames == 25
+    assert frame_ids(item.clip.sample_frames).tolist() == video.sample_positions(25, 6).tolist()
+
+
+def test_long_clips_setting_is_checked():
+    from annotate.config import AnnotateConfig
+    from annotate.decode import DecodeStage
+    from annotate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="long_clips: expected cut or reject, got 'drop'"):
+        DecodeStage(AnnotateConfig(long_clips="drop"))
+    with pytest.raises(ConfigError, match="max_duration: must be >= 0"):
+        DecodeStage(AnnotateConfig(max_duration=-1.0))
+
+
+def test_max_duration_scan_stops_soon_after_the_limit(tmp_path, monkeypatch):
+    path = write_video(tmp_path / "four.mp4", n=100)  # 4 s at 25 fps
+    monkeypatch.setattr(video, "_stated_seconds", lambda container, stream: None)  # as if nothing were stated
+    seconds, exact = video.video_duration(path, limit=0.5)
+    assert not exact and 0.5 < seconds < 4.0  # a lower bound: the scan stopped soon after the limit
+    item = decode_stage_item(path, {"max_duration": 0.5, "long_clips": "reject"})
+    assert f"the clip lasts {seconds:.2f} s or more, over max_duration=0.5" in item.error[1]

@@ -12,6 +12,7 @@ by the job is shut down before the closing summary is printed.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import time
@@ -28,7 +29,7 @@ from pipelines.annotate.config import (QUALITY_COLUMNS, AnnotateJobConfig, check
 from pipelines.annotate.inputs import input_file, maybe_synthesize, prepare_input
 from pipelines.annotate.lock import run_lock
 from pipelines.annotate.outputs import member_column, output_bytes
-from pipelines.annotate.raysetup import build_dataset, data_context, init_ray
+from pipelines.annotate.raysetup import build_dataset, data_context, init_ray, operator_output_bytes
 from pipelines.annotate.stats import RunTally, build_stats, counts_from_done, reason_class
 from pipelines.config import save_config
 from pipelines.files import write_atomic
@@ -114,7 +115,7 @@ def _stream(cfg, out: Path, pending, counts, plan, ledger: str, sample_hash: str
         # twice (a retried task) is kept once.
         buffers: dict[int, dict[int, dict]] = defaultdict(dict)
         finished: set[int] = set()
-        for rec in ds.iter_rows():
+        for rec in _rows(ds):
             if tally.first_output is None:
                 tally.first_output = time.perf_counter() - t_run
             row = int(rec["row"])
@@ -129,10 +130,36 @@ def _stream(cfg, out: Path, pending, counts, plan, ledger: str, sample_hash: str
             finished.add(shard)
             _finish_shard(cfg, out, shard, [r for _, r in sorted(buffers.pop(shard).items())], tally)
         bar.close()
+        measured = operator_output_bytes(ds)
+    # Ray Data's own measure where it gives one: the reader's blocks go to the actors, the actors' to the driver.
+    reader = sum(v for k, v in measured.items() if "read_input_files" in k)
+    actor = sum(v for k, v in measured.items() if "ClipChain" in k)
+    if reader and actor:
+        tally.bytes_in, tally.bytes_out, tally.bytes_source = reader, actor, "ray data operator stats"
     missing = sorted(s for s, b in buffers.items() if b)
     if missing:
         raise PiteError(f"rows missing from shards {missing} after the run: the job is incomplete; re-run the same "
                         f"command to redo them")
+
+
+def _rows(ds):
+    """The dataset's rows; an actor that cannot start (weights, device) ends the job with one line, not Ray's trace."""
+    try:
+        yield from ds.iter_rows()
+    except Exception as exc:  # noqa: BLE001 - re-raised as one line when it is an actor's start-up failure
+        reason = actor_start_failure(exc)
+        if reason is None:
+            raise
+        raise PiteError(f"an annotation actor could not start: {reason}") from None
+
+
+def actor_start_failure(exc: BaseException):
+    """The last "<Error>: message" line of an actor's failed __init__ inside Ray's wrapped error, if it is one."""
+    text = str(exc)
+    if "ClipChain" not in text or "__init__" not in text:
+        return None
+    lines = [ln.strip() for ln in text.splitlines() if re.match(r"\s*[\w.]*(Error|Exception): ", ln)]
+    return lines[-1] if lines else one_line(exc)[:300]
 
 
 def _finish_shard(cfg, out: Path, shard: int, recs: list[dict], tally: RunTally) -> None:

@@ -90,3 +90,19 @@ def build_dataset(cfg, out: Path, pending: list[int], plan: ActorPlan, ledger: s
         compute=ray.data.ActorPoolStrategy(size=plan.workers), num_cpus=plan.num_cpus,
         num_gpus=plan.num_gpus or None, memory=int(plan.memory_gb * GIB) or None, zero_copy_batch=True,
     )
+
+
+def operator_output_bytes(ds) -> dict[str, int]:
+    """Bytes each operator put into the object store, as Ray Data measured them (empty if it could not say).
+
+    `_get_stats_summary` is Ray Data's structured form of `ds.stats()`; it is not public API, hence the guard.
+    """
+    try:
+        summary = ds._get_stats_summary()
+    except Exception:  # noqa: BLE001 - a figure for stats.json, never a reason to fail a finished run
+        return {}
+    found: dict[str, int] = {}
+    for op in summary.operators_stats:
+        if op.output_size_bytes is not None:
+            found[op.operator_name] = int(op.output_size_bytes.sum)
+    return found

@@ -52,6 +52,7 @@ class RunTally:
         self.previews: list[tuple[int, str, bytes]] = []
         self.bytes_in = 0  # row metadata read by the reader tasks and handed to the actors
         self.bytes_out = 0  # what the actors returned: sample members, previews, figures
+        self.bytes_source = "payload count"  # who measured them: Ray Data's operator stats, or our own count
         self.retried = 0  # rows that were in flight when a worker process died, and ran again
         self.first_output = None  # seconds until the first row came back: actor start-up and model loading
 
@@ -86,7 +87,7 @@ def build_stats(cfg, out: Path, total: int, tally: RunTally, prev: dict, seconds
                     "first_output": None if tally.first_output is None else round(tally.first_output, 3),
                     "per_stage": {k: round(v, 3) for k, v in sorted(tally.stage_seconds.items())}},
         "videos_per_second": round(processed / run_s, 3) if run_s > 0 and processed else None,
-        "object_store": {"bytes_in": tally.bytes_in, "bytes_out": tally.bytes_out,
+        "object_store": {"bytes_in": tally.bytes_in, "bytes_out": tally.bytes_out, "measured_by": tally.bytes_source,
                          "bytes_per_clip": round((tally.bytes_in + tally.bytes_out) / processed) if processed else None},
         "plan": None if plan is None else {"actors": plan.workers, "cpus_per_actor": plan.num_cpus,
                                            "gpus_per_actor": plan.num_gpus, "memory_gb_per_actor": plan.memory_gb},
