@@ -70,6 +70,8 @@ class TrackConfig:
     # its frames stay in memory. 0 = always the whole clip in one call, all frames in memory.
     window: int = 200
     overlap: int = 16  # frames consecutive windows share: each object is handed over to the next window there
+    backward_pass: bool = False  # cotracker: also run the whole model on the reversed clip (2x the cost)
+    interp_shape: list[int] = field(default_factory=lambda: [384, 512])  # cotracker: [h, w] frames are resized to
 
 
 @dataclass

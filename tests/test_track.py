@@ -288,11 +288,11 @@ class FakeCoTrackerPredictor:
         assert float(video.min()) >= 0 and float(video.max()) <= 255 and float(video.max()) > 1, "expects 0-255"
         assert queries is not None and queries.dtype == torch.float32 and queries.shape[0] == b
         assert queries.shape[2] == 3 and queries.device == video.device
-        assert backward_tracking, "queries in the middle of the clip need backward tracking"
         q = queries[0].numpy()
         assert np.all(q[:, 0] == np.round(q[:, 0])) and np.all((q[:, 0] >= 0) & (q[:, 0] < t))
         assert np.all((q[:, 1] >= -0.5) & (q[:, 1] <= w - 0.5) & (q[:, 2] >= -0.5) & (q[:, 2] <= h - 0.5))
-        self.calls.append(dict(shape=tuple(video.shape), queries=q.copy(), frame0=video[0, 0].numpy().copy()))
+        self.calls.append(dict(shape=tuple(video.shape), queries=q.copy(), frame0=video[0, 0].numpy().copy(),
+                               backward_tracking=backward_tracking))
         frames = np.arange(t, dtype=np.float32)[:, None]
         tracks = np.stack([q[:, 1] + self.motion[0] * (frames - q[:, 0]),
                            q[:, 2] + self.motion[1] * (frames - q[:, 0])], axis=-1)  # (T, N, 2)
@@ -349,6 +349,7 @@ def test_cotracker_adapter_sends_txy_queries_and_maps_tracks_back():
     assert item.ok, item.error
     (call,) = fake.calls
     assert call["shape"] == (1, 12, 3, 40, 60)
+    assert call["backward_tracking"] is False  # one pass: the offline model sees frames before the query too
     np.testing.assert_array_equal(call["frame0"], frames[0].transpose(2, 0, 1).astype(np.float32))
     # One query per point, object by object, as (t, x, y) with CoTracker's centres-on-integers convention.
     expected_q = np.array([[7, 10.0, 20.0], [7, 29.75, 4.5], [7, 58.5, 39.0],
@@ -366,6 +367,19 @@ def test_cotracker_adapter_sends_txy_queries_and_maps_tracks_back():
     assert vis[0, 2, 7] and not vis[0, 2, 8]
     # Object 1 moves up from y = 1 at frame 2: y < 0 from frame 5 on.
     assert vis[1, 0, 4] and not vis[1, 0, 5]
+
+
+def test_cotracker_reversed_pass_and_working_size_are_config_keys():
+    frames = np.random.default_rng(0).integers(0, 256, (6, 40, 60, 3), dtype=np.uint8)
+    cfg = _cotracker_cfg()
+    cfg.track.backward_pass = True
+    cfg.track.interp_shape = [96, 128]
+    fake = FakeCoTrackerPredictor()
+    make_tracker(cfg, predictor=fake).process([_item(frames, np.ones((1, 3, 2)), [3])])
+    assert fake.calls[0]["backward_tracking"] is True and fake.interp_shape == (96, 128)
+    cfg.track.interp_shape = [90, 128]  # a setting no clip can use: refused when the stage is set up
+    with pytest.raises(ConfigError, match="track.interp_shape"):
+        make_tracker(cfg, predictor=FakeCoTrackerPredictor()).setup()
 
 
 def test_cotracker_missing_package_says_how_to_install(monkeypatch):
