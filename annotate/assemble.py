@@ -1,4 +1,4 @@
-"""Turn a fully processed ClipItem into a DESIGN.md sample (normalised coordinates, contract dtypes)."""
+"""Turn a fully processed ClipItem into a sample (docs/design.md, "Sample schema") (normalised coordinates, contract dtypes)."""
 
 from __future__ import annotations
 

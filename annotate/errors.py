@@ -14,7 +14,7 @@ class DecodeError(PiteError):
 
 
 class SchemaError(PiteError):
-    """A sample or manifest row breaks a DESIGN.md contract: the message names the field."""
+    """A sample or manifest row breaks a contract of docs/design.md: the message names the field."""
 
 
 class StageError(PiteError):

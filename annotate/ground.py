@@ -1,6 +1,6 @@
 """Ground: place each phrase in one tracking frame by a box (decoded-frame pixels, xyxy).
 
-Two backends (DESIGN.md "Backends"):
+Two backends (docs/design.md, "Backends"):
 - `given`: boxes from the manifest row, `{phrase, frame, box}` in source pixels at a source frame; a box attaches to
   the caption's noun phrase that contains its phrase (case-insensitive, whole words; the exact or shortest phrase
   wins). The decoder has put every given frame among the tracking frames.

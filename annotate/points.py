@@ -8,7 +8,7 @@ to have K of them falls back to its inner half (depth >= half the deepest), then
 Among the candidates:
 - `farthest`: farthest-point sampling, starting from the deepest pixel;
 - `kmeans`: k-means (k-means++ seeding) of the candidate pixels, each centroid snapped to a distinct candidate.
-Points sit at pixel centres (i + 0.5, j + 0.5), as DESIGN's coordinates say. Ties are broken by the item's rng,
+Points sit at pixel centres (i + 0.5, j + 0.5), as docs/design.md's "Frames, time and coordinates" say. Ties are broken by the item's rng,
 so the same seed gives the same points.
 
 A mask with fewer than K pixels has no K distinct points: `sample_points` repeats its pixels, and the stage

@@ -1,4 +1,4 @@
-"""One PiTe sample (DESIGN.md "Sample schema"): build it, check it, turn it into WebDataset members and back.
+"""One PiTe sample (docs/design.md, "Sample schema"): build it, check it, turn it into WebDataset members and back.
 
 A sample is the `KEY.json` metadata plus three arrays: `traj` float16 (N, K, T, 2) normalised x/y, `vis` bool
 (N, K, T) and `feat` float16 (T, D). Nothing here knows about files or shards (that is `pipelines.shards`);

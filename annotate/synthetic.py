@@ -1,6 +1,6 @@
 """The synthetic world: clips of textured shapes over a panning textured background, with exact ground truth.
 
-Everything happens in memory (no file layouts, DESIGN.md): `make_clip(seed, index, params)` returns the frames,
+Everything happens in memory (no file layouts: docs/design.md, "Layout"): `make_clip(seed, index, params)` returns the frames,
 a caption, timed events, given boxes and a `GroundTruth`; `encode_mp4` turns frames into H.264 bytes;
 `pipelines.synth` writes them. `GroundTruth` is also the gt-file format (`save` / `load`) that quality metrics read.
 
@@ -13,7 +13,7 @@ How a clip is made, deterministically from its seed:
 - ground truth from the same transforms: visible-pixel masks, visible boxes, and `track_points` for dense tracks;
 - a caption naming every object once by a noun phrase, and events ("the red triangle stops") read off the motion.
 
-Coordinates follow DESIGN.md: continuous, pixel (i, j) covers [i, i+1) x [j, j+1). Object-local coordinates are the
+Coordinates follow docs/design.md ("Frames, time and coordinates"): continuous, pixel (i, j) covers [i, i+1) x [j, j+1). Object-local coordinates are the
 same convention on the object's sprite (an S x S texture + alpha image).
 """
 
@@ -45,7 +45,7 @@ class WorldParams:
 
     width: int = 256  # frame size in pixels (even: yuv420p)
     height: int = 256
-    frames: int = 100  # T frames per clip (DESIGN's 100 samples then map 1:1 onto source frames)
+    frames: int = 100  # T frames per clip (the design's 100 samples then map 1:1 onto source frames)
     fps: float = 10.0  # 10 s clips; also the default track_fps, so tracking sees every frame
     min_objects: int = 2  # objects per clip, uniform in [min, max]; at most one per shape (7 shapes)
     max_objects: int = 4
@@ -712,7 +712,7 @@ class SynthClip:
     gt: GroundTruth
 
     def manifest_row(self, video: str, gt: str) -> dict:
-        """A row of DESIGN.md's input manifest, with the given video and gt paths."""
+        """A row of the input manifest (docs/design.md, "Input manifest"), with the given video and gt paths."""
         return {"video_id": self.video_id, "video": video, "caption": self.caption, "events": self.events,
                 "boxes": self.boxes, "gt": gt}
 

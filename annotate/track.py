@@ -1,6 +1,6 @@
 """Track stage: follow each object's K points over the tracking frames, then read the T samples off the tracks.
 
-Two backends (DESIGN.md's table), one output: `item.tracks` (N, K, F, 2) float32 continuous pixel coordinates on
+Two backends (docs/design.md, "Backends"), one output: `item.tracks` (N, K, F, 2) float32 continuous pixel coordinates on
 `item.clip.track_frames` and `item.track_vis` (N, K, F) bool. Each object's points are queries at its own grounding
 frame and are tracked forward to the end and backward to the start. A point is visible only if the tracker says so
 and it lies inside the frame (0 <= x < w, 0 <= y < h).

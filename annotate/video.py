@@ -1,4 +1,4 @@
-"""Decode a clip with PyAV as DESIGN.md's "Frames, time and coordinates" says.
+"""Decode a clip with PyAV as docs/design.md's "Frames, time and coordinates" says.
 
 Two passes over the file, neither holding more than one full-size frame:
 
@@ -51,7 +51,7 @@ class VideoInfo:
 class DecodedClip:
     info: VideoInfo
     scale: float  # decoded pixels per source pixel (<= 1: longer side bounded by max_side)
-    # The T samples (DESIGN: source indices round(linspace(0, n - 1, T)), repeats allowed when n < T).
+    # The T samples (docs/design.md: source indices round(linspace(0, n - 1, T)), repeats allowed when n < T).
     sample_indices: np.ndarray  # (T,) int64 source frame indices
     sample_times: np.ndarray  # (T,) float64 seconds from the clip start
     sample_frames: np.ndarray  # (T, h, w, 3) uint8 RGB at decoded size
@@ -84,7 +84,7 @@ class DecodedClip:
 
 
 def sample_positions(n: int, num_samples: int) -> np.ndarray:
-    """DESIGN's sampling: round(linspace(0, n - 1, T)), positions inside the clip (first and last kept)."""
+    """The design's sampling: round(linspace(0, n - 1, T)), positions inside the clip (first and last kept)."""
     return np.round(np.linspace(0, n - 1, num_samples)).astype(np.int64)
 
 

@@ -1,11 +1,11 @@
 """Seconds per clip of each embedded annotation stage, and seconds per frame of the production models at their real
-sizes with random weights (FLOPs do not depend on the values: DESIGN.md "Backends").
+sizes with random weights (FLOPs do not depend on the values: docs/design.md, "Backends").
 
     .venv/bin/python -m bench.stages                      # 16 default-world clips + the heavy models on this CPU
     .venv/bin/python -m bench.stages --skip-heavy         # the embedded stages only (~20 s)
     .venv/bin/python -m bench.stages --device cuda --dtype bfloat16 --heavy-frames 10   # the heavy models on a GPU
 
-Prints one JSON object. Figures are timings, never asserted anywhere (DESIGN.md "Performance"): compare them as
+Prints one JSON object. Figures are timings, never asserted anywhere (docs/design.md, "Performance"): compare them as
 ratios within one run, on one machine. The heavy models run through the project's own stage code where it takes an
 injected model (SAM: `SamSegmenter`, CLIP: `ClipEncoder`); Grounding DINO is called as its stage's `_forward` calls
 it (the stage only loads from a weights dir, and a 172 M-parameter save would dominate the run).

@@ -1,7 +1,7 @@
 """`pite annotate-clip --video V --caption C [--boxes JSON] [--config YAML] [key=value ...] --out DIR`.
 
 One clip, no Ray: runs every stage in this process and writes its sample as DIR/<key>.json, .traj.npy, .vis.npy,
-.feat.npy (the DESIGN sample schema). The default config is the embedded one; `--boxes` selects the given grounder.
+.feat.npy (docs/design.md, "Sample schema"). The default config is the embedded one; `--boxes` selects the given grounder.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ The input is VTimeLLM's data format (its docs/data.md), a JSON list of records
 
 plus DIR/<id>.npy per video: (T, D) frame features (VTimeLLM: 100 x 768 CLIP ViT-L/14 features, float16), or one
 (D,) / (1, D) vector for image records (a first turn with "<image>"). Each record becomes one sample of our format
-(DESIGN.md "Sample schema") with no objects (N = 0) and `conversations` whose timestamp tokens are replaced the
+(docs/design.md, "Sample schema") with no objects (N = 0) and `conversations` whose timestamp tokens are replaced the
 way VTimeLLM's dataset does: min(round(t / duration * 100), 99), two digits. Records without `meta` (the
 VideoChatGPT part of stage 3) keep their text as is.
 

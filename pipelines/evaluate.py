@@ -22,7 +22,7 @@ counted, as VTimeLLM's eval does). QA files: a JSON list of {"video_id" | "video
 Protocols: grounding asks "During which frames can we see {sentence}?" (sentence lower-cased, final period
 dropped), parses "NN to NN", IoU against [start, end] / duration rounded to 2 decimals, R@1 at 0.3/0.5/0.7 and
 mIoU x 100; an answer with no span is a miss (IoU 0). Captioning: see pipelines.eval_metrics. Trajectories: the
-caption is teacher-forced and the trajectory head read at each annotated phrase's last token (DESIGN's readout).
+caption is teacher-forced and the trajectory head read at each annotated phrase's last token (docs/design.md, "Readout rule").
 """
 
 from __future__ import annotations

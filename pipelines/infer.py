@@ -7,7 +7,7 @@
 The video is decoded to the checkpoint's T samples (100), encoded with the checkpoint's feature backend (pite.json
 records it; a CLIP backend needs `--clip_path`), and the model generates the answer. The answer's noun phrases
 (spaCy noun chunks, as the annotation pipeline finds them in captions) are then matched to the generated tokens:
-a phrase's trajectory is the trajectory head read at its LAST token (DESIGN.md's readout rule; `generate` applies
+a phrase's trajectory is the trajectory head read at its LAST token (docs/design.md, "Readout rule"; `generate` applies
 the checkpoint's head_shift). `--json` writes the answer and, per phrase, its char span, token span and trajectory
 (K x T x 2, normalised x/width, y/height); `--trajectories` draws them on the frames.
 

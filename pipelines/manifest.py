@@ -1,4 +1,4 @@
-"""Read an input manifest (DESIGN.md "Input manifest") row by row, never dying on a bad row.
+"""Read an input manifest (docs/design.md, "Input manifest") row by row, never dying on a bad row.
 
 Sources: JSONL, CSV or Parquet files, or video WebDataset shards as video2dataset writes them
 (`DIR/{00000..00099}.tar`: members `mp4` + `txt` + `json`). Every source row comes out as a `ManifestRow` with its

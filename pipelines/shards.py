@@ -1,4 +1,4 @@
-"""The run layout on disk (DESIGN.md "Run layout"): shard tars, per-shard index and rejects parquet, resume helpers.
+"""The run layout on disk (docs/design.md, "Run layout"): shard tars, per-shard index and rejects parquet, resume helpers.
 
 A shard `i` is three files, `shards/pite-%06d.tar`, `index/pite-%06d.parquet` and `rejects/pite-%06d.parquet`.
 `ShardWriter` writes them under hidden temporary names (`.pite-000007.tar.<pid>-<rand>.tmp`: no final glob and

@@ -4,7 +4,7 @@
                [--set p_occlusion=1.0 --set max_speed=4] [--workers 2]
 
 Writes OUT/videos/<video_id>.mp4 (H.264), OUT/gt/<video_id>.gt.npz (`annotate.synthetic.GroundTruth`),
-OUT/synth.json (the resolved world parameters and seed) and, last, OUT/manifest.jsonl (DESIGN.md's input manifest,
+OUT/synth.json (the resolved world parameters and seed) and, last, OUT/manifest.jsonl (docs/design.md, "Input manifest";
 relative paths). Clip i depends only on (seed, i, params), so any number of workers gives the same bytes.
 """
 

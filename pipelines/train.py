@@ -14,7 +14,7 @@ starts from the previous stage's dir (its LoRA merged, heads carried), the first
 stage's checkpoint. The loop is the same in one process, under torchrun and inside a Ray Train worker: only
 `Dist` (pipelines/train_dist.py) differs.
 
-Loss normalisation (DESIGN.md, Model): each loss is its local sum over the global count of what it averages
+Loss normalisation (docs/design.md, "Readout rule"): each loss is its local sum over the global count of what it averages
 (LM tokens, supervised phrases, visible points) summed over the accumulation micro-batches and all-reduced over
 ranks; DDP (and FSDP's reduce-scatter) average gradients over ranks, so the loss is multiplied by the world size.
 

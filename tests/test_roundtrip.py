@@ -103,7 +103,7 @@ def test_members_are_stored_byte_for_byte(run):
 
 def test_index_and_rejects_round_trip(run):
     rows = {r["key"]: r for r in open_index(run["out"]).to_table().to_pylist()}
-    assert ds.dataset(str(run["out"] / "index")).count_rows() == 4  # DESIGN's catalogue, read as pyarrow does
+    assert ds.dataset(str(run["out"] / "index")).count_rows() == 4  # the design's catalogue, read as pyarrow does
     for i, (s, q) in enumerate(zip(run["samples"], run["quality"])):
         r = rows[s.key]
         m = s.meta

@@ -29,7 +29,7 @@ from pipelines.annotate.outputs import outputs
 class ClipChain:
     """A Ray Data actor (a callable class of `map_batches`): manifest rows in, one output row per input row out."""
 
-    def __init__(self, cfg, ledger_dir: str, sample_hash: str):
+    def __init__(self, cfg, ledger_dir: str, sample_hash: str, decode_threads: int = 1):
         from annotate.pipeline import STAGE_NAMES, build_stage
 
         self.cfg, self.sample_hash = cfg, sample_hash
@@ -37,8 +37,8 @@ class ClipChain:
         for s in self.stages:
             s.setup()
             s._ready = True
-        threads = max(1, int(cfg.decode_threads))
-        # One thread decodes in the caller: the embedded CPU path stays a plain loop in one process.
+        threads = max(1, int(decode_threads))
+        # One thread decodes in the caller: the embedded CPU path (a 1-CPU actor) stays a plain loop.
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
         self.ledger = AttemptLedger(ledger_dir)
         self.faults = parse_faults(cfg.fault_injection, STAGE_NAMES)

@@ -23,6 +23,7 @@ class ActorPlan:
     num_gpus: float  # GPUs one actor holds (0: a CPU-only plan)
     memory_gb: float  # memory one actor declares
     gpu_stages: list[str]  # "ground.backend=groundingdino on ground.device=auto", ... (for messages)
+    decode_threads: int = 1  # threads an actor decodes in (its declared CPUs)
     workers: int = 0  # actors; set by `preflight` from the cluster
 
 
@@ -57,8 +58,8 @@ def actor_plan(cfg, stages) -> ActorPlan:
     memory = cfg.actor_memory_gb or sum(s.resources().memory_gb for s in stages)
     if gpu_stages:
         return ActorPlan(num_cpus=float(cfg.decode_threads), num_gpus=float(cfg.gpus_per_actor), memory_gb=memory,
-                         gpu_stages=gpu_stages)
-    # A CPU-only plan is one process per CPU doing decode..features, as a plain loop would.
+                         gpu_stages=gpu_stages, decode_threads=int(cfg.decode_threads))
+    # A CPU-only plan is one process per CPU doing decode..features in one thread, as a plain loop would.
     return ActorPlan(num_cpus=1.0, num_gpus=0.0, memory_gb=memory, gpu_stages=[])
 
 

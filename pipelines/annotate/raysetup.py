@@ -86,7 +86,7 @@ def build_dataset(cfg, out: Path, pending: list[int], plan: ActorPlan, ledger: s
         read_input_files, batch_size=1, num_cpus=0, batch_format="pyarrow",
         compute=ray.data.TaskPoolStrategy(size=readers))
     return ds.map_batches(
-        ClipChain, fn_constructor_args=(cfg, ledger, sample_hash), batch_size=cfg.batch_size, batch_format="numpy",
+        ClipChain, fn_constructor_args=(cfg, ledger, sample_hash, plan.decode_threads), batch_size=cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=plan.workers), num_cpus=plan.num_cpus,
         num_gpus=plan.num_gpus or None, memory=int(plan.memory_gb * GIB) or None, zero_copy_batch=True,
     )
