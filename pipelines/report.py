@@ -9,6 +9,8 @@ import base64
 import html
 from pathlib import Path
 
+from pipelines.files import write_atomic
+
 QUALITY_NAMES = {
     "ground_recall": "grounding recall (box IoU ≥ 0.5 at the grounding frame)",
     "box_iou": "box IoU at the grounding frame",
@@ -58,5 +60,5 @@ img{{max-width:640px;image-rendering:pixelated}}</style></head><body>
 and last sampled frame (filled dot = visible, ring = not visible).</p>{pics or "<p>none</p>"}
 </body></html>"""
     path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
+    write_atomic(path, page)
     return path

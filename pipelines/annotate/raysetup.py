@@ -102,7 +102,11 @@ def operator_output_bytes(ds) -> dict[str, int]:
     except Exception:  # noqa: BLE001 - a figure for stats.json, never a reason to fail a finished run
         return {}
     found: dict[str, int] = {}
-    for op in summary.operators_stats:
-        if op.output_size_bytes is not None:
-            found[op.operator_name] = int(op.output_size_bytes.sum)
+    todo = [summary]  # the last operators, then their parents' (the summary is a tree of fused operator groups)
+    while todo:
+        node = todo.pop()
+        for op in node.operators_stats:
+            if op.output_size_bytes is not None:
+                found[op.operator_name] = found.get(op.operator_name, 0) + int(op.output_size_bytes.sum)
+        todo.extend(node.parents)
     return found
