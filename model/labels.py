@@ -1,6 +1,6 @@
 """From an annotated sample to training examples: the conversation, its token ids, LM labels and head targets.
 
-The readout rule (DESIGN.md, Model): a phrase is supervised at its LAST token, the token that covers the
+The readout rule (docs/design.md, "Readout rule"): a phrase is supervised at its LAST token, the token that covers the
 phrase's last non-space character. The whole conversation is tokenised once with a fast tokenizer's offset
 mapping, so a phrase's char span (shifted by where the caption sits in the conversation) finds its token
 whatever the tokenizer does to spaces, punctuation or multi-byte characters. The `<video>` placeholder then
