@@ -2,38 +2,52 @@
 
 Backends (`segment.backend`):
 - `sam`: segment-anything (vit_b / vit_l / vit_h checkpoint; `auto` reads the size off the checkpoint, see
-  `annotate.sam_build`). All boxes of one frame go through the mask decoder
-  in one batched call after a single image encoding; of SAM's three candidate masks per box the one with the
-  highest predicted IoU is kept.
+  `annotate.sam_build`). The grounding frames of every clip of a batch are encoded together, `segment.batch_size`
+  images per image-encoder call, in `segment.dtype` (docs/design.md, "Device and dtype"); then all boxes of one
+  frame go through the fp32 mask decoder in one batched call, and of SAM's three candidate masks per box the one
+  with the highest predicted IoU is kept. The tensor steps live in `annotate.segment_sam`.
 - `grabcut`: OpenCV GrabCut initialised from the box (outside = background, inside = probable foreground), on a
-  crop around the box, so the mask never leaves the box.
+  crop around the box, so the mask never leaves the box. One clip, one frame at a time.
 
 Outcomes that are not a clean object are recorded with `item.drop_object`: "box outside the frame",
 "degenerate box" (zero area or not finite), "empty mask", "grabcut failed: ...". The kept masks are bool (h, w)
-at the decoded frame size; `Grounding.mask_area` gets the mask's share of the frame.
+at the decoded frame size; `Grounding.mask_area` gets the mask's share of the frame. Both backends share that
+bookkeeping (`BoxPlan`); they differ only in how a frame's boxes become masks.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Optional
 
 import cv2
 import numpy as np
 
 from annotate.config import AnnotateConfig
-from annotate.device import resolve_device
+from annotate.device import DTYPES, enable_tf32, resolve_device, resolve_dtype
 from annotate.errors import ConfigError, StageError
 from annotate.item import ClipItem
-from annotate.stage import Resources, Stage
+from annotate.segment_sam import (  # noqa: F401  (load_sam, select_best_masks, ...: importable from here too)
+    SAM_AUTO,
+    SAM_HOST_MEMORY_GB,
+    SAM_MODEL_TYPES,
+    decode_boxes,
+    encode,
+    import_segment_anything,
+    last_line,
+    load_sam,
+    preprocess_frame,
+    sam_host_memory_gb,
+    select_best_masks,
+)
+from annotate.stage import Resources, Stage, one_line
 
 # torch and segment_anything are imported where SAM needs them: the GrabCut path runs without loading them.
 
-SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
-SAM_AUTO = "auto"  # any size: built to fit the checkpoint's tensor shapes (annotate.sam_build)
-SAM_HOST_MEMORY_GB = {"vit_b": 2.0, "vit_l": 3.0, "vit_h": 5.0}  # weights on the host while loading, with headroom
+log = logging.getLogger("pite.segment")
 
 # GrabCut sees the box plus this much context around it: enough background to fit its colour model,
 # not so much that far-away colours dilute it (and cost time: GrabCut is linear in pixels).
@@ -72,8 +86,40 @@ def pixel_box(box: np.ndarray, width: int, height: int) -> tuple[Optional[np.nda
     return clipped, rect, ""
 
 
+@dataclass
+class BoxPlan:
+    """One item's boxes, checked against its frame size and grouped by the frame they were grounded in; what each
+    frame's segmentation gives (a mask or the reason there is none) is filed back here with `record`."""
+
+    frames: object  # the clip's tracking frames, (F, h, w, 3) uint8: an array or LazyFrames
+    height: int
+    width: int
+    boxes: dict[int, np.ndarray] = field(default_factory=dict)  # grounding index -> clipped float xyxy box
+    rects: dict[int, tuple] = field(default_factory=dict)  # grounding index -> integer pixel rect
+    by_frame: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))  # frame -> grounding indices
+    reasons: dict[int, str] = field(default_factory=dict)  # grounding index -> why it is dropped
+    masks: dict[int, np.ndarray] = field(default_factory=dict)  # grounding index -> kept mask
+
+    def frame_boxes(self, t: int) -> tuple[list[np.ndarray], list[tuple]]:
+        idx = self.by_frame[t]
+        return [self.boxes[i] for i in idx], [self.rects[i] for i in idx]
+
+    def record(self, t: int, out: list) -> None:
+        """File frame t's results, one per box in `frame_boxes(t)` order: a bool mask or a str reason."""
+        for i, m in zip(self.by_frame[t], out):
+            if isinstance(m, str):
+                self.reasons[i] = m
+            elif not m.any():
+                self.reasons[i] = "empty mask"
+            else:
+                self.masks[i] = m
+
+
 class BoxSegmenter(Stage):
-    """Shared bookkeeping: group boxes by frame, segment each frame's boxes at once, drop what fails."""
+    """Shared bookkeeping: group boxes by frame, segment each frame's boxes at once, drop what fails.
+
+    `process_item` runs plan -> segment_frame per frame -> finish; a backend that segments many frames at once
+    (SAM, across the clips of a batch) calls `plan` and `finish` itself around its own batching."""
 
     name = "segment"
 
@@ -81,36 +127,35 @@ class BoxSegmenter(Stage):
         """Masks (bool, frame size) for the boxes of one frame; an entry may be a str: the reason it failed."""
         raise NotImplementedError
 
-    def process_item(self, item: ClipItem) -> None:
+    def plan(self, item: ClipItem) -> BoxPlan:
         if item.clip is None:
             raise StageError(self.name, "no decoded clip (the decode stage did not run)")
         frames = item.clip.track_frames
-        height, width = frames.shape[1:3]
-        n = len(item.groundings)
-        masks: list = [None] * n
-        reasons: dict[int, str] = {}
-        by_frame: dict[int, list[int]] = defaultdict(list)
-        boxes, rects = {}, {}
+        plan = BoxPlan(frames, int(frames.shape[1]), int(frames.shape[2]))
         for i, g in enumerate(item.groundings):
-            boxes[i], rects[i], why = pixel_box(g.box, width, height)
+            box, rect, why = pixel_box(g.box, plan.width, plan.height)
             if why:
-                reasons[i] = why
+                plan.reasons[i] = why
             else:
-                by_frame[g.track_frame].append(i)
-        for t, idx in by_frame.items():
-            out = self.segment_frame(frames[t], [boxes[i] for i in idx], [rects[i] for i in idx])
-            for i, m in zip(idx, out):
-                if isinstance(m, str):
-                    reasons[i] = m
-                elif not m.any():
-                    reasons[i] = "empty mask"
-                else:
-                    masks[i] = m
-        item.masks = [m if m is not None else np.zeros((height, width), bool) for m in masks]
+                plan.boxes[i], plan.rects[i] = box, rect
+                plan.by_frame[g.track_frame].append(i)
+        return plan
+
+    def finish(self, item: ClipItem, plan: BoxPlan) -> None:
+        """Masks onto the item (empty where there is none), mask areas, then the drops."""
+        shape = (plan.height, plan.width)
+        item.masks = [plan.masks.get(i, np.zeros(shape, bool)) for i in range(len(item.groundings))]
         for i, g in enumerate(item.groundings):
-            g.mask_area = float(item.masks[i].sum()) / float(height * width)
-        for i in sorted(reasons, reverse=True):  # from the end, so earlier indices stay valid
-            item.drop_object(i, reasons[i])
+            g.mask_area = float(item.masks[i].sum()) / float(plan.height * plan.width)
+        for i in sorted(plan.reasons, reverse=True):  # from the end, so earlier indices stay valid
+            item.drop_object(i, plan.reasons[i])
+
+    def process_item(self, item: ClipItem) -> None:
+        plan = self.plan(item)
+        for t in plan.by_frame:
+            boxes, rects = plan.frame_boxes(t)
+            plan.record(t, self.segment_frame(plan.frames[t], boxes, rects))
+        self.finish(item, plan)
 
 
 # --- GrabCut ------------------------------------------------------------------------------------------------
@@ -165,108 +210,25 @@ class GrabCutSegmenter(BoxSegmenter):
                 out.append(grabcut_mask(frame, rect, self.cfg.segment.grabcut_iters))
             except cv2.error as exc:  # e.g. a colour model with no samples: this object is dropped, not the clip
                 w, h = rect[2] - rect[0], rect[3] - rect[1]
-                out.append(f"grabcut failed on a {w}x{h} px box: {_last_line(str(exc))}")
+                out.append(f"grabcut failed on a {w}x{h} px box: {last_line(str(exc))}")
         return out
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "unknown error"
 
 
 # --- SAM ----------------------------------------------------------------------------------------------------
 
 
-def select_best_masks(masks: "torch.Tensor", iou_predictions: "torch.Tensor") -> "torch.Tensor":
-    """(B, C, H, W) candidate masks and (B, C) predicted IoUs -> (B, H, W): each box's best candidate."""
-    import torch
-
-    best = iou_predictions.argmax(dim=1)
-    return masks[torch.arange(masks.shape[0], device=masks.device), best]
-
-
-def load_sam(model_type: str, weights: Optional[str]):
-    """Build a segment-anything model of `model_type` (or, for `auto`, of the size its checkpoint has) and load the
-    checkpoint (weights only, no pickled code)."""
-    if model_type not in SAM_MODEL_TYPES + (SAM_AUTO,):
-        expected = " | ".join(SAM_MODEL_TYPES + (SAM_AUTO,))
-        raise ConfigError(f"segment.model_type: {model_type!r} is not a SAM model (expected {expected})")
-    if not weights or not Path(weights).is_file():
-        name = "sam_vit_*.pth" if model_type == SAM_AUTO else f"sam_{model_type}_*.pth"
-        raise ConfigError(
-            f"segment.weights: SAM checkpoint not found ({weights!r}); set segment.weights to a local "
-            f"{name} from github.com/facebookresearch/segment-anything#model-checkpoints"
-        )
-    import torch
-
-    segment_anything = _import_segment_anything()
-    # segment-anything's own loader calls torch.load without weights_only; load the state dict ourselves.
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    if model_type == SAM_AUTO:
-        sam = _sam_to_fit(state, weights)
-    else:
-        sam = segment_anything.sam_model_registry[model_type](checkpoint=None)
-    try:
-        sam.load_state_dict(state)
-    except RuntimeError as exc:
-        reason = _size_hint(state) or _last_line(str(exc))[:200]
-        raise ConfigError(
-            f"segment.weights: {weights} does not fit segment.model_type={model_type} ({reason})"
-        ) from exc
-    return sam
-
-
-def _size_hint(state) -> str:
-    """'it holds a vit_l: set segment.model_type=vit_l' (or auto, for other sizes); "" when no size can be read."""
-    from annotate.sam_build import PUBLISHED, arch_from_state, describe
-
-    try:
-        size = describe(arch_from_state(state)) if isinstance(state, dict) else ""
-    except ValueError:
-        return ""
-    return f"it holds a {size}: set segment.model_type={size if size in PUBLISHED else SAM_AUTO}" if size else ""
-
-
-def _sam_to_fit(state, weights: str):
-    """A random Sam of the size `state` was saved from; one-line ConfigError when that cannot be read off it."""
-    from annotate.sam_build import arch_from_state, build_sam
-
-    try:
-        if not isinstance(state, dict):
-            raise ValueError(f"holds a {type(state).__name__}, not a state dict")
-        return build_sam(arch_from_state(state))
-    except ValueError as exc:
-        raise ConfigError(f"segment.weights: cannot read a SAM architecture off {weights} "
-                          f"for segment.model_type=auto ({_last_line(str(exc))[:200]})") from exc
-
-
-def sam_host_memory_gb(model_type: str, weights: Optional[str]) -> float:
-    """Host memory to load a SAM: the table for the named sizes; for `auto`, scaled from the checkpoint's size
-    (1 GB + 1.6 x the file fits the table: vit_b 375 MB -> 1.6, vit_h 2.56 GB -> 5.1), else the largest."""
-    if model_type in SAM_HOST_MEMORY_GB:
-        return SAM_HOST_MEMORY_GB[model_type]
-    if weights and Path(weights).is_file():
-        return round(1.0 + 1.6 * Path(weights).stat().st_size / 1e9, 1)
-    return max(SAM_HOST_MEMORY_GB.values())
-
-
-def _import_segment_anything():
-    try:
-        import segment_anything
-    except ImportError as exc:
-        raise ConfigError(
-            "segment.backend=sam needs the segment-anything package: pip install segment-anything"
-        ) from exc
-    return segment_anything
-
-
 class SamSegmenter(BoxSegmenter):
-    """SAM with box prompts. Pass `model` (a built `segment_anything.modeling.Sam`) to skip loading a checkpoint."""
+    """SAM with box prompts. Pass `model` (a built `segment_anything.modeling.Sam`) to skip loading a checkpoint.
+
+    `process_batch` encodes the grounding frames of all clips of the batch in stacks of `segment.batch_size`;
+    `segment_frame` (the per-frame path of `BoxSegmenter.process_item`) runs the same steps on one frame."""
 
     def __init__(self, cfg: AnnotateConfig, model=None):
         super().__init__(cfg)
         self.model = model
         self.predictor = None
+        self.device: Optional[str] = None
+        self.dtype = None  # torch dtype of the image encoder, set in setup
         self.kind = cfg.segment.model_type if model is None else "injected model"
 
     @classmethod
@@ -288,31 +250,95 @@ class SamSegmenter(BoxSegmenter):
             pkg = version("segment-anything")
         except PackageNotFoundError:
             pkg = "unknown"
-        return f"sam {self.kind} (segment-anything {pkg})"
+        # The encoder's precision changes the masks a little, so the provenance says which one made them.
+        precision = f", encoder {str(self.dtype).replace('torch.', '')}" if self.dtype is not None else ""
+        return f"sam {self.kind} (segment-anything {pkg}{precision})"
+
+    def _check_config(self) -> None:
+        sc = self.cfg.segment
+        if sc.batch_size < 1:
+            raise ConfigError(f"segment.batch_size: must be >= 1, got {sc.batch_size}")
+        if str(sc.dtype).strip().lower() not in DTYPES:
+            raise ConfigError(f"segment.dtype: unknown {sc.dtype!r} (expected {' | '.join(DTYPES)})")
 
     def setup(self) -> None:
         import torch
 
-        segment_anything = _import_segment_anything()
+        self._check_config()
+        segment_anything = import_segment_anything()
         if self.model is None:
             self.model = load_sam(self.cfg.segment.model_type, self.cfg.segment.weights)
             if self.kind == SAM_AUTO:  # provenance names the size that was loaded, not just "auto"
                 from annotate.sam_build import arch_from_state, describe
 
                 self.kind = f"auto={describe(arch_from_state(self.model.state_dict()))}"
-        self.model.to(torch.device(resolve_device(self.cfg.segment.device))).eval()
+        self.device = resolve_device(self.cfg.segment.device)
+        self.dtype = getattr(torch, resolve_dtype(self.cfg.segment.dtype, self.device))
+        enable_tf32(self.device)  # the fp32 prompt encoder / mask decoder (and a float32 encoder) on a GPU
+        self.model.to(torch.device(self.device)).eval()
+        # Only the image encoder (~all of SAM's FLOPs) drops to the low precision; the small prompt encoder and
+        # mask decoder stay fp32, so box coordinates and mask logits near the threshold keep full precision.
+        self.model.image_encoder.to(self.dtype)
         self.predictor = segment_anything.SamPredictor(self.model)
 
     def segment_frame(self, frame, boxes, rects):
         import torch
 
-        predictor = self.predictor
         with torch.inference_mode():
-            predictor.set_image(np.ascontiguousarray(frame), image_format="RGB")  # one image encoding per frame
-            box_t = torch.as_tensor(np.stack(boxes), dtype=torch.float32, device=predictor.device)
-            box_t = predictor.transform.apply_boxes_torch(box_t, frame.shape[:2])
-            masks, iou_pred, _ = predictor.predict_torch(
-                point_coords=None, point_labels=None, boxes=box_t, multimask_output=True
-            )
-            best = select_best_masks(masks, iou_pred)  # (B, h, w) bool at the frame's size
-        return list(best.cpu().numpy())
+            x, size = preprocess_frame(self.model, frame, self.device)
+            return decode_boxes(self.predictor, encode(self.model, x, self.dtype)[0], size, frame.shape[:2], boxes)
+
+    def process_batch(self, items: list[ClipItem]) -> None:
+        import torch
+
+        planned = [(item, self._attempt(item, lambda: self.plan(item))) for item in items]
+        with torch.inference_mode():
+            stack = []  # (item, plan, frame, encoder input, resized size), at most batch_size of them
+            for item, plan in planned:
+                for t in plan.by_frame if plan is not None else ():
+                    if not item.ok:  # rejected on an earlier frame: not worth the encoder's time
+                        break
+                    prepped = self._attempt(item, lambda: preprocess_frame(self.model, plan.frames[t], self.device))
+                    if prepped is not None:
+                        stack.append((item, plan, t, *prepped))
+                    if len(stack) == self.cfg.segment.batch_size:  # ceil(frames / batch_size) encoder calls
+                        self._segment_stack(stack)
+                        stack = []
+            self._segment_stack(stack)
+        self.predictor.reset_image()  # drop the last embedding: it would hold device memory until the next batch
+        for item, plan in planned:
+            if plan is not None and item.ok:
+                self._attempt(item, lambda: self.finish(item, plan))
+
+    def _segment_stack(self, stack: list) -> None:
+        """One encoder call for the stacked frames, then each frame's boxes through the decoder."""
+        embeddings = self._encode_stack([(item, x) for item, _, _, x, _ in stack])
+        for (item, plan, t, _, size), emb in zip(stack, embeddings):
+            if emb is not None and item.ok:
+                boxes, _ = plan.frame_boxes(t)
+                self._attempt(item, lambda: plan.record(
+                    t, decode_boxes(self.predictor, emb, size, (plan.height, plan.width), boxes)))
+
+    def _encode_stack(self, inputs: list[tuple[ClipItem, "torch.Tensor"]]) -> list:
+        """Embeddings for a stack of inputs; None where an image's item was rejected."""
+        import torch
+
+        if not inputs:
+            return []
+        try:
+            return list(encode(self.model, torch.cat([x for _, x in inputs]), self.dtype))
+        except Exception as exc:  # e.g. out of device memory: find out below which images fail on their own
+            first = one_line(exc)
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()  # what the failed stack left cached, before retrying image by image
+        # One at a time, so a failure rejects only the item whose image fails alone, never the batch.
+        out = [self._attempt(item, lambda: encode(self.model, x, self.dtype)[0]) for item, x in inputs]
+        if all(e is not None for e in out):  # the stack failed yet every image passes alone: lower batch_size
+            log.warning("segment: a stack of %d images failed (%s); encoded one by one", len(inputs), first)
+        return out
+
+    def _attempt(self, item: ClipItem, fn):
+        """fn()'s result, or None once `item` is rejected with the failure's reason (Stage._guarded's rule)."""
+        out = []
+        self._guarded(item, lambda _: out.append(fn()))
+        return out[0] if out else None

@@ -49,11 +49,12 @@ def manifest(tmp_path_factory) -> Path:
     return out / "manifest.jsonl"
 
 
-def annotate(address: str, manifest: Path, out: Path, *extra: str, timeout: float = 600):
+def annotate(head, manifest: Path, out: Path, *extra: str, timeout: float = 600):
     cmd = [sys.executable, "-m", "pipelines.annotate", "--config", str(RECIPE), f"input={manifest}", f"out={out}",
-           f"ray_address={address}", "progress=false", "rows_per_shard=4", "batch_size=2", *extra]
+           f"ray_address={head.gcs_address}", "progress=false", "rows_per_shard=4", "batch_size=2", *extra]
     t0 = time.monotonic()
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    # The head's client env: no RAY_* variables of a Ray this test process may have started (RAY_ADDRESS et al.).
+    done = subprocess.run(cmd, cwd=REPO, env=head.env, capture_output=True, text=True, timeout=timeout)
     return done, time.monotonic() - t0
 
 
@@ -66,7 +67,7 @@ def test_the_production_recipe_runs_one_actor_per_gpu_to_the_end(tiny_weights, m
     head = start_head(num_cpus=4, num_gpus=2, dashboard=False)
     try:
         out = tmp_path / "run"
-        done, _ = annotate(head.gcs_address, manifest, out, "gpu_workers=2", *SMALL, *tiny_weights)
+        done, _ = annotate(head, manifest, out, "gpu_workers=2", *SMALL, *tiny_weights)
         assert done.returncode == 0, done.stderr[-5000:]
     finally:
         head.stop()
@@ -93,7 +94,7 @@ def test_the_production_recipe_runs_one_actor_per_gpu_to_the_end(tiny_weights, m
 def test_the_recipe_on_a_cluster_without_gpus_is_refused_in_one_line_within_60_s(tiny_weights, manifest, tmp_path):
     head = start_head(num_cpus=4, num_gpus=0, dashboard=False)
     try:
-        done, seconds = annotate(head.gcs_address, manifest, tmp_path / "run", *SMALL, *tiny_weights, timeout=120)
+        done, seconds = annotate(head, manifest, tmp_path / "run", *SMALL, *tiny_weights, timeout=120)
     finally:
         head.stop()
         shutil.rmtree(head.temp_dir, ignore_errors=True)
@@ -106,9 +107,9 @@ def test_the_recipe_on_a_cluster_without_gpus_is_refused_in_one_line_within_60_s
 def test_more_gpu_actors_than_the_cluster_holds_are_refused(tiny_weights, manifest, tmp_path):
     head = start_head(num_cpus=4, num_gpus=2, dashboard=False)
     try:
-        done, _ = annotate(head.gcs_address, manifest, tmp_path / "run", "gpu_workers=3", *SMALL, *tiny_weights,
+        done, _ = annotate(head, manifest, tmp_path / "run", "gpu_workers=3", *SMALL, *tiny_weights,
                            timeout=120)
-        greedy, _ = annotate(head.gcs_address, manifest, tmp_path / "run2", "decode_threads=8", *SMALL[1:],
+        greedy, _ = annotate(head, manifest, tmp_path / "run2", "decode_threads=8", *SMALL[1:],
                              *tiny_weights, timeout=120)
     finally:
         head.stop()

@@ -144,22 +144,22 @@ def test_sam_batches_the_boxes_of_each_frame(monkeypatch):
     stage = SamSegmenter.from_model(sam_cfg(), tiny_sam())
     stage.setup()
     stage._ready = True
-    calls = {"set_image": [], "boxes": []}
-    set_image, predict_torch = stage.predictor.set_image, stage.predictor.predict_torch
+    calls = {"encoder": [], "boxes": []}
+    encoder_forward, predict_torch = stage.model.image_encoder.forward, stage.predictor.predict_torch
 
-    def count_set_image(image, image_format="RGB"):
-        calls["set_image"].append(image.shape)
-        return set_image(image, image_format)
+    def count_encoder(x):
+        calls["encoder"].append(tuple(x.shape))
+        return encoder_forward(x)
 
     def count_predict(*args, **kwargs):
         calls["boxes"].append(tuple(kwargs["boxes"].shape))
         return predict_torch(*args, **kwargs)
 
-    monkeypatch.setattr(stage.predictor, "set_image", count_set_image)
+    monkeypatch.setattr(stage.model.image_encoder, "forward", count_encoder)
     monkeypatch.setattr(stage.predictor, "predict_torch", count_predict)
     stage.process([item])
     assert item.ok, item.error
-    assert calls["set_image"] == [(48, 80, 3), (48, 80, 3)]  # frames 0 and 2, once each
+    assert calls["encoder"] == [(2, 3, 64, 64)]  # frames 0 and 2, once each, in one stack
     assert sorted(calls["boxes"]) == [(2, 4), (3, 4)]  # one batched decoder call per frame
     assert len(item.masks) == 5 and all(m.shape == (48, 80) and m.dtype == bool for m in item.masks)
     assert item.versions["segment"].startswith("sam injected model")

@@ -1,0 +1,169 @@
+"""SAM for the segment stage: loading a checkpoint, and the three tensor steps `SamSegmenter` runs on the device.
+
+The steps split what `SamPredictor.set_image` + `predict_torch` do for one image so that the expensive one, the
+image encoder, can run on a stack of frames from many clips:
+1. `preprocess_frame`: one (h, w, 3) uint8 RGB frame -> SAM's (1, 3, S, S) input, computed on the device (the frame
+   crosses the bus as uint8, 4x fewer bytes than float, and the resize runs on the GPU);
+2. `encode`: a stack of inputs -> float32 image embeddings, the encoder running in the stage's dtype;
+3. `decode_boxes`: one frame's embedding and all its boxes -> one bool mask per box at the frame's size, through
+   `SamPredictor.predict_torch` (prompt encoder, mask decoder, upscaling, threshold), best of SAM's three candidates.
+
+torch and segment_anything are imported inside the functions: `annotate.segment` imports this module, and its
+GrabCut path must run without loading them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from annotate.errors import ConfigError, StageError
+
+SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
+SAM_AUTO = "auto"  # any size: built to fit the checkpoint's tensor shapes (annotate.sam_build)
+SAM_HOST_MEMORY_GB = {"vit_b": 2.0, "vit_l": 3.0, "vit_h": 5.0}  # weights on the host while loading, with headroom
+
+
+def last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+# --- the device steps ---------------------------------------------------------------------------------------
+
+
+def preprocess_frame(model, frame: np.ndarray, device) -> tuple["torch.Tensor", tuple[int, int]]:
+    """(1, 3, S, S) float32 encoder input on `device` for an (h, w, 3) uint8 RGB frame, and the (h', w') it was
+    resized to before padding (what `postprocess_masks` crops back to). S = model.image_encoder.img_size.
+
+    Same recipe as SamPredictor.set_image (longest side -> S, Sam.preprocess's normalise + pad), but with torch's
+    antialiased bilinear resize instead of PIL's, so the pixels differ slightly from the predictor's. Not
+    ResizeLongestSide.apply_image_torch: it reads the target size off shape[0:2] of a BCHW tensor (B and C), a bug
+    in segment-anything 1.0.
+    """
+    import torch
+    import torch.nn.functional as F
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise StageError("segment", f"frame is {frame.dtype} {tuple(frame.shape)}, expected (h, w, 3) uint8 RGB")
+    height, width = frame.shape[:2]
+    x = torch.from_numpy(np.ascontiguousarray(frame)).to(device)
+    x = x.permute(2, 0, 1)[None].float()
+    if model.image_format != "RGB":  # the frames are RGB; a model trained on BGR gets them flipped, as set_image does
+        x = x.flip(1)
+    size = ResizeLongestSide.get_preprocess_shape(height, width, model.image_encoder.img_size)
+    x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
+    return model.preprocess(x), (int(size[0]), int(size[1]))
+
+
+def encode(model, images: "torch.Tensor", dtype) -> "torch.Tensor":
+    """(n, C, s, s) float32 image embeddings of a stack of preprocessed images; the encoder runs in `dtype` (its
+    weights were cast to it in setup), while the prompt encoder and mask decoder that read the embeddings stay fp32."""
+    return model.image_encoder(images.to(dtype)).float()
+
+
+def decode_boxes(predictor, embedding: "torch.Tensor", input_size: tuple[int, int], frame_size: tuple[int, int],
+                 boxes: list[np.ndarray]) -> list[np.ndarray]:
+    """One bool (h, w) mask per xyxy box (frame pixels) from one frame's (C, s, s) embedding: all boxes in one
+    batched decoder call, the best of three candidates by predicted IoU."""
+    import torch
+
+    # What SamPredictor.set_torch_image leaves behind, minus its encoder call: the embedding came from the stack.
+    predictor.features = embedding[None]
+    predictor.input_size, predictor.original_size = tuple(input_size), tuple(frame_size)
+    predictor.is_image_set = True
+    box_t = torch.as_tensor(np.stack(boxes), dtype=torch.float32, device=embedding.device)
+    box_t = predictor.transform.apply_boxes_torch(box_t, frame_size)
+    masks, iou_pred, _ = predictor.predict_torch(
+        point_coords=None, point_labels=None, boxes=box_t, multimask_output=True
+    )
+    return list(select_best_masks(masks, iou_pred).cpu().numpy())
+
+
+def select_best_masks(masks: "torch.Tensor", iou_predictions: "torch.Tensor") -> "torch.Tensor":
+    """(B, C, H, W) candidate masks and (B, C) predicted IoUs -> (B, H, W): each box's best candidate."""
+    import torch
+
+    best = iou_predictions.argmax(dim=1)
+    return masks[torch.arange(masks.shape[0], device=masks.device), best]
+
+
+# --- loading ------------------------------------------------------------------------------------------------
+
+
+def load_sam(model_type: str, weights: Optional[str]):
+    """Build a segment-anything model of `model_type` (or, for `auto`, of the size its checkpoint has) and load the
+    checkpoint (weights only, no pickled code)."""
+    if model_type not in SAM_MODEL_TYPES + (SAM_AUTO,):
+        expected = " | ".join(SAM_MODEL_TYPES + (SAM_AUTO,))
+        raise ConfigError(f"segment.model_type: {model_type!r} is not a SAM model (expected {expected})")
+    if not weights or not Path(weights).is_file():
+        name = "sam_vit_*.pth" if model_type == SAM_AUTO else f"sam_{model_type}_*.pth"
+        raise ConfigError(
+            f"segment.weights: SAM checkpoint not found ({weights!r}); set segment.weights to a local "
+            f"{name} from github.com/facebookresearch/segment-anything#model-checkpoints"
+        )
+    import torch
+
+    segment_anything = import_segment_anything()
+    # segment-anything's own loader calls torch.load without weights_only; load the state dict ourselves.
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if model_type == SAM_AUTO:
+        sam = _sam_to_fit(state, weights)
+    else:
+        sam = segment_anything.sam_model_registry[model_type](checkpoint=None)
+    try:
+        sam.load_state_dict(state)
+    except RuntimeError as exc:
+        reason = _size_hint(state) or last_line(str(exc))[:200]
+        raise ConfigError(
+            f"segment.weights: {weights} does not fit segment.model_type={model_type} ({reason})"
+        ) from exc
+    return sam
+
+
+def _size_hint(state) -> str:
+    """'it holds a vit_l: set segment.model_type=vit_l' (or auto, for other sizes); "" when no size can be read."""
+    from annotate.sam_build import PUBLISHED, arch_from_state, describe
+
+    try:
+        size = describe(arch_from_state(state)) if isinstance(state, dict) else ""
+    except ValueError:
+        return ""
+    return f"it holds a {size}: set segment.model_type={size if size in PUBLISHED else SAM_AUTO}" if size else ""
+
+
+def _sam_to_fit(state, weights: str):
+    """A random Sam of the size `state` was saved from; one-line ConfigError when that cannot be read off it."""
+    from annotate.sam_build import arch_from_state, build_sam
+
+    try:
+        if not isinstance(state, dict):
+            raise ValueError(f"holds a {type(state).__name__}, not a state dict")
+        return build_sam(arch_from_state(state))
+    except ValueError as exc:
+        raise ConfigError(f"segment.weights: cannot read a SAM architecture off {weights} "
+                          f"for segment.model_type=auto ({last_line(str(exc))[:200]})") from exc
+
+
+def sam_host_memory_gb(model_type: str, weights: Optional[str]) -> float:
+    """Host memory to load a SAM: the table for the named sizes; for `auto`, scaled from the checkpoint's size
+    (1 GB + 1.6 x the file fits the table: vit_b 375 MB -> 1.6, vit_h 2.56 GB -> 5.1), else the largest."""
+    if model_type in SAM_HOST_MEMORY_GB:
+        return SAM_HOST_MEMORY_GB[model_type]
+    if weights and Path(weights).is_file():
+        return round(1.0 + 1.6 * Path(weights).stat().st_size / 1e9, 1)
+    return max(SAM_HOST_MEMORY_GB.values())
+
+
+def import_segment_anything():
+    try:
+        import segment_anything
+    except ImportError as exc:
+        raise ConfigError(
+            "segment.backend=sam needs the segment-anything package: pip install segment-anything"
+        ) from exc
+    return segment_anything
