@@ -38,8 +38,11 @@ class GroundConfig:
     text_threshold: float = 0.25
     every_n_frames: int = 20  # groundingdino: ground on tracking frame 0 and every n-th, keep the earliest confident
     device: str = "auto"  # auto (the GPU Ray assigned, else the CPU) | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (bfloat16 on a GPU, float32 on the CPU) | float32 | float16 | bfloat16
-    batch_size: int = 8  # frames per forward
+    # auto (bfloat16 on a GPU, float32 on the CPU) | float32 | float16 | bfloat16: the matmuls' precision (autocast);
+    # the weights, BERT and the box chain stay float32 (annotate/ground_dino.py)
+    dtype: str = "auto"
+    # groundingdino: rows (grounding frame x prompt) per forward, gathered across the clips of an actor batch
+    batch_size: int = 8
 
 
 @dataclass
@@ -49,6 +52,8 @@ class SegmentConfig:
     model_type: str = "vit_b"  # sam: vit_b | vit_l | vit_h
     grabcut_iters: int = 3
     device: str = "auto"  # sam: auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # sam encoder: auto (bfloat16 on a GPU, float32 on the CPU) | float32 | float16 | bfloat16
+    batch_size: int = 8  # sam: grounding frames per image-encoder call, gathered across the clips of an actor batch
 
 
 @dataclass
@@ -72,6 +77,9 @@ class TrackConfig:
     overlap: int = 16  # frames consecutive windows share: each object is handed over to the next window there
     backward_pass: bool = False  # cotracker: also run the whole model on the reversed clip (2x the cost)
     interp_shape: list[int] = field(default_factory=lambda: [384, 512])  # cotracker: [h, w] frames are resized to
+    # cotracker: auto (bfloat16 on a GPU, float32 on the CPU) | float32 | float16 | bfloat16. Below float32 the
+    # model's CNN, correlation MLP and transformer run under autocast; the correlation itself stays float32.
+    dtype: str = "auto"
 
 
 @dataclass
@@ -79,7 +87,7 @@ class FeaturesConfig:
     backend: str = "thumbnail"  # thumbnail | clip
     weights: Optional[str] = None  # clip: local dir of clip-vit-large-patch14 (CLIPVisionModelWithProjection)
     crop: str = "center"  # clip: center (CLIP's processor, the release) | pad (pad to square, as LLaVA)
-    batch_size: int = 32
+    batch_size: int = 32  # clip: sample frames per forward, gathered across the clips of an actor batch
     device: str = "auto"  # clip: auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # clip: auto (bfloat16 on a GPU, float32 on the CPU) | float32 | float16 | bfloat16
 

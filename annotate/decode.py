@@ -29,7 +29,9 @@ class DecodeStage(Stage):
             raise ConfigError(f"max_duration: must be >= 0 seconds (0 = no limit), got {cfg.max_duration}")
 
     def resources(self) -> Resources:
-        return Resources(num_cpus=1, memory_gb=1.0)
+        # The T samples at max_side (100 frames at 720x405: 87 MB) plus the tracking frames in memory (at most a
+        # track.window of them) and the decoder's own buffers.
+        return Resources(num_cpus=1, memory_gb=0.5)
 
     def version(self) -> str:
         import av

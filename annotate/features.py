@@ -5,6 +5,8 @@ Backends (`features.backend`):
   from a local weights dir. `features.crop` = `center`: CLIP's processor (shortest side to 224, centre crop), which
   on a 16:9 frame sees only the middle 56 % of its width; `pad`: the frame padded to a square with the processor's
   mean colour first (LLaVA's expand2square), so the whole frame is seen.
+  The stage sends the sample frames of all clips of the actor batch through CLIP together, `features.batch_size`
+  frames a forward, resized and normalised by CLIP's processor on the model's device.
 - `thumbnail`: the frame resized to 16x16 RGB with area averaging, flattened in (row, column, channel) order and
   divided by 255: 768 values in [0, 1]. Runs anywhere, needs nothing.
 
@@ -16,12 +18,13 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
 
 from annotate.config import AnnotateConfig, FeaturesConfig
-from annotate.device import DTYPES, resolve_device, resolve_dtype
+from annotate.device import DTYPES, enable_tf32, frames_to_device, resolve_device, resolve_dtype
 from annotate.errors import ConfigError, StageError
 from annotate.item import ClipItem
 from annotate.stage import Resources, Stage
@@ -52,6 +55,27 @@ def pad_to_square(frame: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray
     return canvas
 
 
+def pad_to_square_tensor(images, colour: tuple[int, int, int]):
+    """pad_to_square for a (n, 3, h, w) uint8 torch batch, on its device: the same canvas and offsets."""
+    import torch
+
+    n, _, h, w = images.shape
+    if h == w:
+        return images
+    side = max(h, w)
+    fill = torch.tensor(colour, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    canvas = fill.expand(n, 3, side, side).clone()
+    y0, x0 = (side - h) // 2, (side - w) // 2
+    canvas[:, :, y0: y0 + h, x0: x0 + w] = images
+    return canvas
+
+
+def _slices(clips: Sequence[np.ndarray], ends: np.ndarray, lo: int, hi: int) -> list[np.ndarray]:
+    """Frames lo..hi of the clips' concatenation, as one slice of each clip they touch (no copy)."""
+    starts = ends - np.array([len(c) for c in clips])
+    return [c[max(lo, s) - s: min(hi, e) - s] for c, s, e in zip(clips, starts, ends) if s < hi and e > lo]
+
+
 class ThumbnailEncoder:
     dim = THUMB_SIDE * THUMB_SIDE * 3
 
@@ -63,7 +87,9 @@ class ThumbnailEncoder:
 
 
 class ClipEncoder:
-    """CLIP vision tower + projection; frames in batches of `batch_size`, `image_embeds` out."""
+    """CLIP vision tower + projection; frames in batches of `batch_size` (across clips with `encode`), `image_embeds`
+    out. The weights are in `dtype` outright: ViT-L/14 in bfloat16 kept cosine >= 0.9999 to float32 on random weights
+    (8 frames, CPU), and the sample stores float16 anyway."""
 
     def __init__(self, model, processor, crop: str = "center", batch_size: int = 32, device: str = "cpu",
                  dtype: str = "float32", name: str = "clip"):
@@ -77,6 +103,7 @@ class ClipEncoder:
 
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
+        enable_tf32(str(self.device))  # a float32 CLIP on a GPU (features.dtype: float32)
         self.model = model.to(self.device, self.dtype).eval()
         self.processor = processor
         self.crop = crop
@@ -93,19 +120,32 @@ class ClipEncoder:
         return cls(model, processor, fcfg.crop, fcfg.batch_size, device, dtype, Path(fcfg.weights).name)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
+        return self.encode([frames])[0]
+
+    def encode(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The frames of several clips in forwards of `batch_size` frames across the clips (ceil(total / batch_size)
+        forwards, the last one short), preprocessed on the model's device; each clip's (T, D) float32 back."""
         import torch
 
-        frames = _check_frames(frames)
-        out = []
-        for s in range(0, len(frames), self.batch_size):
-            batch = list(frames[s : s + self.batch_size])
-            if self.crop == "pad":
-                batch = [pad_to_square(f, self.pad_colour) for f in batch]
-            pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"]
+        clips = [_check_frames(c) for c in clips]
+        ends = np.cumsum([len(c) for c in clips])
+        out = np.zeros((int(ends[-1]) if len(clips) else 0, self.dim), np.float32)
+        for lo in range(0, len(out), self.batch_size):
+            pixels = self._pixels(_slices(clips, ends, lo, min(lo + self.batch_size, len(out))))
             with torch.inference_mode():
-                emb = self.model(pixel_values=pixels.to(self.device, self.dtype)).image_embeds
-            out.append(emb.float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+                emb = self.model(pixel_values=pixels.to(self.dtype)).image_embeds
+            out[lo: lo + len(emb)] = emb.float().cpu().numpy()
+        return np.split(out, ends[:-1]) if len(clips) else []
+
+    def _pixels(self, pieces: list[np.ndarray]):
+        """CLIP's processor (resize, centre crop, normalise) run with torch on the model's device: frames go up as
+        uint8 and are padded there for `pad`, so the host's one core does no per-frame image work."""
+        images = []
+        for frames in pieces:
+            batch = frames_to_device(frames, self.device)
+            images += list(pad_to_square_tensor(batch, self.pad_colour) if self.crop == "pad" else batch)
+        return self.processor(images=images, return_tensors="pt", device=self.device,
+                              input_data_format="channels_first")["pixel_values"]
 
     def version(self) -> str:
         import transformers
@@ -203,7 +243,7 @@ class FeatureStage(Stage):
         if f.backend == "clip":
             # auto asks for a GPU; it runs on the CPU when none is there
             return Resources(num_cpus=1.0, num_gpus=0.0 if f.device == "cpu" else 1.0, memory_gb=3.0)
-        return Resources(num_cpus=1.0, num_gpus=0.0, memory_gb=0.5)
+        return Resources(num_cpus=1.0, num_gpus=0.0, memory_gb=0.05)  # (T, 768) floats
 
     def setup(self) -> None:
         if self.encoder is None:
@@ -213,9 +253,31 @@ class FeatureStage(Stage):
         return self.encoder.version() if self.encoder is not None else self.cfg.features.backend
 
     def process_item(self, item: ClipItem) -> None:
+        item.feat = np.asarray(self.encoder(self._frames(item)), np.float32)
+
+    def process_batch(self, items: list[ClipItem]) -> None:
+        """CLIP: the sample frames of all items through the encoder together, `features.batch_size` frames a
+        forward across the clips. Other encoders (thumbnail): one item at a time, as the base stage does."""
+        encode = getattr(self.encoder, "encode", None)
+        if encode is None:
+            super().process_batch(items)
+            return
+        ready: list[tuple[ClipItem, np.ndarray]] = []
+        for item in items:  # a clip with bad frames is rejected here, alone
+            self._guarded(item, lambda it: ready.append((it, _check_frames(self._frames(it)))))
+        try:
+            feats = encode([frames for _, frames in ready])
+        except Exception:  # the batch failed (out of memory, say): one clip at a time, so only a clip that fails
+            for item, _ in ready:  # alone is rejected, never its batch-mates
+                self._guarded(item, self.process_item)
+            return
+        for (item, _), feat in zip(ready, feats):
+            item.feat = np.asarray(feat, np.float32)
+
+    def _frames(self, item: ClipItem) -> np.ndarray:
         if item.clip is None:
             raise StageError(self.name, "no decoded clip (the decode stage did not run)")
-        item.feat = np.asarray(self.encoder(item.clip.sample_frames), np.float32)
+        return item.clip.sample_frames
 
 
 def make_feature_extractor(cfg: AnnotateConfig) -> FeatureStage:

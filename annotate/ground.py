@@ -4,11 +4,8 @@ Two backends (docs/design.md, "Backends"):
 - `given`: boxes from the manifest row, `{phrase, frame, box}` in source pixels at a source frame; a box attaches to
   the caption's noun phrase that contains its phrase (case-insensitive, whole words; the exact or shortest phrase
   wins). The decoder has put every given frame among the tracking frames.
-- `groundingdino`: transformers' Grounding DINO from a local HF-format dir. Phrases become the prompt
-  "a cat. a dog." (split when longer than the model's text limit); a phrase's score for a box is the maximum
-  sigmoid logit over its OWN tokens (found from the tokenizer's offsets, so "red" in "a red ball. a red cup." counts
-  once for each phrase). It grounds on tracking frame 0 and every `ground.every_n_frames`-th, and keeps the earliest
-  frame where the phrase is confident, so objects that enter later are found.
+- `groundingdino`: transformers' Grounding DINO from a local HF-format dir, in annotate/ground_dino.py (prompts,
+  per-phrase scores, the earliest confident grounding frame, batching across the clips of an actor batch).
 
 Every phrase ends as one `Grounding` or one `dropped` entry with its reason; a clip with none grounded is a reject.
 """
@@ -17,14 +14,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from annotate.config import AnnotateConfig
-from annotate.device import DTYPES, resolve_device, resolve_dtype
 from annotate.errors import ConfigError, StageError
 from annotate.item import ClipItem, Grounding, Phrase
 from annotate.stage import Resources, Stage
@@ -37,6 +32,8 @@ def make_grounder(cfg: AnnotateConfig) -> Stage:
     if backend == "given":
         return GivenGrounder(cfg)
     if backend == "groundingdino":
+        from annotate.ground_dino import GroundingDinoGrounder
+
         return GroundingDinoGrounder(cfg)
     raise ConfigError(f"ground.backend: unknown backend {backend!r} (given | groundingdino)")
 
@@ -116,7 +113,7 @@ class GivenGrounder(Stage):
     name = "ground"
 
     def resources(self) -> Resources:
-        return Resources(num_cpus=1, memory_gb=0.5)
+        return Resources(num_cpus=1, memory_gb=0.05)  # boxes only
 
     def version(self) -> str:
         return "given"
@@ -168,224 +165,8 @@ class GivenGrounder(Stage):
         _finish(self.name, item)
 
 
-# --- Grounding DINO -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Prompt:
-    """One text prompt: some phrases joined as "a cat. a dog.", with where each sits in it."""
-
-    text: str
-    phrase_ids: list[int]  # indices into the item's phrases
-    spans: list[tuple[int, int]]  # [start, end) of each phrase inside `text`
-    token_positions: list[list[int]] = field(default_factory=list)  # each phrase's token indices in the input ids
-
-
-def prompt_phrase(text: str) -> str:
-    """Lowercase, one space between words, no '.' or '?' (the model splits phrases at those tokens)."""
-    return " ".join(re.sub(r"[.?]", " ", text.lower()).split())
-
-
-def join_prompt(pieces: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
-    """'a cat. a dog.' and the span of each piece in it (transformers' own merge of candidate labels)."""
-    text, spans = "", []
-    for piece in pieces:
-        if text:
-            text += " "
-        spans.append((len(text), len(text) + len(piece)))
-        text += piece + "."
-    return text, spans
-
-
-def phrase_token_positions(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[list[int]]:
-    """For each char span, the tokens that overlap it; special tokens have empty (0, 0) offsets and never do."""
-    return [[t for t, (s, e) in enumerate(offsets) if e > s and s < end and e > start] for start, end in spans]
-
-
-def build_prompts(texts: Sequence[str], tokenizer, max_text_len: int) -> tuple[list[Prompt], dict[int, str]]:
-    """Pack phrases, in order, into as few prompts as fit `max_text_len` tokens (special tokens included).
-    Returns the prompts and {phrase index: reason} for phrases that fit no prompt."""
-    def n_tokens(pieces):
-        return len(tokenizer(join_prompt(pieces)[0])["input_ids"])
-
-    skipped: dict[int, str] = {}
-    groups: list[list[int]] = []
-    current: list[int] = []
-    pieces = [prompt_phrase(t) for t in texts]
-    for i, piece in enumerate(pieces):
-        if not piece or n_tokens([piece]) <= n_tokens([]) + 1:  # nothing but the '.' would be left
-            skipped[i] = "phrase has no tokens for the grounding model"
-        elif n_tokens([piece]) > max_text_len:
-            skipped[i] = f"phrase longer than the model's text limit ({max_text_len} tokens)"
-        elif n_tokens([pieces[j] for j in current] + [piece]) <= max_text_len:
-            current.append(i)
-        else:
-            groups.append(current)
-            current = [i]
-    if current:
-        groups.append(current)
-
-    prompts = []
-    for ids in groups:
-        text, spans = join_prompt([pieces[i] for i in ids])
-        offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
-        prompts.append(Prompt(text, ids, spans, phrase_token_positions(offsets, spans)))
-    return prompts, skipped
-
-
-@dataclass
-class PhraseHits:
-    """Per frame b and phrase j of one prompt: the chosen query and its scores."""
-
-    kept: np.ndarray  # (B, P) bool: a box passed both thresholds
-    query: np.ndarray  # (B, P) int: the chosen query (the best-scoring one when none passed)
-    score: np.ndarray  # (B, P) float: sigmoid of the max logit over the phrase's own tokens at that query
-    box_score: np.ndarray  # (B, P) float: the query's confidence, max over all prompt tokens
-
-
-def pick_boxes(logits, token_positions: Sequence[Sequence[int]], box_threshold: float,
-               text_threshold: float) -> PhraseHits:
-    """Grounding DINO's rule per phrase: a query is a box when its best token (any phrase) clears
-    `box_threshold`; it is a box of phrase j when j's own tokens reach `text_threshold`. Among those, the query
-    with the highest max logit over j's tokens wins. logits: (B, Q, L) with -inf at padding."""
-    import torch
-
-    probs = torch.as_tensor(logits).float().sigmoid()  # (B, Q, L)
-    box_conf = probs.max(dim=-1).values  # (B, Q), as post_process_grounded_object_detection scores queries
-    B, P = probs.shape[0], len(token_positions)
-    out = PhraseHits(np.zeros((B, P), bool), np.zeros((B, P), np.int64), np.zeros((B, P)), np.zeros((B, P)))
-    for j, positions in enumerate(token_positions):
-        if not positions:  # a phrase the tokenizer left no token of can score nothing
-            continue
-        own = probs[:, :, list(positions)].max(dim=-1).values  # (B, Q)
-        ok = (box_conf >= box_threshold) & (own >= text_threshold)
-        best_any = own.argmax(dim=-1)
-        best_ok = own.masked_fill(~ok, -1.0).argmax(dim=-1)
-        kept = ok.any(dim=-1)
-        query = torch.where(kept, best_ok, best_any)
-        out.kept[:, j] = kept.numpy()
-        out.query[:, j] = query.numpy()
-        out.score[:, j] = own.gather(1, query[:, None])[:, 0].numpy()
-        out.box_score[:, j] = box_conf.gather(1, query[:, None])[:, 0].numpy()
-    return out
-
-
-def ground_positions(num_track_frames: int, every_n: int) -> list[int]:
-    """Tracking-frame positions to ground on: 0 and every n-th."""
-    return list(range(0, num_track_frames, max(1, int(every_n))))
-
-
-
-
-class GroundingDinoGrounder(Stage):
-    name = "ground"
-
-    def __init__(self, cfg: AnnotateConfig):
-        super().__init__(cfg)
-        gc = cfg.ground
-        self.weights = check_weights_dir(gc.weights)
-        if gc.dtype not in DTYPES:
-            raise ConfigError(f"ground.dtype: {gc.dtype!r} is not one of {', '.join(DTYPES)}")
-        self.model = None
-        self.processor = None
-        self.dtype = None  # torch dtype, set in setup
-
-    def resources(self) -> Resources:
-        on_gpu = str(self.cfg.ground.device) != "cpu"  # auto asks for a GPU; it runs on the CPU when none is there
-        return Resources(num_cpus=1, num_gpus=1.0 if on_gpu else 0.0, memory_gb=4.0)
-
-    def version(self) -> str:
-        import transformers
-
-        return f"groundingdino/transformers-{transformers.__version__}"
-
-    def setup(self) -> None:
-        import torch
-        from transformers import AutoProcessor, GroundingDinoForObjectDetection
-
-        gc = self.cfg.ground
-        self.device = resolve_device(gc.device)
-        self.dtype = getattr(torch, resolve_dtype(gc.dtype, self.device))
-        try:
-            self.processor = AutoProcessor.from_pretrained(self.weights)
-            model = GroundingDinoForObjectDetection.from_pretrained(self.weights, dtype=self.dtype)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"ground.weights: cannot load Grounding DINO from {self.weights} "
-                              f"({' '.join(str(exc).split())[:200]})") from exc
-        if not getattr(self.processor.tokenizer, "is_fast", False):
-            raise ConfigError(f"ground.weights: {self.weights} has no fast tokenizer (tokenizer.json); "
-                              f"the phrase-to-token map needs its offsets")
-        self.model = model.to(self.device).eval()
-
-    def _forward(self, pixels: dict, prompt: Prompt):
-        import torch
-
-        n = pixels["pixel_values"].shape[0]
-        text = self.processor.tokenizer([prompt.text] * n, return_tensors="pt")
-        dev = self.device
-        with torch.inference_mode():
-            out = self.model(pixel_values=pixels["pixel_values"].to(dev, self.dtype),
-                             pixel_mask=pixels["pixel_mask"].to(dev),
-                             input_ids=text["input_ids"].to(dev),
-                             token_type_ids=text["token_type_ids"].to(dev),
-                             attention_mask=text["attention_mask"].to(dev))
-        return out.logits.float().cpu(), out.pred_boxes.float().cpu()
-
-    def process_item(self, item: ClipItem) -> None:
-        gc = self.cfg.ground
-        clip = _need_clip(self.name, item)
-        width, height = clip.size
-        prompts, skipped = build_prompts([p.text for p in item.phrases], self.processor.tokenizer,
-                                         int(self.model.config.max_text_len))
-        hit: dict[int, tuple[int, np.ndarray, float]] = {}  # phrase -> (track pos, box, score)
-        best_seen: dict[int, float] = {}
-        bad_box: dict[int, str] = {}
-        pending = {i for p in prompts for i in p.phrase_ids}
-        positions = ground_positions(len(clip.track_frames), gc.every_n_frames)
-        for lo in range(0, len(positions), max(1, gc.batch_size)):
-            if not pending:
-                break  # every phrase already has its earliest confident frame
-            batch = positions[lo: lo + max(1, gc.batch_size)]
-            # One read per batch: a long clip's tracking frames are decoded on demand, in one pass per call.
-            frames = clip.track_frames[list(batch)]
-            pixels = self.processor.image_processor(images=list(frames), return_tensors="pt")
-            for prompt in prompts:
-                if not pending.intersection(prompt.phrase_ids):
-                    continue
-                logits, boxes = self._forward(pixels, prompt)
-                hits = pick_boxes(logits, prompt.token_positions, gc.box_threshold, gc.text_threshold)
-                for b, pos in enumerate(batch):
-                    for j, index in enumerate(prompt.phrase_ids):
-                        if index not in pending:
-                            continue
-                        best_seen[index] = max(best_seen.get(index, 0.0), float(hits.score[b, j]))
-                        if not hits.kept[b, j]:
-                            continue
-                        box, reason = fit_box(cxcywh_to_xyxy(boxes[b, hits.query[b, j]].numpy(), width, height),
-                                              width, height)
-                        if box is None:
-                            bad_box[index] = reason
-                            continue
-                        hit[index] = (pos, box, float(hits.score[b, j]))
-                        pending.discard(index)
-
-        for index, phrase in enumerate(item.phrases):
-            if index in hit:
-                pos, box, score = hit[index]
-                item.groundings.append(Grounding(
-                    phrase_index=index, track_frame=pos, source_frame=int(clip.track_indices[pos]), box=box,
-                    score=score, note=PLURAL_NOTE if phrase.plural else ""))
-            elif index in skipped:
-                item.drop_phrase(phrase, skipped[index])
-            elif index in bad_box:
-                item.drop_phrase(phrase, bad_box[index])
-            else:
-                item.drop_phrase(phrase, f"no box above threshold (best score {best_seen.get(index, 0.0):.2f})")
-        _finish(self.name, item)
-
-
 def check_weights_dir(path: Optional[str]) -> str:
-    """The weights dir, or a one-line ConfigError saying what to set."""
+    """The Grounding DINO weights dir, or a one-line ConfigError saying what to set."""
     hint = ("set ground.weights to a local HF-format Grounding DINO dir (config.json, model.safetensors, "
             "processor and tokenizer files), e.g. a save_pretrained copy of IDEA-Research/grounding-dino-tiny")
     if not path:
@@ -396,3 +177,20 @@ def check_weights_dir(path: Optional[str]) -> str:
     if not (p / "config.json").is_file():
         raise ConfigError(f"ground.weights: {path} has no config.json; {hint}")
     return str(p)
+
+
+# --- Grounding DINO (annotate/ground_dino.py) -----------------------------------------------------------------------
+
+# Names of the Grounding DINO backend that stay importable from here. annotate.ground_dino imports this module's
+# helpers, so it is loaded on first use (PEP 562) rather than at import: no import cycle, and the `given` path never
+# loads it.
+_DINO_NAMES = ("GroundingDinoGrounder", "build_prompts", "pick_boxes", "ground_positions", "Prompt", "PhraseHits",
+               "prompt_phrase", "join_prompt", "phrase_token_positions")
+
+
+def __getattr__(name: str):
+    if name in _DINO_NAMES:
+        from annotate import ground_dino
+
+        return getattr(ground_dino, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -122,7 +122,7 @@ class PointsStage(Stage):
     name = "points"
 
     def resources(self) -> Resources:
-        return Resources(num_cpus=1.0, num_gpus=0.0, memory_gb=0.5)
+        return Resources(num_cpus=1.0, num_gpus=0.0, memory_gb=0.05)
 
     def version(self) -> str:
         return f"points {self.cfg.points.method} (margin {self.cfg.points.margin_px:g} px)"

@@ -194,7 +194,7 @@ def grabcut_mask(frame: np.ndarray, rect: tuple, iters: int) -> np.ndarray:
 
 class GrabCutSegmenter(BoxSegmenter):
     def resources(self) -> Resources:
-        return Resources(num_cpus=1.0, num_gpus=0.0, memory_gb=0.5)
+        return Resources(num_cpus=1.0, num_gpus=0.0, memory_gb=0.05)  # one crop's colour models
 
     def version(self) -> str:
         return f"grabcut (opencv {cv2.__version__}, {self.cfg.segment.grabcut_iters} iters)"

@@ -26,7 +26,7 @@ import numpy as np
 from annotate.config import AnnotateConfig
 from annotate.errors import ConfigError, StageError
 from annotate.item import ClipItem
-from annotate.stage import Stage
+from annotate.stage import Resources, Stage
 from annotate.track_windows import check_windows, track_in_windows
 
 # Patch side (px) of the appearance check; small enough to sit inside an object, big enough to be distinctive.
@@ -162,6 +162,9 @@ class TrackStage(Stage):
 
 
 class LKTracker(TrackStage):
+    def resources(self) -> Resources:
+        return Resources(num_cpus=1.0, num_gpus=0.0, memory_gb=0.2)  # one window of grey frames and its pyramids
+
     def version(self) -> str:
         return f"lk/opencv-{cv2.__version__}"
 

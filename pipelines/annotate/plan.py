@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from annotate.errors import ConfigError
 
 GIB = 2**30
+# What one actor process holds before any stage works: Python, torch, OpenCV, PyAV, spaCy and Ray's worker. The
+# embedded path's whole process peaked at 0.7 GiB on a 10-s clip (bench/annotate.py, peak_rss).
+PROCESS_BASE_GB = 0.75
 # Stages whose backend is a learned model, with the config section that chooses its device.
 MODEL_BACKENDS = {"ground": "groundingdino", "segment": "sam", "track": "cotracker", "features": "clip"}
 
@@ -55,7 +58,8 @@ def gpu_stage_names(cfg) -> list[str]:
 def actor_plan(cfg, stages) -> ActorPlan:
     """What one clip-chain actor declares, from the config and the stages' own declarations."""
     gpu_stages = gpu_stage_names(cfg) if cfg.gpus_per_actor > 0 else []
-    memory = cfg.actor_memory_gb or sum(s.resources().memory_gb for s in stages)
+    # The stages share one process: its base once, plus what each stage holds (weights, buffers).
+    memory = cfg.actor_memory_gb or PROCESS_BASE_GB + sum(s.resources().memory_gb for s in stages)
     if gpu_stages:
         return ActorPlan(num_cpus=float(cfg.decode_threads), num_gpus=float(cfg.gpus_per_actor), memory_gb=memory,
                          gpu_stages=gpu_stages, decode_threads=int(cfg.decode_threads))
