@@ -35,8 +35,15 @@ def tiny_weights(tmp_path_factory) -> list[str]:
     assert done.returncode == 0, done.stderr[-3000:]
     overrides = [ln for ln in done.stdout.splitlines() if "=" in ln]
     if not any(o.startswith("track.weights=") for o in overrides):
-        pytest.skip("cotracker is not installed (the Makefile installs it from ../shared/third_party/co-tracker)")
+        # Without `cotracker` no checkpoint is written; the preflight tests never load it, so a stand-in path does.
+        stand_in = out / "no-cotracker.pth"
+        stand_in.write_bytes(b"")
+        overrides.append(f"track.weights={stand_in}")
     return overrides
+
+
+def needs_cotracker() -> None:
+    pytest.importorskip("cotracker", reason="the Makefile installs it from ../shared/third_party/co-tracker")
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +71,7 @@ SMALL = ["decode_threads=2", "actor_memory_gb=1", "ground.box_threshold=0", "gro
 
 
 def test_the_production_recipe_runs_one_actor_per_gpu_to_the_end(tiny_weights, manifest, tmp_path):
+    needs_cotracker()
     head = start_head(num_cpus=4, num_gpus=2, dashboard=False)
     try:
         out = tmp_path / "run"
