@@ -21,8 +21,10 @@ def assemble(item: ClipItem, cfg: AnnotateConfig, config_hash: str = "") -> Samp
         raise StageError(STAGE, f"no annotated object ({'; '.join(reasons)})")
     w, h = clip.size
     traj_px, vis = read_off_samples(item.tracks, item.track_vis, clip.track_times, clip.sample_times, size=(w, h))
-    scale = np.array([w, h], dtype=np.float64)
-    traj = traj_px / scale  # decoded pixels -> [0, 1] of the displayed frame (decoding scales both axes alike)
+    # Pixels -> [0, 1] of the displayed frame (decoding scales both axes alike): tracks are in tracking-frame
+    # pixels, boxes in grounding-frame pixels.
+    traj = traj_px / np.array([w, h], dtype=np.float64)
+    ground = np.array(clip.ground_size * 2, dtype=np.float64)
     objects = []
     for i, g in enumerate(item.groundings):
         phrase = item.phrases[g.phrase_index]
@@ -33,7 +35,7 @@ def assemble(item: ClipItem, cfg: AnnotateConfig, config_hash: str = "") -> Samp
             # The T sample nearest in time to where the object was grounded.
             "frame": int(np.argmin(np.abs(clip.sample_times - t_ground))),
             "source_frame": int(g.source_frame),
-            "box": [float(v) for v in np.asarray(g.box, np.float64) / np.concatenate([scale, scale])],
+            "box": [float(v) for v in np.asarray(g.box, np.float64) / ground],
             "score": float(g.score),
             "mask_area": float(g.mask_area if g.mask_area is not None else item.masks[i].mean()),  # share of frame
         }

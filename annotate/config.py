@@ -37,6 +37,11 @@ class GroundConfig:
     box_threshold: float = 0.35
     text_threshold: float = 0.25
     every_n_frames: int = 20  # groundingdino: ground on tracking frame 0 and every n-th, keep the earliest confident
+    # Grounding frames (where boxes, masks and query points live) are decoded with the shorter side at most
+    # short_side and the longer at most max_side, never upscaled: Grounding DINO's own input size, so its
+    # processor never resizes them, and SAM sees small objects at the video's resolution.
+    short_side: int = 800
+    max_side: int = 1333
     device: str = "auto"  # auto (the GPU Ray assigned, else the CPU) | cpu | cuda | cuda:N
     # auto (bfloat16 on a GPU, float32 on the CPU) | float32 | float16 | bfloat16: the matmuls' precision (autocast);
     # the weights, BERT and the box chain stay float32 (annotate/ground_dino.py)
@@ -76,6 +81,9 @@ class TrackConfig:
     window: int = 200
     overlap: int = 16  # frames consecutive windows share: each object is handed over to the next window there
     backward_pass: bool = False  # cotracker: also run the whole model on the reversed clip (2x the cost)
+    # Tracking frames are decoded with the longer side at most this, never upscaled: CoTracker3 resizes to
+    # interp_shape (384x512) anyway, and LK's cost grows with the pixels.
+    max_side: int = 512
     interp_shape: list[int] = field(default_factory=lambda: [384, 512])  # cotracker: [h, w] frames are resized to
     # cotracker: auto (bfloat16 on a GPU, float32 on the CPU) | float32 | float16 | bfloat16. Below float32 the
     # model's CNN, correlation MLP and transformer run under autocast; the correlation itself stays float32.
@@ -97,7 +105,7 @@ class AnnotateConfig:
     num_frames: int = 100  # T samples per clip (the paper's)
     num_points: int = 3  # K points per object (the paper's)
     track_fps: float = 10.0  # tracking runs on frames at up to this rate over the whole clip
-    max_side: int = 640  # frames are decoded with their longer side at most this (coordinates are scaled back)
+    max_side: int = 640  # the T samples are decoded with their longer side at most this (features, pictures)
     max_duration: float = 0.0  # seconds of a clip annotated at most (0 = no limit); see long_clips
     long_clips: str = "cut"  # a clip longer than max_duration: cut (keep [start, start + max_duration)) | reject
     seed: int = 0

@@ -9,6 +9,7 @@ import tarfile
 
 from annotate.config import AnnotateConfig
 from annotate.errors import ConfigError, DecodeError
+from annotate.frames import FrameSize
 from annotate.item import ClipItem
 from annotate.stage import Resources, Stage
 from annotate.video import decode_clip, probe, video_duration
@@ -25,12 +26,20 @@ class DecodeStage(Stage):
         super().__init__(cfg)
         if cfg.long_clips not in LONG_CLIPS:
             raise ConfigError(f"long_clips: expected cut or reject, got {cfg.long_clips!r}")
+        for key, value in (("max_side", cfg.max_side), ("track.max_side", cfg.track.max_side),
+                           ("ground.max_side", cfg.ground.max_side)):
+            if not (isinstance(value, int) and value >= 16):
+                raise ConfigError(f"{key}: expected a whole number of pixels >= 16, got {value!r}")
+        if not (isinstance(cfg.ground.short_side, int) and cfg.ground.short_side >= 0):
+            raise ConfigError(f"ground.short_side: expected pixels >= 0 (0 = only ground.max_side), "
+                              f"got {cfg.ground.short_side!r}")
         if not cfg.max_duration >= 0:
             raise ConfigError(f"max_duration: must be >= 0 seconds (0 = no limit), got {cfg.max_duration}")
 
     def resources(self) -> Resources:
-        # The T samples at max_side (100 frames at 720x405: 87 MB) plus the tracking frames in memory (at most a
-        # track.window of them) and the decoder's own buffers.
+        # The T samples at max_side (100 frames at 720x405: 87 MB), the tracking frames in memory (at most a
+        # track.window of them, 512x288: 0.44 MB each), the grounding frames (1333x750: 3 MB each, every
+        # ground.every_n_frames-th of them) and the decoder's own buffers.
         return Resources(num_cpus=1, memory_gb=0.5)
 
     def version(self) -> str:
@@ -61,6 +70,9 @@ class DecodeStage(Stage):
         item.clip = decode_clip(
             path, num_samples=cfg.num_frames, track_fps=cfg.track_fps, start=item.start, end=end,
             max_side=cfg.max_side, extra_indices=extra, resident_frames=cfg.track.window or None,
+            track_max_side=cfg.track.max_side, ground_size=FrameSize(cfg.ground.max_side, cfg.ground.short_side),
+            # Given boxes name their own frames; a detector looks at every every_n-th tracking frame.
+            ground_every_n=0 if cfg.ground.backend == "given" else cfg.ground.every_n_frames,
         )
 
     def _end(self, item: ClipItem, path) -> float | None:

@@ -7,7 +7,8 @@ the frames asked for (annotate.video gives it its reader), so memory does not gr
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -17,10 +18,25 @@ KEEP_FRAMES = 4
 ITER_CHUNK = 32
 
 
+@dataclass(frozen=True)
+class FrameSize:
+    """The size a frame is decoded to: longer side at most `max_side` and, when `short_side` is set, shorter side at
+    most `short_side` (Grounding DINO's 800 / 1333). Never upscaled: a smaller video keeps its own size."""
+
+    max_side: int
+    short_side: int = 0
+
+    def fit(self, width: int, height: int) -> tuple[int, int, float]:
+        """(w, h, scale) of a width x height frame."""
+        scale = min(1.0, self.max_side / max(width, height))
+        if self.short_side > 0:
+            scale = min(scale, self.short_side / min(width, height))
+        return max(1, round(width * scale)), max(1, round(height * scale)), scale
+
+
 def decoded_size(width: int, height: int, max_side: int) -> tuple[int, int, float]:
     """(w, h, scale) with the longer side at most max_side; never upscaled."""
-    scale = min(1.0, max_side / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale)), scale
+    return FrameSize(max_side).fit(width, height)
 
 
 def quarter_turns(ccw_degrees: float) -> int:
@@ -34,10 +50,17 @@ def to_display(image: np.ndarray, turns: int) -> np.ndarray:
 
 
 class FrameFiler:
-    """Converts decoded frames to upright RGB at the bounded size and files them into preallocated arrays."""
+    """Converts decoded frames to upright RGB and files them into preallocated arrays, each at its own size."""
 
-    def __init__(self, max_side: int, slots: dict[int, list[tuple[int, int]]], counts: tuple[int, ...]):
-        self.max_side = max_side
+    def __init__(self, sizes: Union[int, FrameSize, Sequence[FrameSize]], slots: dict[int, list[tuple[int, int]]],
+                 counts: tuple[int, ...]):
+        if isinstance(sizes, int):
+            sizes = FrameSize(sizes)
+        if isinstance(sizes, FrameSize):
+            sizes = (sizes,) * len(counts)
+        if len(sizes) != len(counts):
+            raise ValueError(f"FrameFiler: {len(sizes)} sizes for {len(counts)} arrays")
+        self.sizes = tuple(sizes)
         self.slots = slots  # source index -> [(which array, row)]
         self.counts = counts  # rows of each array
         self.arrays: Optional[tuple[np.ndarray, ...]] = None
@@ -47,18 +70,23 @@ class FrameFiler:
         self.turns = quarter_turns(frame.rotation)
         w, h = (frame.height, frame.width) if self.turns % 2 else (frame.width, frame.height)
         self.width, self.height = w, h
-        dw, dh, self.scale = decoded_size(w, h, self.max_side)
-        self.coded_out = (dh, dw) if self.turns % 2 else (dw, dh)  # size to convert to, before turning
-        self.arrays = tuple(np.empty((c, dh, dw, 3), np.uint8) for c in self.counts)
+        fitted = [size.fit(w, h) for size in self.sizes]
+        self.scales = tuple(scale for _, _, scale in fitted)
+        self.scale = self.scales[0] if self.scales else 1.0
+        # Size to convert each array's frames to, before turning them upright.
+        self.coded_out = tuple((dh, dw) if self.turns % 2 else (dw, dh) for dw, dh, _ in fitted)
+        self.arrays = tuple(np.empty((c, dh, dw, 3), np.uint8) for c, (dw, dh, _) in zip(self.counts, fitted))
 
     def __call__(self, index: int, frame) -> None:
         if self.arrays is None:
             self.start(frame)
-        cw, ch = self.coded_out
-        rgb = frame.to_ndarray(format="rgb24", width=cw, height=ch, interpolation="AREA")
-        rgb = to_display(rgb, self.turns)
+        converted: dict[tuple[int, int], np.ndarray] = {}  # arrays of one size share the conversion
         for which, row in self.slots[index]:
-            self.arrays[which][row] = rgb
+            cw, ch = self.coded_out[which]
+            if (cw, ch) not in converted:
+                rgb = frame.to_ndarray(format="rgb24", width=cw, height=ch, interpolation="AREA")
+                converted[(cw, ch)] = to_display(rgb, self.turns)
+            self.arrays[which][row] = converted[(cw, ch)]
 
 
 class LazyFrames:

@@ -120,7 +120,7 @@ class GivenGrounder(Stage):
 
     def process_item(self, item: ClipItem) -> None:
         clip = _need_clip(self.name, item)
-        width, height = clip.size
+        width, height = clip.ground_size
         first, count = clip.info.first_index, clip.info.num_frames
         found: dict[int, list[tuple[int, int, np.ndarray]]] = {}  # phrase -> [(source frame, track pos, box)]
         problems: dict[int, list[str]] = {}
@@ -145,7 +145,7 @@ class GivenGrounder(Stage):
                 problems.setdefault(index, []).append(
                     f"frame {frame} not decoded for tracking" if inside else f"frame {frame} outside the clip")
                 continue
-            fitted, reason = fit_box(box * clip.scale, width, height)
+            fitted, reason = fit_box(box * clip.source_scale("ground"), width, height)
             if fitted is None:
                 problems.setdefault(index, []).append(reason)
                 continue

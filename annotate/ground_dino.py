@@ -180,7 +180,7 @@ class ClipJob:
     def record(self, prompt: int, k: int, hits: PhraseHits, boxes) -> None:
         """One row's result: `hits` of prompt `prompt` on grounding frame k (one frame), `boxes` its (Q, 4) boxes.
         A clip's rows come in frame order, so the first confident frame of a phrase is its earliest."""
-        width, height = self.item.clip.size
+        width, height = self.item.clip.ground_size
         for j, index in enumerate(self.prompts[prompt].phrase_ids):
             if index not in self.pending:
                 continue
@@ -338,7 +338,7 @@ class GroundingDinoGrounder(Stage):
         clip = _need_clip(self.name, item)
         prompts, skipped = build_prompts([p.text for p in item.phrases], self.processor.tokenizer,
                                          int(self.model.config.max_text_len))
-        width, height = clip.size
+        width, height = clip.ground_size
         positions = ground_positions(len(clip.track_frames), self.cfg.ground.every_n_frames)
         return ClipJob(item, prompts, skipped, positions, resized_shape(self.processor.image_processor, height, width))
 
@@ -375,7 +375,7 @@ class GroundingDinoGrounder(Stage):
         frames, where = [], {}
         for job, ks in wanted.values():
             got = []
-            self._guarded(job.item, lambda it: got.append(it.clip.track_frames[[job.positions[k] for k in ks]]))
+            self._guarded(job.item, lambda it: got.append(it.clip.ground_frames_at([job.positions[k] for k in ks])))
             if not got:
                 continue
             where.update({(id(job), k): sum(len(f) for f in frames) + i for i, k in enumerate(ks)})

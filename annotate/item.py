@@ -1,8 +1,9 @@
 """The record one clip carries through the stages.
 
 Each stage reads the fields its predecessors filled and fills its own. Pixel coordinates inside an item are in
-the *decoded* frames (`item.clip`, longer side at most `max_side`); `annotate.assemble` normalises them for the
-sample. An object that a stage cannot annotate leaves through `drop_object`, with its reason, so nothing is silent.
+decoded frames (`item.clip`, annotate/clip.py): boxes, masks and points in the grounding frames, tracks in the
+tracking frames; `annotate.assemble` normalises each by its own frames' size for the sample. An object that a stage
+cannot annotate leaves through `drop_object`, with its reason, so nothing is silent.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Grounding:
     phrase_index: int  # index into ClipItem.phrases
     track_frame: int  # index into clip.track_indices / clip.track_frames
     source_frame: int  # source frame index of that frame
-    box: np.ndarray  # (4,) float xyxy in decoded-frame pixels
+    box: np.ndarray  # (4,) float xyxy in grounding-frame pixels
     score: float = 1.0
     note: str = ""  # e.g. "plural: kept its best box"
     mask_area: Optional[float] = None  # set by the segment stage: mask pixels / frame pixels (scale-free, in [0, 1])
@@ -56,8 +57,8 @@ class ClipItem:
     clip: Any = None  # annotate.video.DecodedClip
     phrases: list[Phrase] = field(default_factory=list)
     groundings: list[Grounding] = field(default_factory=list)
-    masks: list[np.ndarray] = field(default_factory=list)  # bool (h, w) per grounding, in its track frame
-    points: Optional[np.ndarray] = None  # (N, K, 2) float pixels in each object's grounding frame
+    masks: list[np.ndarray] = field(default_factory=list)  # bool (hg, wg) per grounding, in its grounding frame
+    points: Optional[np.ndarray] = None  # (N, K, 2) float grounding-frame pixels at each object's grounding frame
     tracks: Optional[np.ndarray] = None  # (N, K, F, 2) float pixels on the tracking frames
     track_vis: Optional[np.ndarray] = None  # (N, K, F) bool
     feat: Optional[np.ndarray] = None  # (T, D) float32

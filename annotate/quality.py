@@ -6,7 +6,8 @@ a phrase that contains a ground-truth phrase matches it). Figures per clip, aver
 - box_iou / mask_iou: mean over matched objects at the grounding frame;
 - delta_avg / oa / aj: TAP-Vid on the tracking frames, queries at each object's grounding frame, all its points
   pooled ("strided": every frame but the query frame is scored).
-Predictions are scaled from decoded to source pixels first, so the figures are at the video's own size.
+Predictions are scaled to source pixels first (boxes, masks and points from the grounding frames, tracks from the
+tracking frames), so the figures are at the video's own size.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def clip_quality(item: ClipItem, cfg: AnnotateConfig) -> dict[str, float]:
 
     gt = GroundTruth.load(item.gt)
     clip = item.clip
-    w, h = clip.size
-    sx, sy = clip.info.width / w, clip.info.height / h  # decoded -> source pixels
-    to_src = np.array([sx, sy, sx, sy])
+    (w, h), (gw, gh) = clip.size, clip.ground_size
+    to_src = np.array([clip.info.width / gw, clip.info.height / gh] * 2)  # grounding -> source pixels
+    track_to_src = np.array([clip.info.width / w, clip.info.height / h])  # tracking -> source pixels
     gt_phrases = list(gt.phrases)
     found = np.zeros(len(gt_phrases), bool)
     box_ious, mask_ious = [], []
@@ -59,7 +60,7 @@ def clip_quality(item: ClipItem, cfg: AnnotateConfig) -> dict[str, float]:
         idx = clip.track_indices
         gt_tr.append(pos[:, idx])
         gt_vis.append(vis[:, idx])
-        pred_tr.append(item.tracks[i] * to_src[:2])
+        pred_tr.append(item.tracks[i] * track_to_src)
         pred_vis.append(item.track_vis[i])
         queries.append(np.full(len(pts_src), g.track_frame))
     out = {

@@ -91,7 +91,7 @@ class BoxPlan:
     """One item's boxes, checked against its frame size and grouped by the frame they were grounded in; what each
     frame's segmentation gives (a mask or the reason there is none) is filed back here with `record`."""
 
-    frames: object  # the clip's tracking frames, (F, h, w, 3) uint8: an array or LazyFrames
+    clip: object  # the item's DecodedClip: boxes and masks are in its grounding frames' pixels
     height: int
     width: int
     boxes: dict[int, np.ndarray] = field(default_factory=dict)  # grounding index -> clipped float xyxy box
@@ -99,6 +99,10 @@ class BoxPlan:
     by_frame: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))  # frame -> grounding indices
     reasons: dict[int, str] = field(default_factory=dict)  # grounding index -> why it is dropped
     masks: dict[int, np.ndarray] = field(default_factory=dict)  # grounding index -> kept mask
+
+    def frame(self, t: int) -> np.ndarray:
+        """(h, w, 3) uint8 the grounding frame at tracking position t."""
+        return self.clip.ground_frame(t)
 
     def frame_boxes(self, t: int) -> tuple[list[np.ndarray], list[tuple]]:
         idx = self.by_frame[t]
@@ -130,8 +134,8 @@ class BoxSegmenter(Stage):
     def plan(self, item: ClipItem) -> BoxPlan:
         if item.clip is None:
             raise StageError(self.name, "no decoded clip (the decode stage did not run)")
-        frames = item.clip.track_frames
-        plan = BoxPlan(frames, int(frames.shape[1]), int(frames.shape[2]))
+        width, height = item.clip.ground_size
+        plan = BoxPlan(item.clip, height, width)
         for i, g in enumerate(item.groundings):
             box, rect, why = pixel_box(g.box, plan.width, plan.height)
             if why:
@@ -154,7 +158,7 @@ class BoxSegmenter(Stage):
         plan = self.plan(item)
         for t in plan.by_frame:
             boxes, rects = plan.frame_boxes(t)
-            plan.record(t, self.segment_frame(plan.frames[t], boxes, rects))
+            plan.record(t, self.segment_frame(plan.frame(t), boxes, rects))
         self.finish(item, plan)
 
 
@@ -298,7 +302,7 @@ class SamSegmenter(BoxSegmenter):
                 for t in plan.by_frame if plan is not None else ():
                     if not item.ok:  # rejected on an earlier frame: not worth the encoder's time
                         break
-                    prepped = self._attempt(item, lambda: preprocess_frame(self.model, plan.frames[t], self.device))
+                    prepped = self._attempt(item, lambda: preprocess_frame(self.model, plan.frame(t), self.device))
                     if prepped is not None:
                         stack.append((item, plan, t, *prepped))
                     if len(stack) == self.cfg.segment.batch_size:  # ceil(frames / batch_size) encoder calls

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from annotate.config import AnnotateConfig
+from annotate.clip import ground_to_track
 from annotate.errors import ConfigError, StageError
 from annotate.item import ClipItem
 from annotate.stage import Resources, Stage
@@ -147,6 +148,7 @@ class TrackStage(Stage):
         points = np.asarray(item.points, dtype=np.float64)
         if points.ndim != 3 or points.shape[-1] != 2:
             raise StageError(self.name, f"points must be (N, K, 2), got {points.shape}")
+        points = ground_to_track(clip, points)  # sampled on the grounding frames, tracked on the tracking frames
         n, k = points.shape[:2]
         window = self.cfg.track.window
         if n == 0:

@@ -23,8 +23,10 @@ from typing import Callable, Iterable, Optional, Union
 import av
 import numpy as np
 
+from annotate.clip import DecodedClip, VideoInfo, ground_to_track  # noqa: F401 (API)
 from annotate.errors import DecodeError
-from annotate.frames import FrameFiler, LazyFrames, decoded_size, quarter_turns, to_display  # noqa: F401 (API)
+from annotate.frames import (FrameFiler, FrameSize, LazyFrames, decoded_size, quarter_turns,  # noqa: F401 (API)
+                             to_display)
 from annotate.video_open import Source, open_video, source_name
 
 _EPS = 1e-6  # seconds: a frame at exactly `start` is inside the clip despite float rounding
@@ -32,52 +34,6 @@ _EPS = 1e-6  # seconds: a frame at exactly `start` is inside the clip despite fl
 ORDER_ONLY_FORMATS = ("avi",)
 _SEEK_MARGIN_S = 1.0  # seek this far before the first frame wanted, so B-frame reordering cannot skip it
 _SCAN_MARGIN_S = 2.0  # demux this far past `end` (in pts) before trusting that no earlier frame can follow
-
-
-@dataclass
-class VideoInfo:
-    path: str
-    width: int  # displayed size (rotation applied), source pixels
-    height: int
-    fps: float  # average frame rate of the stream
-    num_frames: int  # n: frames in the clip (inside start/end when given)
-    duration: float  # seconds of the clip
-    rotation: int = 0  # degrees clockwise applied to get the displayed orientation
-    first_index: int = 0  # source index of the clip's first frame (0 without start)
-    start_time: float = 0.0  # seconds of the clip's first frame in the file
-
-
-@dataclass
-class DecodedClip:
-    info: VideoInfo
-    scale: float  # decoded pixels per source pixel (<= 1: longer side bounded by max_side)
-    # The T samples (docs/design.md: source indices round(linspace(0, n - 1, T)), repeats allowed when n < T).
-    sample_indices: np.ndarray  # (T,) int64 source frame indices
-    sample_times: np.ndarray  # (T,) float64 seconds from the clip start
-    sample_frames: np.ndarray  # (T, h, w, 3) uint8 RGB at decoded size
-    # Frames that tracking runs on: up to track_fps over the whole clip, plus every extra index asked for.
-    track_indices: np.ndarray  # (F,) int64 source frame indices, sorted, unique
-    track_times: np.ndarray  # (F,) float64 seconds from the clip start
-    # (F, h, w, 3) uint8 RGB at decoded size: an array, or for a clip over `resident_frames` a LazyFrames that
-    # decodes what it is indexed with (ints, slices, lists of positions) and otherwise reads like one.
-    track_frames: Union[np.ndarray, LazyFrames]
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """Decoded (width, height)."""
-        return int(self.track_frames.shape[2]), int(self.track_frames.shape[1])
-
-    def track_position(self, source_index: int) -> int:
-        """Index into track_frames of a source frame index (which must have been decoded for tracking)."""
-        pos = int(np.searchsorted(self.track_indices, source_index))
-        if pos >= len(self.track_indices) or self.track_indices[pos] != source_index:
-            raise KeyError(f"source frame {source_index} was not decoded for tracking")
-        return pos
-
-    def sample_track_positions(self) -> np.ndarray:
-        """(T,) index into track_frames of each sample, or -1 where a sample is not a tracking frame."""
-        pos = np.searchsorted(self.track_indices, self.sample_indices).clip(max=len(self.track_indices) - 1)
-        return np.where(self.track_indices[pos] == self.sample_indices, pos, -1)
 
 
 # ---------------------------------------------------------------- the pure parts: which frames, which size
@@ -277,35 +233,47 @@ def probe(path: Source, start: Optional[float] = None, end: Optional[float] = No
 def _probe(path, name, start, end, by_order) -> VideoInfo:
     tl = _scan(path, name, end, by_order)
     first, n = _clip_range(tl, name, start, end)
-    frames = FrameFiler(max_side=1, slots={}, counts=())
+    frames = FrameFiler(sizes=(), slots={}, counts=())
     _decode_wanted(path, name, tl, np.array([first]), lambda i, f: frames.start(f))
     return _info(name, tl, first, n, frames)
 
 
 def decode_clip(path: Source, num_samples: int = 100, track_fps: float = 10.0, start: Optional[float] = None,
                 end: Optional[float] = None, max_side: int = 640, extra_indices: Iterable[int] = (),
-                threads: int = 1, resident_frames: Optional[int] = None) -> DecodedClip:
-    """Decode the T samples and the tracking frames of a clip, upright, longer side at most max_side.
+                threads: int = 1, resident_frames: Optional[int] = None, track_max_side: Optional[int] = None,
+                ground_size: Optional[FrameSize] = None, ground_every_n: int = 0) -> DecodedClip:
+    """Decode the T samples (longer side at most max_side) and the tracking frames (at most track_max_side, else
+    max_side) of a clip, upright, never upscaled.
 
     extra_indices: absolute source frame indices that must be tracking frames too (grounding frames of given
     boxes); one outside the clip is a DecodeError. threads: decoder threads (0 = FFmpeg's choice).
     resident_frames: a clip with more tracking frames than this gets them as a LazyFrames (decoded when indexed)
     instead of an array; None holds them all.
+    ground_size: decode grounding frames at this size too: tracking frames 0, ground_every_n, 2 * ground_every_n ...
+    (none when 0) and those of extra_indices. None: the clip grounds on its tracking frames.
     """
-    if num_samples < 1 or track_fps <= 0 or max_side < 1:
-        raise ValueError(f"decode_clip needs num_samples >= 1, track_fps > 0, max_side >= 1 "
-                         f"(got {num_samples}, {track_fps}, {max_side})")
+    if num_samples < 1 or track_fps <= 0 or max_side < 1 or (track_max_side is not None and track_max_side < 1):
+        raise ValueError(f"decode_clip needs num_samples >= 1, track_fps > 0, max_side >= 1, track_max_side >= 1 "
+                         f"(got {num_samples}, {track_fps}, {max_side}, {track_max_side})")
     name = source_name(path)
     extra = np.asarray(list(extra_indices), dtype=np.int64)
-    args = (num_samples, track_fps, start, end, max_side, extra, threads, resident_frames)
+    sizes = (FrameSize(max_side), FrameSize(track_max_side or max_side), ground_size)
+    args = (num_samples, track_fps, start, end, sizes, extra, threads, resident_frames, ground_every_n)
     try:
         return _decode_clip(path, name, *args, by_order=False)
     except _TimestampsDisagree:
         return _decode_clip(path, name, *args, by_order=True)
 
 
-def _decode_clip(path, name, num_samples, track_fps, start, end, max_side, extra, threads, resident_frames,
-                 by_order) -> DecodedClip:
+def grounding_positions(track_idx: np.ndarray, every_n: int, extra: np.ndarray) -> np.ndarray:
+    """Positions into the tracking frames that are grounding frames: every every_n-th from 0 (none when 0), and
+    those of the extra source indices."""
+    grid = np.arange(0, len(track_idx), every_n, dtype=np.int64) if every_n > 0 else np.zeros(0, np.int64)
+    return np.union1d(grid, np.searchsorted(track_idx, extra)).astype(np.int64)
+
+
+def _decode_clip(path, name, num_samples, track_fps, start, end, sizes, extra, threads, resident_frames,
+                 ground_every_n, by_order) -> DecodedClip:
     tl = _scan(path, name, end, by_order)
     first, n = _clip_range(tl, name, start, end)
     outside = extra[(extra < first) | (extra >= first + n)]
@@ -314,31 +282,49 @@ def _decode_clip(path, name, num_samples, track_fps, start, end, max_side, extra
                           f"(source frames {first}-{first + n - 1})")
     sample_idx = first + sample_positions(n, num_samples)
     track_idx = np.union1d(first + tracking_positions(n, tl.fps, track_fps), extra).astype(np.int64)
+    ground_size = sizes[2]
+    ground_pos = grounding_positions(track_idx, ground_every_n, extra) if ground_size is not None else None
     resident = resident_frames is None or len(track_idx) <= resident_frames
 
+    # Arrays: 0 the samples, 1 the tracking frames, 2 the grounding frames (1 and 2 only when resident).
     slots: dict[int, list[tuple[int, int]]] = {}
-    for row, index in enumerate(sample_idx):
-        slots.setdefault(int(index), []).append((0, row))
-    for row, index in enumerate(track_idx if resident else ()):
-        slots.setdefault(int(index), []).append((1, row))
-    frames = FrameFiler(max_side, slots, counts=(len(sample_idx), len(track_idx) if resident else 0))
+    rows = (sample_idx, track_idx if resident else (),
+            track_idx[ground_pos] if resident and ground_pos is not None else ())
+    for which, indices in enumerate(rows):
+        for row, index in enumerate(indices):
+            slots.setdefault(int(index), []).append((which, row))
+    frames = FrameFiler((sizes[0], sizes[1], ground_size or sizes[1]), slots, counts=tuple(len(r) for r in rows))
     _decode_wanted(path, name, tl, np.array(sorted(slots), dtype=np.int64), frames, threads)
 
     t0 = tl.times[first]
-    samples, tracks = frames.arrays
+    samples, tracks, grounds = frames.arrays
     if not resident:
-        read = functools.partial(_read_frames, _reopenable(path), name, tl, track_idx, max_side, threads)
-        tracks = LazyFrames((len(track_idx), *samples.shape[1:]), read)
+        source = _reopenable(path)
+        tracks = _lazy(source, name, tl, track_idx, sizes[1], threads, frames)
+        if ground_pos is not None:
+            grounds = _lazy(source, name, tl, track_idx[ground_pos], ground_size, threads, frames)
     return DecodedClip(
         info=_info(name, tl, first, n, frames),
-        scale=frames.scale,
+        scale=frames.scales[0],
         sample_indices=sample_idx,
         sample_times=tl.times[sample_idx] - t0,
         sample_frames=samples,
         track_indices=track_idx,
         track_times=tl.times[track_idx] - t0,
         track_frames=tracks,
+        track_scale=frames.scales[1],
+        ground_positions=ground_pos,
+        ground_frames=grounds if ground_pos is not None else None,
+        ground_scale=frames.scales[2] if ground_pos is not None else None,
     )
+
+
+def _lazy(source, name: str, tl: _Timeline, indices: np.ndarray, size: FrameSize, threads: int,
+          first: FrameFiler) -> LazyFrames:
+    """The frames of source `indices` at `size`, decoded when indexed; `first` gave the video's displayed size."""
+    w, h, _ = size.fit(first.width, first.height)
+    return LazyFrames((len(indices), h, w, 3), functools.partial(_read_frames, source, name, tl, indices, size,
+                                                                  threads))
 
 
 def _reopenable(src: Source) -> Union[str, os.PathLike, bytes]:
@@ -351,11 +337,11 @@ def _reopenable(src: Source) -> Union[str, os.PathLike, bytes]:
     return src.read()
 
 
-def _read_frames(source, name: str, tl: _Timeline, indices: np.ndarray, max_side: int, threads: int,
+def _read_frames(source, name: str, tl: _Timeline, indices: np.ndarray, size: FrameSize, threads: int,
                  positions: np.ndarray) -> np.ndarray:
     """LazyFrames' reader: the frames at `positions` (sorted, unique) of source `indices`, in one decoding pass."""
     wanted = indices[positions]
-    filer = FrameFiler(max_side, {int(i): [(0, row)] for row, i in enumerate(wanted)}, counts=(len(wanted),))
+    filer = FrameFiler(size, {int(i): [(0, row)] for row, i in enumerate(wanted)}, counts=(len(wanted),))
     try:
         _decode_wanted(io.BytesIO(source) if isinstance(source, bytes) else source, name, tl, wanted, filer, threads)
     except _TimestampsDisagree:  # the first pass read every frame of the clip in this order: the file changed

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from annotate.config import AnnotateConfig
+from annotate.config import AnnotateConfig, TrackConfig
 from annotate.pipeline import ClipAnnotator, make_item
 from annotate.quality import clip_quality
 from annotate.synthetic import GroundTruth, WorldParams, make_clip, params_dict
@@ -93,18 +93,20 @@ SANITY = WorldParams(frames=30)  # default size (TAP-Vid thresholds are at 256 x
 
 @pytest.fixture(scope="module")
 def annotated(tmp_path_factory):
-    """One 256 x 256 clip annotated at full size and at half size (max_side 128: decoded px = source px / 2),
-    and one 128 x 128 clip (TAP-Vid scales it up by 2)."""
+    """One 256 x 256 clip annotated at full size and with tracking frames at half size (track.max_side 128:
+    tracking px = source px / 2, while boxes, masks and points stay at the grounding frames' full size), and one
+    128 x 128 clip (TAP-Vid scales it up by 2)."""
     out = tmp_path_factory.mktemp("quality-sanity")
     row = write_clip(make_clip(13, 0, SANITY), out, SANITY)  # an exit and an occlusion
     small = replace(SANITY, width=128, height=128, min_size=0.3, max_size=0.4)
     row_small = write_clip(make_clip(12, 1, small), out, small)
     full = annotate_rows([row], out, AnnotateConfig())[0]
-    half = annotate_rows([row], out, AnnotateConfig(max_side=128))[0]
+    half = annotate_rows([row], out, AnnotateConfig(max_side=128, track=TrackConfig(max_side=128)))[0]
     tiny = annotate_rows([row_small], out, AnnotateConfig())[0]
     for it in (full, half, tiny):
         assert it.ok and len(it.groundings) >= 2, it.error
-    assert half.clip.scale == 0.5 and full.clip.scale == 1.0
+    assert half.clip.source_scale("track") == 0.5 and half.clip.source_scale("ground") == 1.0
+    assert full.clip.source_scale("track") == 1.0
     return {"full": full, "half": half, "tiny": tiny}
 
 
@@ -115,12 +117,12 @@ def gt_index(item, i: int, gt: GroundTruth) -> int:
 
 
 def with_truth(item, shift_px: float = 0.0):
-    """A copy of `item` whose tracks are the exact ground truth (decoded px), moved right by shift_px source px."""
+    """A copy of `item` whose tracks are the exact ground truth (tracking px), moved right by shift_px source px."""
     gt = GroundTruth.load(item.gt)
-    s, idx = item.clip.scale, item.clip.track_indices
+    s, idx = item.clip.source_scale("track"), item.clip.track_indices
     tracks, vis = np.zeros_like(item.tracks), np.zeros_like(item.track_vis)
     for i, g in enumerate(item.groundings):
-        pos, v = gt.track_points(gt_index(item, i, gt), g.source_frame, item.points[i] / s)
+        pos, v = gt.track_points(gt_index(item, i, gt), g.source_frame, item.points[i] / item.clip.source_scale("ground"))
         tracks[i] = (pos[:, idx] + [shift_px, 0.0]) * s
         vis[i] = v[:, idx]
     out = copy.copy(item)

@@ -89,9 +89,10 @@ def preview_png(item) -> bytes:
     g0 = item.groundings[0]
     on_frame = [i for i, g in enumerate(item.groundings) if g.track_frame == g0.track_frame]
     labels = [item.phrases[item.groundings[i].phrase_index].text for i in on_frame]
-    first = draw_frame(clip.track_frames[g0.track_frame], boxes=np.stack([item.groundings[i].box for i in on_frame]),
+    first = draw_frame(clip.ground_frame(g0.track_frame), boxes=np.stack([item.groundings[i].box for i in on_frame]),
                        masks=[item.masks[i] for i in on_frame], labels=labels)
     traj, vis = read_off_samples(item.tracks, item.track_vis, clip.track_times, clip.sample_times, size=clip.size)
+    traj = traj * (np.array(clip.sample_size, float) / np.array(clip.size, float))  # tracking -> sample pixels
     tiles = [first]
     for t in (len(clip.sample_times) // 2, len(clip.sample_times) - 1):
         tiles.append(draw_frame(clip.sample_frames[t], tracks=traj, vis=vis, t=t))
