@@ -1,5 +1,7 @@
 """Points stage: K points per object, well inside its mask and spread over it, to be tracked.
 
+Points come from the mask's largest connected component (when it has K pixels): a stray fragment (a shadow, a
+piece of the background that the segmenter took along) is no place for a point to start.
 Depth of a pixel = Euclidean distance from its centre to the nearest pixel centre outside the mask, minus the half
 pixel to that pixel's edge; the frame's edge counts as outside (a point at the edge leaves the frame at once).
 Candidates are the pixels at least max(`margin_px`, `depth_frac` x the deepest) deep: the relative part keeps
@@ -28,6 +30,15 @@ from annotate.stage import Resources, Stage
 METHODS = ("farthest", "kmeans")
 KMEANS_ITERS = 20
 DEPTH_FRAC = 0.25  # candidates are at least this share of the mask's deepest depth inside (and margin_px)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a bool mask (ties: the first by OpenCV's label order)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 2:  # background plus at most one component
+        return mask
+    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == biggest
 
 
 def mask_depth(mask: np.ndarray) -> np.ndarray:
@@ -108,6 +119,8 @@ def sample_points(
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         raise ValueError("empty mask: no point to sample")
+    main = largest_component(mask)
+    mask = main if main.sum() >= k else mask  # a few scattered pixels: no component holds k points
     xy, depth = candidate_pixels(mask, k, margin_px, depth_frac)
     if len(xy) < k:  # only when the whole mask has fewer than k pixels
         idx = np.resize(farthest_points(xy, depth, len(xy), rng), k)

@@ -68,7 +68,8 @@ def encode(model, images: "torch.Tensor", dtype) -> "torch.Tensor":
 def decode_boxes(predictor, embedding: "torch.Tensor", input_size: tuple[int, int], frame_size: tuple[int, int],
                  boxes: list[np.ndarray]) -> list[np.ndarray]:
     """One bool (h, w) mask per xyxy box (frame pixels) from one frame's (C, s, s) embedding: all boxes in one
-    batched decoder call, the best of three candidates by predicted IoU."""
+    batched decoder call, one mask per box (`multimask_output=False`, as SAM's documentation and Grounded-SAM prompt
+    with a box: a box says which object, and the three-way output, meant for an ambiguous point, favours parts)."""
     import torch
 
     # What SamPredictor.set_torch_image leaves behind, minus its encoder call: the embedding came from the stack.
@@ -78,7 +79,7 @@ def decode_boxes(predictor, embedding: "torch.Tensor", input_size: tuple[int, in
     box_t = torch.as_tensor(np.stack(boxes), dtype=torch.float32, device=embedding.device)
     box_t = predictor.transform.apply_boxes_torch(box_t, frame_size)
     masks, iou_pred, _ = predictor.predict_torch(
-        point_coords=None, point_labels=None, boxes=box_t, multimask_output=True
+        point_coords=None, point_labels=None, boxes=box_t, multimask_output=False
     )
     return list(select_best_masks(masks, iou_pred).cpu().numpy())
 

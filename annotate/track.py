@@ -111,6 +111,24 @@ def read_off_samples(tracks: np.ndarray, vis: np.ndarray, track_times: np.ndarra
     return traj.astype(np.float32), out_vis
 
 
+def object_sizes(clip, groundings) -> np.ndarray:
+    """(N, 2) each object's box width and height in tracking-frame pixels."""
+    if not groundings:
+        return np.zeros((0, 2))
+    boxes = np.array([np.asarray(g.box, np.float64) for g in groundings]).reshape(-1, 2, 2)
+    corners = ground_to_track(clip, boxes)
+    return np.abs(corners[:, 1] - corners[:, 0])
+
+
+def bound_to_frame(tracks: np.ndarray, sizes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Tracks (N, K, F, 2) with no position further outside the frame than its object's own size (N, 2): an
+    object that left the frame is somewhere near where it left, and no tracker's guess for an unseen point (a
+    stitched window, a model's output for an invisible query) may claim more than that."""
+    lo = -sizes[:, None, None, :]
+    hi = np.array([width, height], np.float64) + sizes[:, None, None, :]
+    return np.clip(tracks, lo, hi)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The stage
 
@@ -159,7 +177,8 @@ class TrackStage(Stage):
         else:  # one call, as the backend was built for (a lazy source is read whole: it fits in one window)
             tracks, vis = self.track(np.asarray(frames), points, query_frames)
         w, h = clip.size
-        item.tracks = np.asarray(tracks, dtype=np.float32)
+        sizes = object_sizes(clip, item.groundings)
+        item.tracks = bound_to_frame(np.asarray(tracks, dtype=np.float64), sizes, w, h).astype(np.float32)
         item.track_vis = np.asarray(vis, dtype=bool) & inside_frame(item.tracks, w, h)
 
 
@@ -193,12 +212,13 @@ def track_lk(gray: np.ndarray, points: np.ndarray, query_frames: np.ndarray, *, 
       forward-backward error.
     - anchor: a followed point is refined by LK from the query frame itself (small window, no pyramid) when that
       lands within DRIFT_MAX_PX, so the small error of each step does not add up over the clip.
-    - lost: the position keeps moving with the median step of the object's points still followed (the object is
-      mostly rigid), else with the point's own smoothed velocity, and is not visible. Positions after loss are a
-      guess, kept so that re-acquisition knows where to look (and so a caller that ignores visibility gets a
-      plausible value rather than a frozen one).
+    - lost: the point is not visible, and its reported position moves only with evidence: with the median step of
+      the object's points still followed (the object is mostly rigid), else it stays where it was last known. A
+      fabricated path is worse than an honest "unknown": the trainer reads positions where visibility is unused.
     - re-acquire: every frame after loss, the query-frame patch of the point is searched (OpenCV template
-      matching) in a window around the guess that grows with the frames since it was last seen; a match with
+      matching) in a window around a guess (the reported position, or where the point's own smoothed velocity
+      would have carried it; the guess is never reported) that grows with the frames since it was last seen; a
+      match with
       correlation >= REACQUIRE_MIN_SCORE is refined by LK from the query frame and, if the appearance check
       passes, the point is visible again there. A point re-acquired moves the guesses of its still-lost siblings.
     """
@@ -258,28 +278,38 @@ class _LK:
         seen = _inside_cv(pos, w, h)
         last_t = np.zeros(m, dtype=np.int64)  # step at which each point was last seen
         vel = np.zeros_like(pos)  # smoothed step while followed
+        shown = pos.copy()  # the reported positions: moved only by evidence (see track_lk, "lost")
         out_pos[0], out_vis[0] = pos, seen
         for t in range(1, len(order)):
             frame = gray[order[t]]
             nxt, ok = self.flow(gray[order[t - 1]], frame, pos)
             ok &= _inside_cv(nxt, w, h) & self._looks_alike(template, _patches(frame, nxt))
             followed = seen & ok
-            new = pos.copy()
+            new, report = pos.copy(), shown.copy()
             new[followed] = self._anchored(query, frame, pts0[followed], nxt[followed])
             lost = ~followed
             if lost.any():
-                new[lost] = pos[lost] + _group_median(nxt - pos, followed, lost, groups, vel[lost])
+                zero = np.zeros((lost.sum(), 2))
+                sibling_step = _group_median(nxt - pos, followed, lost, groups, np.full((lost.sum(), 2), np.nan))
+                moved = np.isfinite(sibling_step[:, 0])
+                # The search guess may follow the point's own velocity; the report only its followed siblings.
+                new[lost] = pos[lost] + np.where(moved[:, None], sibling_step, vel[lost])
+                report[lost] = shown[lost] + np.where(moved[:, None], sibling_step, zero)
                 found, back = self._reacquire(query, frame, pts0, template, new, lost, t - last_t)
                 still = lost & ~back
-                new[still] += _group_median(found - new, back, still, groups, np.zeros((still.sum(), 2)))
+                step_back = _group_median(found - new, back, still, groups, np.full((still.sum(), 2), np.nan))
+                regained = np.isfinite(step_back[:, 0])  # a sibling came back: the object is placed again
+                new[still] += np.where(regained[:, None], step_back, 0.0)
+                report[np.flatnonzero(still)[regained]] = new[np.flatnonzero(still)[regained]]
                 new[back] = found[back]
                 followed |= back
+            report[followed] = new[followed]
             step = new[followed] - pos[followed]
             moving = np.any(vel[followed] != 0, axis=1, keepdims=True)
             vel[followed] = np.where(moving, 0.5 * vel[followed] + 0.5 * step, step)
             last_t[followed] = t
-            pos, seen = new, followed
-            out_pos[t], out_vis[t] = pos, seen
+            pos, seen, shown = new, followed, report
+            out_pos[t], out_vis[t] = shown, seen
         return out_pos, out_vis
 
     def _looks_alike(self, template: np.ndarray, patch: np.ndarray) -> np.ndarray:

@@ -135,3 +135,15 @@ def test_stage_with_no_objects_and_mismatched_masks():
     bad.masks = []
     PointsStage(AnnotateConfig()).process([bad])
     assert bad.error == ("points", "0 masks for 1 objects")
+
+
+def test_points_come_from_the_largest_component_not_a_stray_fragment():
+    """A 30x30 object and a 12x12 fragment far from it (a shadow, a bit of background): every point lands on the
+    object, though farthest-point sampling would love the fragment's distance."""
+    mask = np.zeros((80, 120), bool)
+    mask[10:40, 10:40] = True
+    mask[60:72, 100:112] = True
+    for seed in range(5):
+        for method in ("farthest", "kmeans"):
+            pts = sample_points(mask, 3, np.random.default_rng(seed), method=method)
+            assert np.all(pts[:, 0] < 40) and np.all(pts[:, 1] < 40), (seed, method, pts)

@@ -96,7 +96,8 @@ def _item(frames, points, ground_frames, fps=10.0) -> ClipItem:
     item = ClipItem(row=0, video_id="gen", video="gen.mp4", caption="a square")
     item.clip = clip
     item.phrases = [Phrase("a square", 0, 8, head="square", lemma="square")]
-    item.groundings = [Grounding(phrase_index=0, track_frame=int(g), source_frame=int(g), box=np.zeros(4))
+    item.groundings = [Grounding(phrase_index=0, track_frame=int(g), source_frame=int(g),
+                                 box=np.array([0.0, 0.0, w, h]))  # the frame: no bound on out-of-frame positions
                        for g in ground_frames]
     item.points = np.asarray(points, dtype=np.float64)
     return item

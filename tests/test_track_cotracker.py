@@ -75,7 +75,7 @@ def synthetic_item(index: int, frames: int = 24) -> ClipItem:
                             track_frames=clip.frames)
     ground = [int(o["ground_frame"]) for o in clip.objects]
     item.phrases = [Phrase(o["phrase"], 0, len(o["phrase"])) for o in clip.objects]
-    item.groundings = [Grounding(phrase_index=i, track_frame=g, source_frame=g, box=np.zeros(4))
+    item.groundings = [Grounding(phrase_index=i, track_frame=g, source_frame=g, box=np.asarray(gt.boxes[i, g]))
                        for i, g in enumerate(ground)]
     rng = np.random.default_rng(index)
     item.points = np.stack([sample_points(gt.mask(o, ground[o]), 3, rng) for o in range(gt.n_objects)])
