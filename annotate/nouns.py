@@ -1,4 +1,5 @@
-"""Nouns: the caption's spaCy noun chunks as phrases with exact character spans.
+"""Nouns: the caption's noun phrases (spaCy's noun chunks, corrected by annotate.noun_rules) with exact character
+spans.
 
 A phrase is a noun chunk that could name something visible: pronouns ("it", "they") and chunks headed by a stop
 noun ("the video", "the camera", "a moment") are not phrases at all, so they are skipped, not dropped. What does get
@@ -14,6 +15,7 @@ from typing import Iterable, Sequence
 from annotate.config import DEFAULT_STOP_NOUNS, AnnotateConfig
 from annotate.errors import ConfigError
 from annotate.item import ClipItem, Phrase
+from annotate.noun_rules import phrase_spans
 from annotate.stage import Resources, Stage
 
 # Pipes noun chunks need: tagger (POS), parser (the chunks), attribute_ruler + lemmatizer (lemmas). NER is not used.
@@ -51,14 +53,16 @@ def cut_point(text: str, max_chars: int) -> int:
 
 
 def chunk_to_phrase(chunk) -> Phrase:
-    root = chunk.root
+    """A Phrase of a spaCy Span (a span of annotate.noun_rules): its head is its last token (a phrase ends at its
+    head noun; spaCy's Span.root may pick a determiner when the parse attached the words elsewhere)."""
+    root = chunk[-1]
     plural = root.morph.get("Number") == ["Plur"] or root.tag_ in ("NNS", "NNPS")
     return Phrase(text=chunk.text, start=chunk.start_char, end=chunk.end_char, head=root.text, lemma=root.lemma_,
                   plural=plural)
 
 
 def is_object_chunk(chunk, stop_nouns: set[str]) -> bool:
-    root = chunk.root
+    root = chunk[-1]
     if root.pos_ in NOT_OBJECTS:
         return False
     return root.lemma_.lower() not in stop_nouns and root.text.lower() not in stop_nouns
@@ -72,7 +76,8 @@ def extract_phrases(nlp, captions: Sequence[str], stop_nouns: Iterable[str] = DE
     texts = (c[: cut_point(c, max_chars)] for c in captions)
     out = []
     for doc in nlp.pipe(texts, batch_size=batch_size):
-        out.append([chunk_to_phrase(ch) for ch in doc.noun_chunks if is_object_chunk(ch, stop)])
+        spans = (doc[a:b] for a, b in phrase_spans(doc))
+        out.append([chunk_to_phrase(sp) for sp in spans if is_object_chunk(sp, stop)])
     return out
 
 
