@@ -39,6 +39,10 @@ def assemble(item: ClipItem, cfg: AnnotateConfig, config_hash: str = "") -> Samp
             "score": float(g.score),
             "mask_area": float(g.mask_area if g.mask_area is not None else item.masks[i].mean()),  # share of frame
         }
+        if g.confidence is not None:
+            obj["confidence"] = round(float(g.confidence), 4)
+            obj["confidence_signals"] = {k: (round(float(v), 4) if np.isfinite(v) else None)
+                                         for k, v in g.signals.items()}
         if g.note:
             obj["note"] = g.note
         objects.append(obj)

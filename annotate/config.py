@@ -101,6 +101,13 @@ class FeaturesConfig:
 
 
 @dataclass
+class FilterConfig:
+    # Objects whose confidence (annotate/confidence.py) is below this are dropped ("low confidence"); a clip left
+    # with none is rejected. 0 keeps every object (each still carries its confidence).
+    min_confidence: float = 0.0
+
+
+@dataclass
 class AnnotateConfig:
     num_frames: int = 100  # T samples per clip (the paper's)
     num_points: int = 3  # K points per object (the paper's)
@@ -115,3 +122,4 @@ class AnnotateConfig:
     points: PointsConfig = field(default_factory=PointsConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)

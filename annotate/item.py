@@ -37,6 +37,10 @@ class Grounding:
     score: float = 1.0
     note: str = ""  # e.g. "plural: kept its best box"
     mask_area: Optional[float] = None  # set by the segment stage: mask pixels / frame pixels (scale-free, in [0, 1])
+    # Later grounding frames where the phrase was found again: (track_frame, (4,) xyxy grounding px, score).
+    redetections: list = field(default_factory=list)
+    confidence: Optional[float] = None  # set by the confidence stage, in [0, 1]
+    signals: dict = field(default_factory=dict)  # what the confidence is made of (annotate.confidence)
 
 
 @dataclass

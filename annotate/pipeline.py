@@ -13,7 +13,7 @@ from annotate.config import AnnotateConfig
 from annotate.item import ClipItem
 from annotate.stage import Stage
 
-STAGE_NAMES = ("decode", "nouns", "ground", "segment", "points", "track", "features")
+STAGE_NAMES = ("decode", "nouns", "ground", "segment", "points", "track", "confidence", "features")
 
 
 def build_stage(name: str, cfg: AnnotateConfig) -> Stage:
@@ -42,6 +42,10 @@ def build_stage(name: str, cfg: AnnotateConfig) -> Stage:
         from annotate.track import make_tracker
 
         return make_tracker(cfg)
+    if name == "confidence":
+        from annotate.confidence import ConfidenceStage
+
+        return ConfidenceStage(cfg)
     if name == "features":
         from annotate.features import make_feature_extractor
 

@@ -249,6 +249,8 @@ def validate_sample(sample: Sample, *, num_frames: Optional[int] = None, num_poi
             fail(f"{where}.score", f"expected a finite number, got {obj['score']!r}")
         if not _is_finite(obj["mask_area"]) or obj["mask_area"] < 0:
             fail(f"{where}.mask_area", f"expected a number >= 0, got {obj['mask_area']!r}")
+        if "confidence" in obj and not (_is_finite(obj["confidence"]) and 0 <= obj["confidence"] <= 1):
+            fail(f"{where}.confidence", f"expected a number in [0, 1], got {obj['confidence']!r}")
 
     n = len(objects)
     if n == 0 and not meta.get("conversations"):

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[0] = str(REPO)  # run as a script: bench/annotate.py must not shadow the `annotate` package
 
 RECIPE = REPO / "configs" / "annotate" / "pite143k.yaml"
-STAGES = ("decode", "nouns", "ground", "segment", "points", "track", "features")
+STAGES = ("decode", "nouns", "ground", "segment", "points", "track", "confidence", "features")
 MODEL_STAGES = ("ground", "segment", "track", "features")
 CORPUS_CLIPS, CLUSTER_GPUS = 143_000, 8
 BACKWARD_GOAL = 1.8  # the goal: the one-pass track stage at least this much faster than with backward_pass

@@ -32,6 +32,7 @@ from pipelines.shards import (
 
 HIST_MAX = 10  # objects-per-sample histogram: one bin per count below this, then "10+"
 TOP_REASONS = 3
+CONFIDENCE_BINS = 10
 
 
 def _range(col: pa.ChunkedArray) -> Optional[dict]:
@@ -47,6 +48,12 @@ def _objects_histogram(col: pa.ChunkedArray) -> dict[str, int]:
         counts[str(n) if n < HIST_MAX else f"{HIST_MAX}+"] += c
     order = [str(i) for i in range(HIST_MAX)] + [f"{HIST_MAX}+"]
     return {k: counts[k] for k in order if counts[k]}
+
+
+def _confidence_histogram(values: pa.Array) -> dict[str, int]:
+    """Objects per confidence bin of 0.1 ("0.0-0.1" ... "0.9-1.0")."""
+    counts = Counter(min(int(v * CONFIDENCE_BINS), CONFIDENCE_BINS - 1) for v in values.to_pylist())
+    return {f"{b / CONFIDENCE_BINS:.1f}-{(b + 1) / CONFIDENCE_BINS:.1f}": counts[b] for b in range(CONFIDENCE_BINS)}
 
 
 def _rejects_summary(table: pa.Table) -> dict:
@@ -92,6 +99,10 @@ def summarize(run_dir: str | Path) -> dict:
         captions = index["caption"]
         n_objects = index["n_objects"]
         summary["objects_per_sample"] = _range(n_objects) | {"histogram": _objects_histogram(n_objects)}
+        if "confidence" in index.column_names:
+            values = pc.drop_null(pc.list_flatten(index["confidence"]))
+            if len(values):
+                summary["confidence"] = _range(values) | {"histogram": _confidence_histogram(values)}
         summary["caption_chars"] = _range(pc.utf8_length(captions))
         summary["caption_words"] = _range(pc.list_value_length(pc.utf8_split_whitespace(captions)))
         summary["frames"] = _range(index["n_frames"])
@@ -185,16 +196,21 @@ def _fmt_range(r: Optional[dict], unit: str = "") -> str:
     return f"mean {r['mean']:.2f}{unit}, min {r['min']:g}{unit}, max {r['max']:g}{unit}"
 
 
+def _bars(hist: dict[str, int]) -> list[str]:
+    width = max(max(hist.values()), 1)
+    return [f"  {label:>7} | {'#' * round(30 * count / width):<30} {count}" for label, count in hist.items()]
+
+
 def format_summary(s: dict) -> str:
     lines = [f"run: {s['run']}", f"samples: {s['samples']}  shards: {s['shards']}"]
     if s["incomplete_shards"]:
         lines.append(f"incomplete shards (not in the catalogue; re-run to finish): {s['incomplete_shards']}")
     if s["samples"]:
         lines.append(f"objects per sample: {_fmt_range(s['objects_per_sample'])}")
-        hist = s["objects_per_sample"]["histogram"]
-        width = max(hist.values())
-        for label, count in hist.items():
-            lines.append(f"  {label:>4} | {'#' * max(1, round(30 * count / width)):<30} {count}")
+        lines += _bars(s["objects_per_sample"]["histogram"])
+        if "confidence" in s:
+            lines.append(f"object confidence: {_fmt_range(s['confidence'])}")
+            lines += _bars(s["confidence"]["histogram"])
         lines.append(f"caption length: {_fmt_range(s['caption_chars'], ' chars')}")
         lines.append(f"caption words: {_fmt_range(s['caption_words'])}")
         lines.append(f"frames per sample: {_fmt_range(s['frames'])}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipelines.files import write_atomic
 
+MAX_SHOWN = 48  # pictures in the report (the least trusted samples first)
 QUALITY_NAMES = {
     "ground_recall": "grounding recall (box IoU ≥ 0.5 at the grounding frame)",
     "box_iou": "box IoU at the grounding frame",
@@ -27,7 +28,8 @@ def _table(rows: list[tuple], head: tuple) -> str:
     return f"<table><tr>{th}</tr>{body}</table>" if rows else "<p>none</p>"
 
 
-def write_report(out: Path, stats: dict, previews: list[tuple[int, str, bytes]]) -> Path:
+def write_report(out: Path, stats: dict, previews: list[tuple[float, int, str, bytes]]) -> Path:
+    """report.html; previews are (lowest object confidence, row, video_id, png), shown least trusted first."""
     esc = html.escape
     counts = [("input rows", stats["input_rows"]), ("samples written", stats["written"]),
               ("rejected", stats["rejected"]), ("shards", stats["shards"]),
@@ -41,7 +43,8 @@ def write_report(out: Path, stats: dict, previews: list[tuple[int, str, bytes]])
                for k, v in stats.get("quality", {}).items()]
     pics = "".join(
         f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}"><figcaption>row {row}: '
-        f"{esc(vid)}</figcaption></figure>" for row, vid, png in sorted(previews)
+        f"{esc(vid)} (lowest object confidence {conf:.2f})</figcaption></figure>"
+        for conf, row, vid, png in sorted(previews, key=lambda p: p[:2])[:MAX_SHOWN]
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>PiTe annotation report: {esc(out.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:.5em 0 1.5em}}
@@ -56,7 +59,7 @@ img{{max-width:640px;image-rendering:pixelated}}</style></head><body>
 <h2>Quality against ground truth</h2>{_table(quality, ("figure", "mean over clips", "clips"))}
 <h2>Notes</h2><p>Samples written without an extra (quality or picture) that failed; the first 50.</p>
 {_table([(esc(n),) for n in stats.get("notes", [])], ("note",))}
-<h2>Samples</h2><p>Left: the grounding frame with boxes and mask outlines; middle and right: the tracks at the middle
+<h2>Samples</h2><p>The least trusted first (each sample's lowest object confidence). Left: the grounding frame with boxes and mask outlines; middle and right: the tracks at the middle
 and last sampled frame (filled dot = visible, ring = not visible).</p>{pics or "<p>none</p>"}
 </body></html>"""
     path = out / "report.html"

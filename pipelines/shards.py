@@ -35,6 +35,7 @@ INDEX_SCHEMA = pa.schema(
         ("video_id", pa.string()),
         ("caption", pa.string()),
         ("n_objects", pa.int32()),
+        ("confidence", pa.list_(pa.float64())),  # each object's confidence (null for a sample made without one)
         ("n_frames", pa.int32()),
         ("width", pa.int32()),
         ("height", pa.int32()),
@@ -213,6 +214,7 @@ class ShardWriter:
             "video_id": meta["video_id"],
             "caption": meta["caption"],
             "n_objects": len(meta["objects"]),
+            "confidence": [o.get("confidence") for o in meta["objects"]],
             "n_frames": len(meta["frame_indices"]),
             "width": meta["width"],
             "height": meta["height"],

@@ -179,7 +179,7 @@ def _finish_shard(cfg, out: Path, shard: int, recs: list[dict], tally: RunTally)
             if v is not None and np.isfinite(v):
                 tally.quality[k].append(v)
         if r["preview"] is not None and len(r["preview"]):
-            tally.previews.append((int(r["row"]), r["video_id"], bytes(r["preview"])))
+            tally.add_preview(float(r["confidence"]), int(r["row"]), r["video_id"], bytes(r["preview"]))
     for stage, msg in rejects:
         tally.rejects_by_stage[stage] += 1
         tally.reasons[f"{stage}: {reason_class(msg)}"] += 1

@@ -13,6 +13,9 @@ import numpy as np
 from annotate.schema import MEMBERS
 from annotate.stage import one_line
 
+# A sample whose least trusted object is below this gets a preview for the report even past report_samples.
+LOW_CONFIDENCE_PREVIEW = 0.5
+
 
 def member_column(member: str) -> str:
     return "m_" + member.replace(".", "_")
@@ -46,7 +49,8 @@ def outputs(items, cfg, sample_hash: str, attempts: dict[int, int] | None = None
                 quality = clip_quality(it, cfg)
             except Exception as exc:  # noqa: BLE001 - ground truth only feeds the report
                 note = f"quality: {one_line(exc)}"
-        if it.ok and it.row < cfg.report_samples:
+        low = lowest_confidence(it)
+        if it.ok and (it.row < cfg.report_samples or low < LOW_CONFIDENCE_PREVIEW):
             try:
                 preview = preview_png(it)
             except Exception as exc:  # noqa: BLE001 - a picture for the report, not part of the sample
@@ -61,9 +65,17 @@ def outputs(items, cfg, sample_hash: str, attempts: dict[int, int] | None = None
         cols["quality"].append(json.dumps(quality))
         cols["timings"].append(json.dumps(it.timings))
         cols["preview"].append(preview)
+        cols["confidence"].append(low)
         cols["note"].append(note)
         cols["attempts"].append((attempts or {}).get(it.row, 1))
-    return {k: (np.array(v) if k in ("row", "ok", "attempts") else object_array(v)) for k, v in cols.items()}
+    return {k: (np.array(v) if k in ("row", "ok", "attempts", "confidence") else object_array(v))
+            for k, v in cols.items()}
+
+
+def lowest_confidence(item) -> float:
+    """The item's least trusted object's confidence (1.0 when it has none: nothing to flag)."""
+    values = [g.confidence for g in item.groundings if g.confidence is not None]
+    return float(min(values)) if values else 1.0
 
 
 def output_bytes(rec: dict) -> int:
