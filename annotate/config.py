@@ -36,7 +36,15 @@ class GroundConfig:
     weights: Optional[str] = None  # groundingdino: local HF-format dir (config.json + weights)
     box_threshold: float = 0.35
     text_threshold: float = 0.25
-    every_n_frames: int = 20  # groundingdino: ground on tracking frame 0 and every n-th, keep the earliest confident
+    every_n_frames: int = 20  # groundingdino: ground on tracking frame 0 and every n-th
+    # groundingdino: which confident detection a phrase keeps. best: the highest score over all grounding frames
+    # (an object that enters late is found where it shows best; the other confident frames are kept as
+    # re-detections that check the track); earliest: the first confident frame, and a clip stops once every phrase
+    # is found (fewer forwards, no re-detections).
+    pick: str = "best"
+    # Phrases whose boxes overlap more than this (IoU) on the same frame name one object ("a man", "the man"): it
+    # is tracked once and each phrase keeps its own row.
+    same_object_iou: float = 0.8
     # Grounding frames (where boxes, masks and query points live) are decoded with the shorter side at most
     # short_side and the longer at most max_side, never upscaled: Grounding DINO's own input size, so its
     # processor never resizes them, and SAM sees small objects at the video's resolution.

@@ -63,13 +63,34 @@ def cxcywh_to_xyxy(boxes, width: float, height: float) -> np.ndarray:
     return corners * np.array([width, height, width, height], dtype=np.float64)
 
 
-def _finish(stage: str, item: ClipItem) -> None:
-    """A clip whose phrases all got dropped has no object to annotate: reject it, naming the reasons."""
+def _finish(stage: str, item: ClipItem, same_object_iou: float = 0.8) -> None:
+    """Phrases that name one object share it (`mark_same_objects`); a clip whose phrases all got dropped has no
+    object to annotate: reject it, naming the reasons."""
     if item.groundings:
+        mark_same_objects(item.groundings, same_object_iou)
         return
     reasons = sorted(Counter(re.sub(r" \(.*\)$", "", d["reason"]) for d in item.dropped).items())
     summary = ", ".join(f"{n} x {r}" for r, n in reasons)
     item.reject(stage, f"no phrase grounded ({summary})" if summary else "no phrase grounded")
+
+
+def mark_same_objects(groundings: list, threshold: float) -> None:
+    """A grounding whose box overlaps an earlier one's by IoU > threshold on the same frame is that object:
+    `same_as` = the earlier one's phrase index ("a man" ... "the man")."""
+    for i, g in enumerate(groundings):
+        for first in groundings[:i]:
+            if first.same_as is None and first.track_frame == g.track_frame and _iou(first.box, g.box) > threshold:
+                g.same_as = first.phrase_index
+                break
+
+
+def _iou(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def _need_clip(stage: str, item: ClipItem):
@@ -162,7 +183,7 @@ class GivenGrounder(Stage):
                 notes.append(f"ignored: {', '.join(problems[index])}")
             item.groundings.append(Grounding(phrase_index=index, track_frame=pos, source_frame=frame, box=box,
                                              score=1.0, note="; ".join(notes)))
-        _finish(self.name, item)
+        _finish(self.name, item, self.cfg.ground.same_object_iou)
 
 
 def check_weights_dir(path: Optional[str]) -> str:

@@ -2,15 +2,17 @@
 
 Phrases become the prompt "a cat. a dog." (split when longer than the model's text limit); a phrase's score for a
 box is the maximum sigmoid logit over its OWN tokens (found from the tokenizer's offsets, so "red" in "a red ball. a
-red cup." counts once for each phrase). A clip is grounded on tracking frame 0 and every `ground.every_n_frames`-th,
-and each phrase keeps the earliest frame where it is confident, so objects that enter later are found.
+red cup." counts once for each phrase). A clip is grounded on tracking frame 0 and every `ground.every_n_frames`-th;
+with `ground.pick: best` each phrase keeps its highest-scoring confident detection over all of them (an object that
+enters late is found where it shows best) and the other confident frames become its re-detections; with `earliest`
+it keeps the first confident frame.
 
 Batching (`process_batch`): the grounding frames of all clips of the actor batch are grouped by the size the
 processor resizes them to, so one forward holds frames of one size and no padding. A forward row is one (clip, frame,
 prompt); rows go earliest frame first across the clips, at most `ground.batch_size` per forward, each with its own
-clip's prompt (the rows' prompts are tokenised together, padded on the right). A prompt whose phrases are all found
-sends no more rows, so a clip that is done sends no more frames. Since each phrase keeps its earliest confident frame
-and frames are read in order, the result does not depend on which clips share a forward.
+clip's prompt (the rows' prompts are tokenised together, padded on the right). With `earliest`, a prompt whose phrases are
+all found sends no more rows, so a clip that is done sends no more frames. Since a clip's frames are read in order
+(ties in score keep the earlier frame), the result does not depend on which clips share a forward.
 
 Precision (`ground.dtype` below float32): the weights stay float32 and the forward runs under torch.autocast, so the
 matmuls and convolutions (nearly all the FLOPs) run in bfloat16 while the residual stream, layer norms, softmax and
@@ -43,6 +45,8 @@ from annotate.stage import Resources, Stage
 
 # --- prompts and scores (pure) --------------------------------------------------------------------------------------
 
+
+PICKS = ("best", "earliest")  # ground.pick
 
 @dataclass
 class Prompt:
@@ -160,7 +164,10 @@ class ClipJob:
     skipped: dict[int, str]  # phrase -> why it fits no prompt
     positions: list[int]  # tracking-frame positions to ground on, in order
     shape: tuple[int, int]  # (h, w) the processor resizes this clip's frames to
+    pick: str = "best"  # ground.pick
+    same_object_iou: float = 0.8  # ground.same_object_iou
     hit: dict[int, tuple[int, np.ndarray, float]] = field(default_factory=dict)  # phrase -> (pos, box, score)
+    seen: dict[int, list] = field(default_factory=dict)  # phrase -> [(pos, box, score)] every confident frame
     best_seen: dict[int, float] = field(default_factory=dict)
     bad_box: dict[int, str] = field(default_factory=dict)
     pending: set[int] = field(default_factory=set)
@@ -170,7 +177,7 @@ class ClipJob:
 
     def restart(self) -> "ClipJob":
         """Forget every frame seen (a clip re-run alone after a batched forward failed)."""
-        self.hit, self.best_seen, self.bad_box = {}, {}, {}
+        self.hit, self.best_seen, self.bad_box, self.seen = {}, {}, {}, {}
         self.pending = {i for p in self.prompts for i in p.phrase_ids}
         return self
 
@@ -191,8 +198,12 @@ class ClipJob:
             if box is None:
                 self.bad_box[index] = reason
                 continue
-            self.hit[index] = (self.positions[k], box, float(hits.score[0, j]))
-            self.pending.discard(index)
+            found = (self.positions[k], box, float(hits.score[0, j]))
+            self.seen.setdefault(index, []).append(found)
+            if index not in self.hit or (self.pick == "best" and found[2] > self.hit[index][2]):
+                self.hit[index] = found
+            if self.pick == "earliest":
+                self.pending.discard(index)
 
     def finish(self, item: ClipItem) -> None:
         """Every phrase ends as one Grounding or one drop with its reason; none grounded rejects the clip."""
@@ -200,16 +211,17 @@ class ClipJob:
         for index, phrase in enumerate(item.phrases):
             if index in self.hit:
                 pos, box, score = self.hit[index]
+                redetections = [r for r in self.seen.get(index, []) if r[0] != pos]
                 item.groundings.append(Grounding(
                     phrase_index=index, track_frame=pos, source_frame=int(clip.track_indices[pos]), box=box,
-                    score=score, note=PLURAL_NOTE if phrase.plural else ""))
+                    score=score, note=PLURAL_NOTE if phrase.plural else "", redetections=redetections))
             elif index in self.skipped:
                 item.drop_phrase(phrase, self.skipped[index])
             elif index in self.bad_box:
                 item.drop_phrase(phrase, self.bad_box[index])
             else:
                 item.drop_phrase(phrase, f"no box above threshold (best score {self.best_seen.get(index, 0.0):.2f})")
-        _finish("ground", item)
+        _finish("ground", item, self.same_object_iou)
 
 
 class RowQueue:
@@ -294,6 +306,8 @@ class GroundingDinoGrounder(Stage):
         from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
         gc = self.cfg.ground
+        if gc.pick not in PICKS:
+            raise ConfigError(f"ground.pick: expected {' | '.join(PICKS)}, got {gc.pick!r}")
         self.device = resolve_device(gc.device)
         self.dtype = getattr(torch, resolve_dtype(gc.dtype, self.device))
         enable_tf32(self.device)  # the float32 parts (BERT, the box chain) on a GPU
@@ -340,7 +354,9 @@ class GroundingDinoGrounder(Stage):
                                          int(self.model.config.max_text_len))
         width, height = clip.ground_size
         positions = ground_positions(len(clip.track_frames), self.cfg.ground.every_n_frames)
-        return ClipJob(item, prompts, skipped, positions, resized_shape(self.processor.image_processor, height, width))
+        gc = self.cfg.ground
+        return ClipJob(item, prompts, skipped, positions, resized_shape(self.processor.image_processor, height, width),
+                       pick=gc.pick, same_object_iou=gc.same_object_iou)
 
     def _run(self, jobs: Sequence[ClipJob]) -> None:
         """All rows of clips of one frame shape, in forwards of at most ground.batch_size rows."""

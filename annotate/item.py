@@ -39,6 +39,9 @@ class Grounding:
     mask_area: Optional[float] = None  # set by the segment stage: mask pixels / frame pixels (scale-free, in [0, 1])
     # Later grounding frames where the phrase was found again: (track_frame, (4,) xyxy grounding px, score).
     redetections: list = field(default_factory=list)
+    # Set when another phrase's box is this object's (IoU > ground.same_object_iou on the same frame): that phrase's
+    # index. The object is segmented, sampled and tracked once; each phrase keeps its own row.
+    same_as: Optional[int] = None
     confidence: Optional[float] = None  # set by the confidence stage, in [0, 1]
     signals: dict = field(default_factory=dict)  # what the confidence is made of (annotate.confidence)
 
@@ -71,6 +74,12 @@ class ClipItem:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     versions: dict[str, str] = field(default_factory=dict)  # backend name -> version, for provenance
     error: Optional[tuple[str, str]] = None  # (stage, message) once rejected
+
+    def representative_rows(self) -> list[int]:
+        """For each grounding row, the row whose points and track it shares (itself unless `same_as` names a phrase
+        still grounded)."""
+        row_of = {g.phrase_index: i for i, g in enumerate(self.groundings)}
+        return [row_of.get(g.same_as, i) if g.same_as is not None else i for i, g in enumerate(self.groundings)]
 
     @property
     def ok(self) -> bool:

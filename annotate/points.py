@@ -162,3 +162,5 @@ class PointsStage(Stage):
             for m in item.masks
         ]
         item.points = np.stack(pts) if pts else np.zeros((0, k, 2), np.float64)
+        rep = item.representative_rows()
+        item.points = item.points[rep] if len(rep) else item.points  # one object named twice: the same points

@@ -152,6 +152,17 @@ class TrackStage(Stage):
         tracks = np.asarray(tracks, dtype=np.float64)
         return tracks, np.asarray(vis, dtype=bool) & inside_frame(tracks, frames.shape[2], frames.shape[1])
 
+    def _track_all(self, frames, points, query_frames):
+        n, k = points.shape[:2]
+        num_frames = len(frames)
+        window = self.cfg.track.window
+        if n == 0:
+            return np.zeros((0, k, num_frames, 2)), np.zeros((0, k, num_frames), dtype=bool)
+        if 0 < window < num_frames:
+            return track_in_windows(self._track_in_frame, frames, points, query_frames, window,
+                                    self.cfg.track.overlap)
+        return self.track(np.asarray(frames), points, query_frames)  # one call (a lazy source fits one window)
+
     def process_item(self, item: ClipItem) -> None:
         clip = item.clip
         if clip is None:
@@ -167,15 +178,10 @@ class TrackStage(Stage):
         if points.ndim != 3 or points.shape[-1] != 2:
             raise StageError(self.name, f"points must be (N, K, 2), got {points.shape}")
         points = ground_to_track(clip, points)  # sampled on the grounding frames, tracked on the tracking frames
-        n, k = points.shape[:2]
-        window = self.cfg.track.window
-        if n == 0:
-            tracks, vis = np.zeros((0, k, num_frames, 2)), np.zeros((0, k, num_frames), dtype=bool)
-        elif 0 < window < num_frames:
-            tracks, vis = track_in_windows(self._track_in_frame, frames, points, query_frames, window,
-                                           self.cfg.track.overlap)
-        else:  # one call, as the backend was built for (a lazy source is read whole: it fits in one window)
-            tracks, vis = self.track(np.asarray(frames), points, query_frames)
+        rep = np.asarray(item.representative_rows(), dtype=np.int64)
+        unique, back = np.unique(rep, return_inverse=True)  # one object named by two phrases is tracked once
+        tracks, vis = self._track_all(frames, points[unique], query_frames[unique])
+        tracks, vis = tracks[back.reshape(-1)], vis[back.reshape(-1)]
         w, h = clip.size
         sizes = object_sizes(clip, item.groundings)
         item.tracks = bound_to_frame(np.asarray(tracks, dtype=np.float64), sizes, w, h).astype(np.float32)

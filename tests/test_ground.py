@@ -282,9 +282,12 @@ def test_missing_weights_is_one_line_config_error(tmp_path):
 
 
 def gdino_cfg(weights, **ground):
+    """Grounding DINO settings; pick `earliest` unless asked (these tests pin the frame loop and its early stop;
+    tests/test_ground_best.py covers `best`)."""
     cfg = AnnotateConfig()
     cfg.ground.backend = "groundingdino"
     cfg.ground.weights = str(weights)
+    cfg.ground.pick = "earliest"
     for k, v in ground.items():
         setattr(cfg.ground, k, v)
     return cfg
