@@ -162,3 +162,9 @@ class LazyFrames:
             return np.empty((0, *self.shape[1:]), self.dtype)
         self.decoded += len(positions)
         return self._read(positions)
+
+
+def inside_frame(xy: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(..., 2) continuous pixel coords -> (...) bool: the point lies on the image."""
+    x, y = xy[..., 0], xy[..., 1]
+    return (x >= 0) & (x < width) & (y >= 0) & (y < height)
