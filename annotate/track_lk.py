@@ -29,6 +29,11 @@ REFINE_WIN = 11
 REACQUIRE_PATCH = 15
 REACQUIRE_RADIUS = (6, 2, 40)
 REACQUIRE_MIN_SCORE = 0.8
+# An object lost whole is re-found only as 2+ points whose pairwise distances agree with one scale to this share.
+REJOIN_TOL = 0.25
+# ... or as one point found near where it was lost: base px plus px per frame lost (an object moving at up to that
+# speed behind an occluder; a real pilot's backpack was falsely matched 52 px away after 10 frames).
+LONE_REJOIN_PX = (10.0, 3.0)
 _LK_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01)  # 30 iterations or 0.01 px
 
 
@@ -136,8 +141,11 @@ class _LK:
                 report[lost] = shown[lost] + np.where(moved[:, None], sibling_step, zero)
                 new[lost] = _leash(new[lost], report[lost], reach[lost])
                 found, back = self._reacquire(query, frame, pts0, template, new, lost, t - last_t)
-                # A match further from the object than its own size is something else that looks alike.
+                # A match further from the object than its own size is something else that looks alike; an object
+                # lost whole comes back only as two or more points in their own layout (one patch of texture can
+                # match anywhere).
                 back &= np.linalg.norm(found - report, axis=1) <= reach
+                back &= _rejoined(found, report, pts0, back, followed, groups, t - last_t)
                 still = lost & ~back
                 step_back = _group_median(found - new, back, still, groups, np.full((still.sum(), 2), np.nan))
                 regained = np.isfinite(step_back[:, 0])  # a sibling came back: the object is placed again
@@ -201,6 +209,31 @@ class _LK:
             back[idx] = ok
             found[idx[ok]] = pts[ok]
         return found, back
+
+
+def _rejoined(found: np.ndarray, report: np.ndarray, pts0: np.ndarray, back: np.ndarray, followed: np.ndarray,
+              groups: np.ndarray, frames_lost: np.ndarray) -> np.ndarray:
+    """Which re-found points to keep: all where a sibling is still followed (it vouches for the place); where the
+    whole object was lost, a set of two or more whose pairwise distances keep their query-frame ratios (one common
+    scale, each pair within REJOIN_TOL), or a lone point found near where it was lost (LONE_REJOIN_PX, growing with
+    the frames it was lost); an object of one point keeps its match."""
+    keep = back.copy()
+    for g in np.unique(groups[back]):
+        member = groups == g
+        if (followed & member).any() or member.sum() == 1:
+            continue
+        idx = np.flatnonzero(back & member)
+        if len(idx) < 2:
+            near = LONE_REJOIN_PX[0] + LONE_REJOIN_PX[1] * frames_lost[idx]
+            keep[idx] = np.linalg.norm(found[idx] - report[idx], axis=1) <= near
+            continue
+        pairs = [(a, b) for i, a in enumerate(idx) for b in idx[i + 1:]]
+        ratios = np.array([np.linalg.norm(found[a] - found[b]) / max(np.linalg.norm(pts0[a] - pts0[b]), 1e-6)
+                           for a, b in pairs])
+        scale = np.median(ratios)
+        if not (scale > 0 and np.all(np.abs(ratios / scale - 1.0) <= REJOIN_TOL) and 0.5 <= scale <= 2.0):
+            keep[idx] = False
+    return keep
 
 
 def _reach(pts0: np.ndarray, groups: np.ndarray) -> np.ndarray:
