@@ -17,7 +17,8 @@ Signals, each in [0, 1] (NaN when the clip has no evidence for it):
 - `score`: the grounding score (1 for a given box).
 - `redetect`: the share of the object's re-detections (later grounding frames where its phrase was found again)
   whose box holds the object's visible points there.
-`confidence` is the mean of the available signals, each first mapped through its own floor and ceiling
+fb, appearance and coherence are shrunk towards 0.5 by their amount of evidence (`shrunk`). `confidence` is the mean of
+the available signals, each first mapped through its own floor and ceiling
 (SIGNAL_RANGES) so that one weak signal weighs as much as another. The ranges and the rule were chosen on the
 synthetic world made harder (bench/confidence.py, which reports each signal's AUROC too).
 """
@@ -36,6 +37,7 @@ NCC_PATCH = 9
 EDGE_SHARE = 0.08
 COHERENCE_TOL = 0.2  # a pair's distance may differ from the common scale by 20 % (rotation, non-rigid parts)
 LK_WIN = 15
+PRIOR_OBSERVATIONS = 5  # fb, appearance and coherence are shrunk towards 0.5 as if seen this many more times
 # (floor, ceiling) of each signal: below the floor it counts 0, above the ceiling 1.
 SIGNAL_RANGES = {
     "fb": (0.5, 0.95),
@@ -112,7 +114,7 @@ def coherence_signal(tracks: np.ndarray, vis: np.ndarray, query: int) -> float:
         scale = np.median(ratios)
         total += 1
         good += int(scale > 0 and np.all(np.abs(ratios / scale - 1.0) <= COHERENCE_TOL))
-    return good / total if total else float("nan")
+    return shrunk(good / total, total) if total else float("nan")
 
 
 def held_signal(tracks: np.ndarray, vis: np.ndarray, width: int, height: int) -> float:
@@ -135,6 +137,12 @@ def redetect_signal(tracks: np.ndarray, vis: np.ndarray, redetections: list) -> 
         total += 1
         hits += int(inside.mean() >= 0.5)
     return hits / total if total else float("nan")
+
+
+def shrunk(value: float, evidence: int) -> float:
+    """A share measured on `evidence` observations, pulled towards an undecided 0.5 by PRIOR_OBSERVATIONS: two
+    agreeing steps of a track lost at once are not the proof that two hundred are."""
+    return float((value * evidence + 0.5 * PRIOR_OBSERVATIONS) / (evidence + PRIOR_OBSERVATIONS))
 
 
 def combine(signals: dict[str, float]) -> float:
@@ -173,10 +181,10 @@ def object_signals(item) -> list[dict[str, float]]:
         redets = [(t, ground_to_track(clip, np.asarray(box, np.float64).reshape(2, 2)).ravel())
                   for t, box, _ in getattr(g, "redetections", [])]
         out.append({
-            "fb": fb[i, 0] / fb[i, 1] if fb[i, 1] else float("nan"),
+            "fb": shrunk(fb[i, 0] / fb[i, 1], fb[i, 1]) if fb[i, 1] else float("nan"),
             "visible": float(vis[i].mean()),
             "held": held_signal(tracks[i], vis[i], w, h),
-            "appearance": float(np.clip(np.median(ncc[i]), 0.0, 1.0)) if ncc[i] else float("nan"),
+            "appearance": shrunk(float(np.clip(np.median(ncc[i]), 0.0, 1.0)), len(ncc[i])) if ncc[i] else float("nan"),
             "coherence": coherence_signal(tracks[i], vis[i], queries[i]),
             "score": float(g.score),
             "redetect": redetect_signal(tracks[i], vis[i], redets),

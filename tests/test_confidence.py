@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from annotate.assemble import assemble
-from annotate.confidence import ConfidenceStage, coherence_signal, combine, held_signal, redetect_signal
+from annotate.confidence import ConfidenceStage, coherence_signal, combine, held_signal, redetect_signal, shrunk
 from annotate.config import AnnotateConfig, FilterConfig
 from annotate.errors import StageError
 from annotate.item import Grounding
@@ -35,10 +35,11 @@ def test_coherence_allows_a_common_scale_not_a_point_that_slid_off():
     base = np.array([[10.0, 10.0], [30.0, 10.0], [10.0, 30.0]])
     grow = np.stack([base * (1 + 0.02 * t) for t in range(10)], axis=1)  # (3, 10, 2): the object grows
     vis = np.ones((3, 10), bool)
-    assert coherence_signal(grow, vis, 0) == 1.0
+    assert coherence_signal(grow, vis, 0) == pytest.approx(shrunk(1.0, 9))  # 9 frames of evidence, all agree
     slid = grow.copy()
     slid[0, 5:] += [40.0, 0.0]  # one point drifted onto the background
-    assert coherence_signal(slid, vis, 0) == pytest.approx(4 / 9)
+    assert coherence_signal(slid, vis, 0) == pytest.approx(shrunk(4 / 9, 9))
+    assert shrunk(1.0, 0) == 0.5 and shrunk(1.0, 1000) > 0.99
 
 
 def test_redetections_that_hold_the_points_count():
