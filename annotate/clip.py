@@ -80,15 +80,23 @@ class DecodedClip:
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
         if self.ground_frames is None:
             return np.asarray(self.track_frames[positions])
+        if len(self.ground_positions) == 0 and len(positions):
+            raise KeyError(f"tracking frame {int(positions[0])} was not decoded for grounding")
         rows = np.searchsorted(self.ground_positions, positions).clip(max=max(0, len(self.ground_positions) - 1))
-        missing = positions[(len(self.ground_positions) == 0) | (self.ground_positions[rows] != positions)]
+        missing = positions[self.ground_positions[rows] != positions] if len(positions) else positions
         if len(missing):
             raise KeyError(f"tracking frame {int(missing[0])} was not decoded for grounding")
         return np.asarray(self.ground_frames[rows])
 
     def ground_frame(self, position: int) -> np.ndarray:
-        """(hg, wg, 3) the grounding frame at a tracking-frame position."""
-        return self.ground_frames_at([position])[0]
+        """(hg, wg, 3) the grounding frame at a tracking-frame position (one int index: a lazy source keeps it, so
+        ground, segment and the preview decode it once)."""
+        if self.ground_frames is None:
+            return np.asarray(self.track_frames[int(position)])
+        row = int(np.searchsorted(self.ground_positions, position))
+        if row >= len(self.ground_positions) or self.ground_positions[row] != position:
+            raise KeyError(f"tracking frame {int(position)} was not decoded for grounding")
+        return np.asarray(self.ground_frames[row])
 
     def track_position(self, source_index: int) -> int:
         """Index into track_frames of a source frame index (which must have been decoded for tracking)."""

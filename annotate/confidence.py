@@ -169,7 +169,7 @@ def object_signals(item) -> list[dict[str, float]]:
     refs = [patches(_gray(clip.track_frames[[q]])[0], tracks[i, :, q]) for i, q in enumerate(queries)]
     fb = np.zeros((n, 2), np.int64)
     ncc: list[list[float]] = [[] for _ in range(n)]
-    for lo in range(0, f, CHUNK):
+    for lo in range(0, max(f - 1, 1), CHUNK):  # the last chunk ends at the clip's last frame
         hi = min(f, lo + CHUNK + 1)  # one frame of overlap: the step from this chunk into the next
         gray = _gray(clip.track_frames[lo:hi])
         for i in range(n):

@@ -30,6 +30,9 @@ class DecodeStage(Stage):
                            ("ground.max_side", cfg.ground.max_side)):
             if not (isinstance(value, int) and value >= 16):
                 raise ConfigError(f"{key}: expected a whole number of pixels >= 16, got {value!r}")
+        every_n = cfg.ground.every_n_frames
+        if cfg.ground.backend != "given" and not (isinstance(every_n, int) and every_n >= 1):
+            raise ConfigError(f"ground.every_n_frames: expected a whole number of tracking frames >= 1, got {every_n!r}")
         if not (isinstance(cfg.ground.short_side, int) and cfg.ground.short_side >= 0):
             raise ConfigError(f"ground.short_side: expected pixels >= 0 (0 = only ground.max_side), "
                               f"got {cfg.ground.short_side!r}")

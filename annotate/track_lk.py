@@ -147,10 +147,13 @@ class _LK:
                 back &= np.linalg.norm(found - report, axis=1) <= reach
                 back &= _rejoined(found, report, pts0, back, followed, groups, t - last_t)
                 still = lost & ~back
-                step_back = _group_median(found - new, back, still, groups, np.full((still.sum(), 2), np.nan))
-                regained = np.isfinite(step_back[:, 0])  # a sibling came back: the object is placed again
-                new[still] += np.where(regained[:, None], step_back, 0.0)
-                report[np.flatnonzero(still)[regained]] = new[np.flatnonzero(still)[regained]]
+                # A sibling came back: a still-lost point moves as far as the siblings' reported positions had to
+                # move to meet them (measured on the reports, never on the drifting search guesses), and its search
+                # restarts from there.
+                step_back = _group_median(found - report, back, still, groups, np.full((still.sum(), 2), np.nan))
+                regained = np.flatnonzero(still)[np.isfinite(step_back[:, 0])]
+                report[regained] += step_back[np.isfinite(step_back[:, 0])]
+                new[regained] = report[regained]
                 new[back] = found[back]
                 followed |= back
             report[followed] = new[followed]

@@ -96,7 +96,7 @@ def _run_locked(cfg: AnnotateJobConfig, out: Path) -> dict:
                             f"{out}: the run is inconsistent (was a shard file replaced by hand?)")
         from pipelines.report import write_report
 
-        write_report(out, stats, tally.previews)
+        write_report(out, stats, tally.report_previews())
         shutil.rmtree(ledger, ignore_errors=True)  # every row is a sample or a reject now: nothing to retry
         write_atomic(out / "stats.json", json.dumps(stats, indent=1, default=str))  # last: marks the run complete
     finally:
@@ -179,7 +179,8 @@ def _finish_shard(cfg, out: Path, shard: int, recs: list[dict], tally: RunTally)
             if v is not None and np.isfinite(v):
                 tally.quality[k].append(v)
         if r["preview"] is not None and len(r["preview"]):
-            tally.add_preview(float(r["confidence"]), int(r["row"]), r["video_id"], bytes(r["preview"]))
+            tally.add_preview(float(r["confidence"]), int(r["row"]), r["video_id"], bytes(r["preview"]),
+                              first=int(r["row"]) < cfg.report_samples)
     for stage, msg in rejects:
         tally.rejects_by_stage[stage] += 1
         tally.reasons[f"{stage}: {reason_class(msg)}"] += 1

@@ -15,6 +15,7 @@ from annotate.stage import one_line
 
 # A sample whose least trusted object is below this gets a preview for the report even past report_samples.
 LOW_CONFIDENCE_PREVIEW = 0.5
+LOW_CONFIDENCE_PREVIEWS = 2  # such previews per actor call (each is a PNG of three frames)
 
 
 def member_column(member: str) -> str:
@@ -34,6 +35,7 @@ def outputs(items, cfg, sample_hash: str, attempts: dict[int, int] | None = None
     the extras (quality against ground truth, preview picture) only drops that extra, noted in `note`.
     """
     cols: dict[str, list] = defaultdict(list)
+    low_left = LOW_CONFIDENCE_PREVIEWS  # per call: the driver keeps only the least trusted few of the whole run
     for it in items:
         members, quality, preview, note = {}, {}, b"", ""
         if it.ok:
@@ -50,7 +52,9 @@ def outputs(items, cfg, sample_hash: str, attempts: dict[int, int] | None = None
             except Exception as exc:  # noqa: BLE001 - ground truth only feeds the report
                 note = f"quality: {one_line(exc)}"
         low = lowest_confidence(it)
-        if it.ok and (it.row < cfg.report_samples or low < LOW_CONFIDENCE_PREVIEW):
+        flagged = low < LOW_CONFIDENCE_PREVIEW and low_left > 0
+        if it.ok and (it.row < cfg.report_samples or flagged):
+            low_left -= int(flagged and it.row >= cfg.report_samples)
             try:
                 preview = preview_png(it)
             except Exception as exc:  # noqa: BLE001 - a picture for the report, not part of the sample
@@ -94,6 +98,8 @@ def sample_members(item, cfg, sample_hash: str) -> dict[str, bytes]:
 
 def preview_png(item) -> bytes:
     """The report's picture of a clip: the first grounding frame with its boxes and masks, two samples with tracks."""
+    import cv2
+
     from annotate.draw import draw_frame, encode_png, grid
     from annotate.track import read_off_samples
 
@@ -105,7 +111,8 @@ def preview_png(item) -> bytes:
                        masks=[item.masks[i] for i in on_frame], labels=labels)
     traj, vis = read_off_samples(item.tracks, item.track_vis, clip.track_times, clip.sample_times, size=clip.size)
     traj = traj * (np.array(clip.sample_size, float) / np.array(clip.size, float))  # tracking -> sample pixels
-    tiles = [first]
+    # At the samples' size, like the other tiles (the grounding frame can be 1333 px wide; grid sizes cells by it).
+    tiles = [cv2.resize(first, clip.sample_size, interpolation=cv2.INTER_AREA)]
     for t in (len(clip.sample_times) // 2, len(clip.sample_times) - 1):
         tiles.append(draw_frame(clip.sample_frames[t], tracks=traj, vis=vis, t=t))
     return encode_png(grid(tiles, cols=3))

@@ -55,16 +55,21 @@ class RunTally:
         # (confidence, row, video_id, png): the first report_samples rows and the least trusted samples, at most
         # MAX_PREVIEWS kept (the lowest confidence first), so memory stays bounded on a corpus-sized run.
         self.previews: list[tuple[float, int, str, bytes]] = []
+        self.first_previews: list[tuple[float, int, str, bytes]] = []
         self.bytes_in = 0  # row metadata read by the reader tasks and handed to the actors
         self.bytes_out = 0  # what the actors returned: sample members, previews, figures
         self.bytes_source = "payload count"  # who measured them: Ray Data's operator stats, or our own count
         self.retried = 0  # rows that were in flight when a worker process died, and ran again
         self.first_output = None  # seconds until the first row came back: actor start-up and model loading
 
-    def add_preview(self, confidence: float, row: int, video_id: str, png: bytes) -> None:
-        self.previews.append((confidence, row, video_id, png))
+    def add_preview(self, confidence: float, row: int, video_id: str, png: bytes, first: bool = False) -> None:
+        """`first`: one of the first report_samples rows, always kept; the others compete on low confidence."""
+        (self.first_previews if first else self.previews).append((confidence, row, video_id, png))
         if len(self.previews) > 2 * MAX_PREVIEWS:  # trim now and then, not on every add
             self.previews = sorted(self.previews, key=lambda p: p[:2])[:MAX_PREVIEWS]
+
+    def report_previews(self) -> list[tuple[float, int, str, bytes]]:
+        return self.first_previews + sorted(self.previews, key=lambda p: p[:2])[:MAX_PREVIEWS]
 
     @property
     def processed(self) -> int:
