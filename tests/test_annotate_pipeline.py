@@ -241,6 +241,20 @@ def test_bad_inputs_each_end_as_one_sample_or_one_readable_reject(ray_session, c
     assert inspect_cmd.main([str(out), "--validate", "--frames", str(T), "--points", str(K)]) == 0
 
 
+def test_a_run_that_writes_nothing_or_rejects_too_much_exits_1(ray_session, clips, tmp_path, capsys):
+    root, rows = clips
+    missing = [{**r, "video_id": f"gone-{i}", "video": str(tmp_path / f"gone-{i}.mp4")} for i, r in enumerate(rows[:3])]
+    assert annotate(write_jsonl(tmp_path / "all-bad.jsonl", missing), tmp_path / "all-bad") == 1
+    err = capsys.readouterr().err
+    assert "pite annotate: failed: no sample written, all 3 rows rejected; most common reason: decode:" in err
+
+    good = [{**r, "video": str(root / r["video"]), "gt": str(root / r["gt"])} for r in rows[:2]]
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", good + missing[:2])
+    assert annotate(mixed, tmp_path / "mixed", "max_reject_share=0.25") == 1
+    assert "failed: 2 of 4 rows rejected (50%), above max_reject_share=0.25" in capsys.readouterr().err
+    assert annotate(mixed, tmp_path / "mixed") == 0  # the default fails only a run with no sample (resumes here)
+
+
 # --- 2. kill and resume ------------------------------------------------------------------------------------------
 
 

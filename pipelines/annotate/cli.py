@@ -1,6 +1,10 @@
 """`pite annotate --config CONFIG [input=MANIFEST] [out=DIR] [key=value ...]`: a manifest in, PiTe shards out.
 
 On a cluster: `ray job submit --working-dir . -- python -m pipelines.annotate --config ... input=/abs out=/abs`.
+
+Exit status: 0 when the run wrote its samples; 1 when it wrote none from a non-empty input, or rejected more than
+`max_reject_share` of its rows (the reason on stderr, the rows in OUT/rejects/); 2 for a config, input or
+preflight error (nothing ran).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Optional
 from annotate.errors import PiteError
 from pipelines.annotate.config import AnnotateJobConfig, resolve_out
 from pipelines.annotate.driver import run
-from pipelines.annotate.stats import summary_line
+from pipelines.annotate.stats import run_failure, summary_line
 from pipelines.config import load_config
 
 
@@ -32,4 +36,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"pite annotate: {exc}", file=sys.stderr)
         return 2
     print(summary_line(stats, resolve_out(cfg)))
+    failure = run_failure(stats, cfg.max_reject_share)
+    if failure:
+        print(f"pite annotate: {failure} (see {resolve_out(cfg)}/rejects/ and report.html)", file=sys.stderr)
+        return 1
     return 0

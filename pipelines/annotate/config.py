@@ -42,6 +42,9 @@ class AnnotateJobConfig(AnnotateConfig):
     num_cpus: int = 0  # local Ray only: CPUs to use (0 = all)
     num_gpus: int = -1  # local Ray only: GPUs to declare (-1 = what Ray detects)
     report_samples: int = 12  # rows drawn in report.html
+    # The run fails (exit 1) when more than this share of its input rows are rejects; a run that writes no sample
+    # fails whatever this is. 1.0 = only that.
+    max_reject_share: float = 1.0
     progress: bool = True
     synth: SynthSettings = field(default_factory=SynthSettings)
     # Stage names to fail on purpose (tests of the fault model): "<stage>:<video_id>:raise|exit".
@@ -52,7 +55,7 @@ class AnnotateJobConfig(AnnotateConfig):
 # resume check), so they may differ on resume. max_attempts and fault_injection only decide which rows are rejects.
 NOT_HASHED = ("input", "out", "progress", "ray_address", "num_cpus", "num_gpus", "cpu_workers", "gpu_workers",
               "gpus_per_actor", "decode_threads", "actor_memory_gb", "report_samples", "synth", "name", "batch_size",
-              "max_attempts", "fault_injection")
+              "max_attempts", "fault_injection", "max_reject_share")
 
 
 def resolve_out(cfg: AnnotateJobConfig) -> Path:
@@ -76,6 +79,8 @@ def check_settings(cfg: AnnotateJobConfig) -> None:
     for key in ("cpu_workers", "gpu_workers", "num_cpus", "report_samples", "gpus_per_actor", "actor_memory_gb"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key}: must be >= 0, got {getattr(cfg, key)}")
+    if not 0.0 <= cfg.max_reject_share <= 1.0:
+        raise ConfigError(f"max_reject_share: a share in [0, 1], got {cfg.max_reject_share}")
     if cfg.gpus_per_actor > 1 and cfg.gpus_per_actor != int(cfg.gpus_per_actor):
         raise ConfigError(f"gpus_per_actor: a fraction must be below 1 (Ray shares one GPU), got {cfg.gpus_per_actor}")
     parse_faults(cfg.fault_injection, STAGE_NAMES)

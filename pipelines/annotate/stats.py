@@ -116,6 +116,20 @@ def build_stats(cfg, out: Path, total: int, tally: RunTally, prev: dict, seconds
     }
 
 
+def run_failure(stats: dict, max_reject_share: float) -> str:
+    """Why a finished run counts as failed ("" when it does not): no sample written from a non-empty input, or more
+    rejects than max_reject_share of the input rows. Names the most common reject reason."""
+    rows, written, rejected = stats["input_rows"], stats["written"], stats["rejected"]
+    top = next(iter(stats.get("reject_reasons") or {}), "")
+    why = f"; most common reason: {top}" if top else ""
+    if rows and not written:
+        return f"failed: no sample written, all {rows} rows rejected{why}"
+    if rows and rejected / rows > max_reject_share:
+        return (f"failed: {rejected} of {rows} rows rejected ({rejected / rows:.0%}), above max_reject_share="
+                f"{max_reject_share:g}{why}")
+    return ""
+
+
 def summary_line(stats: dict, out: Path) -> str:
     q = stats.get("quality") or {}
     quality = ", ".join(f"{k} {v:.3f}" for k, v in q.items())
