@@ -255,6 +255,14 @@ def test_a_run_that_writes_nothing_or_rejects_too_much_exits_1(ray_session, clip
     assert annotate(mixed, tmp_path / "mixed") == 0  # the default fails only a run with no sample (resumes here)
 
 
+def test_a_typo_in_a_backend_writes_nothing_to_out(ray_session, good_manifest, tmp_path, capsys):
+    out = tmp_path / "typo"
+    assert annotate(good_manifest, out, "segment.backend=sam2") == 2
+    assert "segment.backend" in capsys.readouterr().err
+    assert not out.exists()  # nothing written: the corrected command may use the same out=
+    assert annotate(good_manifest, out) == 0
+
+
 # --- 2. kill and resume ------------------------------------------------------------------------------------------
 
 

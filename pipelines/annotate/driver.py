@@ -42,20 +42,24 @@ def run(cfg: AnnotateJobConfig) -> dict:
     cluster of `ray job submit` (RAY_ADDRESS) or `cfg.ray_address`, else starts a local Ray of its own, which it
     shuts down at the end.
     """
+    from annotate.pipeline import build_stages
+
     out = resolve_out(cfg)
     check_settings(cfg)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out: {out} is a file, not a folder; choose another out=")
+    # Built here without setup (no weights loaded): an unknown backend or a bad stage key fails before anything is
+    # written to out=, so the corrected command can use the same out=.
+    stages = build_stages(cfg)
     maybe_synthesize(cfg)
     out.mkdir(parents=True, exist_ok=True)
     with run_lock(out):
-        return _run_locked(cfg, out)
+        return _run_locked(cfg, out, stages)
 
 
-def _run_locked(cfg: AnnotateJobConfig, out: Path) -> dict:
+def _run_locked(cfg: AnnotateJobConfig, out: Path, stages: list) -> dict:
     import ray
 
-    from annotate.pipeline import build_stages
     from pipelines.annotate.plan import actor_plan, cluster_nodes, preflight
     from pipelines.shards import list_done_shards, remove_partial
 
@@ -75,8 +79,7 @@ def _run_locked(cfg: AnnotateJobConfig, out: Path) -> dict:
     # Samples carry the hash of the stage settings only, as `pite annotate-clip` writes it: a clip gives the same
     # sample either way, and job settings (shard size, workers) do not change its bytes.
     sample_hash = stage_config_hash(cfg)
-    # The plan comes from the stages' declared resources (built here without setup: no weights loaded).
-    plan = actor_plan(cfg, build_stages(cfg))
+    plan = actor_plan(cfg, stages)  # from the stages' declared resources
 
     t_ray = time.perf_counter()
     started_ray = init_ray(cfg) if pending else False  # a finished run re-run only rewrites its stats
