@@ -243,16 +243,35 @@ def test_bad_inputs_each_end_as_one_sample_or_one_readable_reject(ray_session, c
 
 def test_a_run_that_writes_nothing_or_rejects_too_much_exits_1(ray_session, clips, tmp_path, capsys):
     root, rows = clips
-    missing = [{**r, "video_id": f"gone-{i}", "video": str(tmp_path / f"gone-{i}.mp4")} for i, r in enumerate(rows[:3])]
-    assert annotate(write_jsonl(tmp_path / "all-bad.jsonl", missing), tmp_path / "all-bad") == 1
+    broken = []
+    for i, r in enumerate(rows[:3]):  # files that exist but are no video: every row a decode reject
+        (tmp_path / f"broken-{i}.mp4").write_text("not a video")
+        broken.append({**r, "video_id": f"broken-{i}", "video": str(tmp_path / f"broken-{i}.mp4")})
+    assert annotate(write_jsonl(tmp_path / "all-bad.jsonl", broken), tmp_path / "all-bad") == 1
     err = capsys.readouterr().err
     assert "pite annotate: failed: no sample written, all 3 rows rejected; most common reason: decode:" in err
+    missing = [{**r, "video_id": f"gone-{i}", "video": str(tmp_path / f"gone-{i}.mp4")} for i, r in enumerate(rows[:3])]
 
     good = [{**r, "video": str(root / r["video"]), "gt": str(root / r["gt"])} for r in rows[:2]]
     mixed = write_jsonl(tmp_path / "mixed.jsonl", good + missing[:2])
     assert annotate(mixed, tmp_path / "mixed", "max_reject_share=0.25") == 1
     assert "failed: 2 of 4 rows rejected (50%), above max_reject_share=0.25" in capsys.readouterr().err
     assert annotate(mixed, tmp_path / "mixed") == 0  # the default fails only a run with no sample (resumes here)
+
+
+def test_the_manifest_is_checked_before_ray_starts(clips, tmp_path, capsys):
+    """Videos in the wrong folder and a missing caption: counted and named, and refused (exit 2) with out= left
+    free, before any Ray starts (no ray_session here: a run that got that far would start its own)."""
+    root, rows = clips
+    moved = [{**r, "video": "elsewhere/" + r["video"]} for r in rows[:3]]
+    no_caption = [{k: v for k, v in r.items() if k != "caption"} for r in rows[3:5]]
+    out = tmp_path / "checked"
+    assert annotate(write_jsonl(root / "wrong-folder.jsonl", moved + no_caption), out) == 2
+    err = capsys.readouterr().err
+    assert "input 5 rows, 0 to annotate; 3 videos not found (first: " in err and "elsewhere" in err
+    assert "2 x missing required column 'caption'" in err
+    assert "pite annotate: input: none of the 5 rows" in err
+    assert not (out / "run.json").exists() and not (out / "input").exists()
 
 
 def test_a_typo_in_a_backend_writes_nothing_to_out(ray_session, good_manifest, tmp_path, capsys):

@@ -39,7 +39,13 @@ def prepare_input(cfg: AnnotateJobConfig, out: Path) -> tuple[list[int], dict[in
     if list_done_shards(out) or list_partial_shards(out):
         raise ConfigError(f"out: {out} holds shards but no run.json, so they cannot be checked against this "
                           f"manifest and config; choose another out= or delete it")
-    counts, total = _split_manifest(cfg, out)
+    counts, total, check = _split_manifest(cfg, out)
+    print(f"pite annotate: input {check.line()}", file=sys.stderr)
+    if total and check.usable == 0:  # nothing could become a sample: refuse before Ray starts, leave out= clean
+        import shutil
+
+        shutil.rmtree(out / "input", ignore_errors=True)
+        raise ConfigError(f"input: none of the {total} rows of {cfg.input} can be annotated ({check.line()})")
     # run.json goes last and whole: once it exists, every input file it lists is complete.
     write_atomic(run_file, json.dumps({"manifest": fp, "config_hash": chash, "rows": total,
                                        "rows_per_shard": cfg.rows_per_shard,
@@ -66,7 +72,39 @@ def _resume(cfg, out: Path, run_file: Path, fp, chash: str):
     return sorted(counts), counts, chash, rows
 
 
-def _split_manifest(cfg, out: Path) -> tuple[dict[int, int], int]:
+class ManifestCheck:
+    """What reading the manifest found, before Ray starts: rows, rows already rejects (by reason), videos missing."""
+
+    def __init__(self):
+        self.rows = 0
+        self.errors: dict[str, int] = {}  # reason (without row details) -> rows
+        self.missing = 0  # rows whose video file does not exist
+        self.first_missing = ""
+
+    def add(self, r) -> None:
+        self.rows += 1
+        if r.error:
+            reason = r.error.split(" (first at row")[0].split(" {")[0]
+            reason = "duplicate video_id" if reason.startswith("duplicate video_id") else reason
+            self.errors[reason] = self.errors.get(reason, 0) + 1
+        elif not r.tar_member and not os.path.exists(r.video):
+            self.missing += 1
+            self.first_missing = self.first_missing or r.video
+
+    @property
+    def usable(self) -> int:
+        return self.rows - sum(self.errors.values()) - self.missing
+
+    def line(self) -> str:
+        parts = [f"{self.rows} rows, {self.usable} to annotate"]
+        if self.missing:
+            parts.append(f"{self.missing} videos not found (first: {self.first_missing}; paths are relative to the "
+                         f"manifest's folder)")
+        parts += [f"{n} x {reason}" for reason, n in sorted(self.errors.items(), key=lambda kv: -kv[1])]
+        return "; ".join(parts)
+
+
+def _split_manifest(cfg, out: Path) -> tuple[dict[int, int], int, ManifestCheck]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -77,6 +115,7 @@ def _split_manifest(cfg, out: Path) -> tuple[dict[int, int], int]:
     counts: dict[int, int] = {}
     buf: list[dict] = []
     total = 0
+    check = ManifestCheck()
 
     def flush(shard: int) -> None:
         pq.write_table(pa.Table.from_pylist(buf, schema=schema), input_file(out, shard))
@@ -88,10 +127,11 @@ def _split_manifest(cfg, out: Path) -> tuple[dict[int, int], int]:
         if buf and buf[-1]["row"] // cfg.rows_per_shard != shard:
             flush(shard - 1)
         buf.append(r.to_record())
+        check.add(r)
         total += 1
     if buf:
         flush(buf[-1]["row"] // cfg.rows_per_shard)
-    return counts, total
+    return counts, total, check
 
 
 def read_input_files(batch):
