@@ -267,10 +267,11 @@ def test_the_manifest_is_checked_before_ray_starts(clips, tmp_path, capsys):
     no_caption = [{k: v for k, v in r.items() if k != "caption"} for r in rows[3:5]]
     out = tmp_path / "checked"
     assert annotate(write_jsonl(root / "wrong-folder.jsonl", moved + no_caption), out) == 2
-    err = capsys.readouterr().err
-    assert "input 5 rows, 0 to annotate; 3 videos not found (first: " in err and "elsewhere" in err
-    assert "2 x missing required column 'caption'" in err
-    assert "pite annotate: input: none of the 5 rows" in err
+    got = capsys.readouterr()
+    assert "annotate: input 5 rows, 0 to annotate; 3 videos not found (first: " in got.out and "elsewhere" in got.out
+    assert "2 x missing required column 'caption'" in got.out
+    err = [ln for ln in got.err.splitlines() if ln.startswith("pite annotate:")]
+    assert len(err) == 1 and err[0].startswith("pite annotate: input: none of the 5 rows"), got.err
     assert not (out / "run.json").exists() and not (out / "input").exists()
 
 

@@ -40,7 +40,7 @@ def prepare_input(cfg: AnnotateJobConfig, out: Path) -> tuple[list[int], dict[in
         raise ConfigError(f"out: {out} holds shards but no run.json, so they cannot be checked against this "
                           f"manifest and config; choose another out= or delete it")
     counts, total, check = _split_manifest(cfg, out)
-    print(f"pite annotate: input {check.line()}", file=sys.stderr)
+    print(f"annotate: input {check.line()}", flush=True)  # stdout: stderr is for what went wrong
     if total and check.usable == 0:  # nothing could become a sample: refuse before Ray starts, leave out= clean
         import shutil
 
