@@ -22,6 +22,7 @@ import numpy as np
 from annotate.config import AnnotateConfig
 from annotate.errors import ConfigError, StageError
 from annotate.item import ClipItem, Grounding, Phrase
+from annotate.metrics import box_iou
 from annotate.stage import Resources, Stage
 
 PLURAL_NOTE = "plural: kept its best box"
@@ -79,18 +80,10 @@ def mark_same_objects(groundings: list, threshold: float) -> None:
     `same_as` = the earlier one's phrase index ("a man" ... "the man")."""
     for i, g in enumerate(groundings):
         for first in groundings[:i]:
-            if first.same_as is None and first.track_frame == g.track_frame and _iou(first.box, g.box) > threshold:
+            same_frame = first.same_as is None and first.track_frame == g.track_frame
+            if same_frame and box_iou(first.box, g.box)[0, 0] > threshold:
                 g.same_as = first.phrase_index
                 break
-
-
-def _iou(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _need_clip(stage: str, item: ClipItem):
