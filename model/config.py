@@ -35,7 +35,7 @@ class PiteConfig:
     lambda_lm: float = 1.0
     lambda_loc: float = 1.0
     lambda_traj: float = 1.0
-    template: str = "pite"  # key of model.conversation.TEMPLATES: pite | release
+    template: str = "release"  # key of model.conversation.TEMPLATES: release (PiTe's, VTimeLLM's) | demo
     video_token: str = "<video>"
     lora: LoraSettings = field(default_factory=LoraSettings)
     gradient_checkpointing: bool = False

@@ -21,7 +21,7 @@ VICUNA_SYSTEM = (
 
 @dataclass(frozen=True)
 class Template:
-    name: str = "pite"
+    name: str = "release"
     system: str = VICUNA_SYSTEM
     user: str = "USER"
     assistant: str = "ASSISTANT"
@@ -29,21 +29,32 @@ class Template:
     sep2: str = "</s>"  # after each assistant message (the eos)
     video_token: str = "<video>"
     # First user message: a clip (T frames) and a single frame (stage 1). {query} is the user's question.
-    video_prompt: str = "This is a video with 100 frames: <video>\n{query}"
-    image_prompt: str = "This is an image: <video>\n{query}"
+    video_prompt: str = "<video>\n{query}"
+    image_prompt: str = "<video>\n{query}"
+    # Tokenise the text before and after the placeholder separately, as LLaVA's and VTimeLLM's
+    # `tokenizer_image_token` (and so the PiTe release) do. With a sentencepiece (LLaMA) tokenizer the text after
+    # the video then starts with the dummy-prefix token "▁" that one pass over the whole text does not produce.
+    split_at_video: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Template":
-        return cls(**data)
+        # Checkpoints written before `split_at_video` existed were tokenised in one pass.
+        return cls(**{"split_at_video": False, **data})
 
 
 TEMPLATES = {
-    "pite": Template(),  # VTimeLLM's prompt, which stage 3's "From 12 to 40." answers are written against
-    "release": Template(name="release", video_prompt="<video>\n{query}", image_prompt="<video>\n{query}"),
+    # The PiTe release's and VTimeLLM's prompt (their inference.py / eval.py): "<video>\n" + the query, in Vicuna v1,
+    # tokenised in chunks around the video. What the 7B recipes train with and the official evaluations ask.
+    "release": Template(name="release"),
+    # The CPU demo's: the frame count said in words and one tokenizer pass (a byte-level BPE, where chunking
+    # changes nothing). Kept for the demo checkpoints trained with it; not comparable with published models.
+    "demo": Template(name="demo", video_prompt="This is a video with 100 frames: <video>\n{query}",
+                     image_prompt="This is an image: <video>\n{query}", split_at_video=False),
 }
+TEMPLATES["pite"] = TEMPLATES["demo"]  # the demo's earlier name, still in older configs
 
 
 def get_template(name: str) -> Template:
@@ -57,6 +68,7 @@ class Rendered:
     text: str
     message_spans: list[tuple[int, int]]  # [start, end) of each message's own text
     answer_spans: list[tuple[int, int]]  # [start, end) of each assistant message, its leading space and sep2
+    split_at: str = ""  # the placeholder to tokenise around ("" = tokenise the text in one pass)
 
 
 def first_message(template: Template, query: str, n_frames: int) -> str:
@@ -90,7 +102,7 @@ def render(template: Template, turns: list[tuple[str, str]], add_generation_prom
             text += template.assistant + ":"
         else:
             raise ValueError("a generation prompt needs the conversation to end with a user turn")
-    return Rendered(text, message_spans, answer_spans)
+    return Rendered(text, message_spans, answer_spans, template.video_token if template.split_at_video else "")
 
 
 def frame_index(t: float, duration: float) -> int:

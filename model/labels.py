@@ -57,6 +57,23 @@ class Encoded:
     dropped: Counter
 
 
+def tokenize(tokenizer: PreTrainedTokenizerBase, rendered: Rendered,
+             video_token_id: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and char offsets of `rendered.text`: one pass, or (`rendered.split_at`) the text before the first
+    placeholder with the BOS, the placeholder's id, and the text after it without one, as tokenizer_image_token."""
+    cut = rendered.text.find(rendered.split_at) if rendered.split_at else -1
+    if cut < 0:
+        enc = tokenizer(rendered.text, add_special_tokens=True, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    before = tokenizer(rendered.text[:cut], add_special_tokens=True, return_offsets_mapping=True)
+    resume = cut + len(rendered.split_at)
+    after = tokenizer(rendered.text[resume:], add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(before["input_ids"]) + [video_token_id] + list(after["input_ids"])
+    offsets = ([tuple(o) for o in before["offset_mapping"]] + [(cut, resume)]
+               + [(s + resume, e + resume) for s, e in after["offset_mapping"]])
+    return ids, offsets
+
+
 def encode_conversation(
     tokenizer: PreTrainedTokenizerBase,
     rendered: Rendered,
@@ -70,8 +87,7 @@ def encode_conversation(
     `phrase_spans` are [start, end) char spans in `rendered.text`. Returns None when truncation would cut the
     video (the example is unusable); phrases cut by truncation are dropped and counted.
     """
-    enc = tokenizer(rendered.text, add_special_tokens=True, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    ids, offsets = tokenize(tokenizer, rendered, video_token_id)
     dropped: Counter = Counter()
 
     # Answer tokens: those whose last character lies in an answer (incl. its sep2). A token with an empty
@@ -200,15 +216,19 @@ def _object_spans(meta: dict, indices: list[int], answer: str, lead: int, key: s
     return spans, keep
 
 
-def _conversation_turns(meta: dict, template: Template, key: str) -> list[tuple[str, str]]:
-    """The sample's converted instruction turns ({from, value}), the first one's image/video placeholder removed."""
-    turns = []
+def _conversation_turns(meta: dict, template: Template, key: str) -> tuple[list[tuple[str, str]], str]:
+    """The sample's converted instruction turns ({from, value}), the first one's image/video placeholder removed,
+    and that first message with its own prompt ("<video>\n..." in VTimeLLM's data; "" when it has none), which
+    opens the conversation as written instead of the template's video prompt."""
+    turns, own = [], ""
     for i, turn in enumerate(meta.get("conversations") or []):
         who, value = turn.get("from"), turn.get("value")
         role = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}.get(who)
         if role is None or not isinstance(value, str):
             raise SchemaError(f"sample {key}: conversations[{i}] has from={who!r}, expected human/gpt with a value")
         if i == 0:
+            if "<video>" in value or "<image>" in value:
+                own = value.replace("<image>", "<video>").replace("<video>", template.video_token, 1).strip()
             for placeholder in ("<video>", "<image>"):
                 value = value.replace(placeholder + "\n", "").replace("\n" + placeholder, "").replace(placeholder, "")
             value = value.strip()
@@ -219,7 +239,9 @@ def _conversation_turns(meta: dict, template: Template, key: str) -> list[tuple[
     for i, (role, _) in enumerate(turns):
         if role != ("user" if i % 2 == 0 else "assistant"):
             raise SchemaError(f"sample {key}: conversations do not alternate human/gpt at turn {i}")
-    return turns
+    if own and own.count(template.video_token) != 1:
+        raise SchemaError(f"sample {key}: conversations[0] holds more than one video/image placeholder")
+    return turns, own
 
 
 def _event_turns(meta: dict, cfg: LabelConfig, key: str, rng: Optional[random.Random]) -> list[tuple[str, str]]:
@@ -354,8 +376,9 @@ def build_examples(
         caption = [("user", _choose(cfg.caption_queries, rng)), ("assistant", answer)]
     others: list[list[tuple[str, str]]] = []  # blocks without trajectory targets
     grounding: list[list[tuple[str, str]]] = []
+    conversation, own_prompt = [], ""
     if cfg.stage == 3:
-        conversation = _conversation_turns(meta, template, key)
+        conversation, own_prompt = _conversation_turns(meta, template, key)
         events = _event_turns(meta, cfg, key, rng)
         if conversation:
             others.append(conversation)
@@ -385,7 +408,8 @@ def build_examples(
         caption_at = None  # message index of the caption answer (its spans are relative to it)
         if with_caption:
             caption_at = sum(len(blocks[i]) for i in order[: order.index(0)]) + 1
-        turns[0] = ("user", first_message(template, turns[0][1], feat.shape[0]))
+        opens_conversation = conversation and blocks[order[0]] is conversation and own_prompt
+        turns[0] = ("user", own_prompt if opens_conversation else first_message(template, turns[0][1], feat.shape[0]))
         rendered = render(template, turns)
         shift = rendered.message_spans[caption_at][0] if caption_at is not None else 0
         these = spans if with_caption else []

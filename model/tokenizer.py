@@ -15,7 +15,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from annotate.errors import ConfigError
-from model.conversation import VICUNA_SYSTEM, Template
+from model.conversation import TEMPLATES, VICUNA_SYSTEM, Template
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3, as LLaMA's (<unk>, <s>, </s>) plus a pad
 
@@ -47,7 +47,7 @@ def train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    fixed = [VICUNA_SYSTEM, "USER: ASSISTANT:", Template().video_prompt, Template().image_prompt]
+    fixed = [VICUNA_SYSTEM, "USER: ASSISTANT:"] + [p for t in TEMPLATES.values() for p in (t.video_prompt, t.image_prompt)]
     tok.train_from_iterator(list(texts) + fixed, trainer=trainer)
     bos = tok.token_to_id("<s>")
     # Offsets keep their leading space out (trim_offsets); <s> starts every sequence, as LLaMA's tokenizer does.

@@ -304,7 +304,9 @@ def test_stage3_shuffle_puts_every_question_first_and_keeps_phrase_targets(bpe_t
         text = _expanded_text(bpe_tokenizer, ex)
         first = text.split("<video>")[-1].split(" ASSISTANT:")[0].strip()
         firsts.add(first.split()[0])
-        assert text.count("This is a video with 100 frames:") == 1
+        # one video prompt: the template's, or the converted conversation's own when it opens the example
+        opened_by_conversation = first.startswith("Who rolls it?")
+        assert text.count("This is a video with 100 frames:") == (0 if opened_by_conversation else 1)
         # the conversation's follow-up stays right after its first answer
         assert "Who rolls it? ASSISTANT: A man.</s>USER: And then? ASSISTANT: It stops.</s>" in text
         # the caption's phrases are still read at their own last tokens, wherever the caption turn landed
@@ -348,7 +350,9 @@ def test_stage3_conversations_without_objects(bpe_tokenizer):
     ])
     (ex,), _ = build_examples(sample, bpe_tokenizer, TEMPLATES["pite"], vid, LabelConfig(stage=3))
     text = bpe_tokenizer.decode(ex.input_ids.tolist())
-    assert "USER: This is a video with 100 frames: " + "<video>" * T + "\nWhat happens from 10 to 20? ASSISTANT: A dog jumps.</s>" in text
+    # converted data keeps its own prompt ("<video>\n" + question, as VTimeLLM's), not wrapped in the template's
+    assert "USER: " + "<video>" * T + "\nWhat happens from 10 to 20? ASSISTANT: A dog jumps.</s>" in text
+    assert "This is a video" not in text
     assert ex.head_pos.numel() == 0
     assert build_examples(sample, bpe_tokenizer, TEMPLATES["pite"], vid, LabelConfig(stage=2))[0] == []
 
