@@ -54,4 +54,4 @@ clean-venv:
 .PHONY: eval
 eval: setup
 	@test -f runs/train/demo/final/pite.json || $(MAKE) train
-	$(PY) -m pipelines.eval_bench --checkpoint runs/train/demo/final --out runs/eval/demo $(ARGS)
+	$(PY) -m pipelines.evaluate.bench --checkpoint runs/train/demo/final --out runs/eval/demo $(ARGS)

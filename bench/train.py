@@ -28,7 +28,7 @@ from model.factory import TinyLlamaSettings, tiny_llama  # noqa: E402
 from model.pite import PiteModel  # noqa: E402
 from model.time_pointer import attach_time_tokens  # noqa: E402
 from model.tokenizer import train_tokenizer  # noqa: E402
-from pipelines.train_data import ExampleBuilder, TrainStream, model_inputs, run_shards  # noqa: E402
+from pipelines.train.data import ExampleBuilder, TrainStream, model_inputs, run_shards  # noqa: E402
 
 # Dense bf16 peak (no sparsity) per GPU, for model FLOPs utilisation.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}

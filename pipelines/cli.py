@@ -10,9 +10,9 @@ COMMANDS = {
     "annotate-clip": ("pipelines.annotate_clip", "annotate one clip without Ray and write its sample"),
     "annotate": ("pipelines.annotate", "annotate a manifest into PiTe shards with Ray Data"),
     "inspect": ("pipelines.inspect", "summarise a run from its index; --validate reads every sample"),
-    "train": ("pipelines.train", "train the PiTe model on shards"),
+    "train": ("pipelines.train.run", "train the PiTe model on shards"),
     "infer": ("pipelines.infer", "answer a question about a video"),
-    "evaluate": ("pipelines.evaluate", "temporal grounding, captioning, trajectory and QA metrics"),
+    "evaluate": ("pipelines.evaluate.tasks", "temporal grounding, captioning, trajectory and QA metrics"),
     "viz": ("pipelines.viz", "draw a sample's tracks on its frames"),
     "convert": ("pipelines.convert", "convert VTimeLLM/LLaVA data into PiTe shards"),
     "weights": ("pipelines.weights", "write random weights for every production backend, in the on-disk form users "

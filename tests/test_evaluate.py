@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from annotate.errors import ConfigError
-from pipelines import eval_metrics as M
-from pipelines import evaluate as E
+from pipelines.evaluate import metrics as M
+from pipelines.evaluate import tasks as E
 
 
 # --- temporal IoU and grounding ---------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def test_eval_bench_end_to_end_on_a_hand_made_heldout_run(trained_run, tmp_path)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines import eval_bench
+    from pipelines.evaluate import bench as eval_bench
     from pipelines.shards import ShardWriter
 
     ckpt, _, sample = trained_run

@@ -10,9 +10,10 @@ import yaml
 
 from model.checkpoint import load_checkpoint
 from model.labels import encode_prompt
-from pipelines.train import StageRecipe, main, run
-from pipelines.train_config import load_train_config
-from pipelines.train_dist import Dist
+from pipelines.train.recipe import StageRecipe
+from pipelines.train.run import main, run
+from pipelines.train.config import load_train_config
+from pipelines.train.dist import Dist
 from tests.train_helpers import D, K, T, make_run
 
 STAGES = [
@@ -170,7 +171,7 @@ def test_collate_of_a_stream_batch_feeds_the_model(tmp_path, data):
 def test_lr_scale_gives_a_part_its_own_learning_rate(tmp_path, data, capsys):
     from model.config import PiteConfig
     from model.factory import TinyLlamaSettings, build_tiny
-    from pipelines.train import param_groups
+    from pipelines.train.recipe import param_groups
 
     model, _ = build_tiny(["a red ball"], PiteConfig(adapter="colour_slots", time_pointer=True),
                           TinyLlamaSettings(vocab_size=300))

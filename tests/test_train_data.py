@@ -9,7 +9,7 @@ from model.config import LabelConfig
 from model.conversation import get_template
 from model.tokenizer import train_tokenizer
 from pipelines.shards import iter_members, shard_paths
-from pipelines.train_data import (ExampleBuilder, Position, ShardStream, TrainStream, is_heldout, make_loader,
+from pipelines.train.data import (ExampleBuilder, Position, ShardStream, TrainStream, is_heldout, make_loader,
                                   run_shards)
 from tests.train_helpers import captions, corrupt_member, make_run
 

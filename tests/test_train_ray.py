@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from model.checkpoint import load_checkpoint
-from pipelines.train import main
+from pipelines.train.run import main
 from tests.train_helpers import D, K, T, make_run
 
 

@@ -1,31 +1,21 @@
-"""`pite train`: train PiTe on annotation shards, stage after stage.
-
-    pite train --config configs/train/demo.yaml [data=RUN_DIR] [out=DIR] [key=value ...]
-    torchrun --nproc-per-node 8 -m pipelines.train --config configs/train/stage2-7b.yaml init_from=...
-    ray job submit --working-dir . -- python -m pipelines.train --config CONFIG launcher=ray num_workers=8 \
-        data=/shared/run out=/shared/ckpt        # absolute paths every node sees (runs/ is not uploaded)
-
-A config lists its stages (configs/train/*.yaml); each writes OUT/<stage>/ (a PiTe checkpoint, metrics.jsonl,
-tb/, checkpoints/step-N/) and the last one is copied to OUT/final, what `pite infer --checkpoint` takes. A stage
-starts from the previous stage's dir (its LoRA merged, heads carried), the first from `init_from` or the base LLM.
+"""One training stage as a torchtune recipe (the run and its launchers: pipelines/train/run.py).
 
 `StageRecipe` is one stage as a torchtune recipe: `setup` builds the model, optimiser, schedule and shard stream
 (or loads them back from the newest checkpoint when `resume=true`), `train` runs the loop, `save` writes the
 stage's checkpoint. The loop is the same in one process, under torchrun and inside a Ray Train worker: only
-`Dist` (pipelines/train_dist.py) differs.
+`Dist` (pipelines/train/dist.py) differs.
 
 Loss normalisation (docs/design.md, "Readout rule"): each loss is its local sum over the global count of what it averages
 (LM tokens, supervised phrases, visible points) summed over the accumulation micro-batches and all-reduced over
 ranks; DDP (and FSDP's reduce-scatter) average gradients over ranks, so the loss is multiplied by the world size.
 
 `strategy: ddp` (default) replicates the model on every rank; `strategy: fsdp` shards it (FSDP2, per decoder
-layer; pipelines/train_fsdp.py), for bases that do not fit one GPU. Multi-process runs write checkpoints from
+layer; pipelines/train/fsdp.py), for bases that do not fit one GPU. Multi-process runs write checkpoints from
 rank 0 and read the previous stage's dir on every rank: OUT must be on storage all nodes see.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -38,9 +28,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from omegaconf import OmegaConf
 
-from annotate.errors import ConfigError, PiteError
+from annotate.errors import ConfigError
 from model.batch import to_device
 from model.checkpoint import load_checkpoint, merge_lora, save_checkpoint
 from model.config import PiteConfig
@@ -50,14 +39,14 @@ from model.losses import target_counts
 from model.pite import PiteModel
 from model.time_pointer import attach_time_tokens
 from model.tokenizer import check_template, load_tokenizer, train_tokenizer
-from pipelines import train_fsdp
-from pipelines.config import save_config, to_dict
+from pipelines.train import fsdp as train_fsdp
+from pipelines.config import to_dict
 from pipelines.shards import iter_members
-from pipelines.train_config import StageConfig, TrainConfig, load_train_config, resolve_out, stage_steps
-from pipelines.train_data import (ExampleBuilder, Position, TrainStream, default_epoch_batches, merge_stats,
+from pipelines.train.config import StageConfig, TrainConfig, stage_steps
+from pipelines.train.data import (ExampleBuilder, Position, TrainStream, default_epoch_batches, merge_stats,
                                   model_inputs, run_shards, run_size, stream_seed)
-from pipelines.train_dist import Dist, close, local_dist, ray_worker_dist
-from pipelines.train_state import load_state, newest, prune, save_state
+from pipelines.train.dist import Dist
+from pipelines.train.state import load_state, newest, prune, save_state
 
 log = logging.getLogger("pite.train")
 LOSSES = ("lm", "loc", "traj")
@@ -412,178 +401,3 @@ class StageRecipe:
             self.metrics_file.close()
         if self.tb is not None:
             self.tb.close()
-
-
-# ---- the run --------------------------------------------------------------------------------------------------
-
-
-def stage_done(stage_dir: Path) -> bool:
-    meta = stage_dir / "pite.json"
-    return meta.is_file() and bool(json.loads(meta.read_text()).get("extra", {}).get("complete"))
-
-
-def publish_final(stage_dir: Path, final: Path) -> Path:
-    """OUT/final: a copy of the last stage's checkpoint files (not its logs or resumable states)."""
-    tmp = final.with_name(".final.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in CHECKPOINT_ENTRIES:
-        src = stage_dir / name
-        if src.is_dir():
-            shutil.copytree(src, tmp / name)
-        elif src.is_file():
-            shutil.copy2(src, tmp / name)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
-
-
-def summarise(history: list[dict]) -> dict:
-    keys = ("loss", "lm_loss", "loc_loss", "traj_loss")
-    if not history:
-        return {}
-    return {"steps": history[-1]["step"], "first": {k: history[0][k] for k in keys},
-            "last": {k: history[-1][k] for k in keys},
-            "seconds": round(sum(r.get("seconds", 0.0) for r in history), 2)}
-
-
-def run(cfg: TrainConfig, dist: Dist) -> dict:
-    """Every stage in order (finished ones are kept when resuming), then OUT/final and the held-out evaluation."""
-    out = resolve_out(cfg)
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        if not cfg.resume:
-            shutil.rmtree(out / "tokenizer", ignore_errors=True)  # a tiny base's tokenizer is retrained
-    dist.barrier()
-    summary = {}
-    for index, stage in enumerate(cfg.stages):
-        stage_dir = out / stage.name
-        if cfg.resume and stage_done(stage_dir):
-            log.info("%s: finished earlier, kept", stage.name)
-            rows = [json.loads(ln) for ln in (stage_dir / "metrics.jsonl").read_text().splitlines() if ln] \
-                if (stage_dir / "metrics.jsonl").is_file() else []
-            summary[stage.name] = summarise(rows)
-            continue
-        recipe = StageRecipe(cfg, index, out, dist).setup()
-        try:
-            history = recipe.train()
-            recipe.save()
-        finally:
-            recipe.close()
-        summary[stage.name] = summarise(history)
-        if dist.report is not None:
-            dist.report({"stage": stage.name, "step": recipe.step, **summary[stage.name].get("last", {})})
-    if dist.is_main:
-        publish_final(out / cfg.stages[-1].name, out / "final")
-        (out / "train.json").write_text(json.dumps({"stages": summary, "final": str(out / "final")}, indent=1))
-        if cfg.eval.data:
-            from pipelines.train_eval import evaluate_run
-
-            summary["eval"] = evaluate_run(cfg, out, device=dist.device)
-    dist.barrier()
-    return summary
-
-
-# ---- launchers ------------------------------------------------------------------------------------------------
-
-
-def absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """Ray workers may start in another working dir: send them absolute paths."""
-    def fix(p: Optional[str]) -> Optional[str]:
-        return str(Path(p).resolve()) if p else p
-
-    cfg.data, cfg.init_from = fix(cfg.data), fix(cfg.init_from)
-    cfg.out = str(resolve_out(cfg).resolve())
-    cfg.base.llm, cfg.base.tokenizer = fix(cfg.base.llm), fix(cfg.base.tokenizer)
-    cfg.eval.data, cfg.eval.annotate_config = fix(cfg.eval.data), fix(cfg.eval.annotate_config)
-    cfg.eval.synth_out = fix(cfg.eval.synth_out)
-    for s in cfg.stages:
-        s.data = fix(s.data)
-    return cfg
-
-
-def _ray_train_loop(config: dict) -> None:
-    """Ray Train's train_loop_per_worker: the same `run` on this worker's rank and device."""
-    _setup_logging()
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(config)))
-    run(cfg, ray_worker_dist())
-
-
-def launch_ray(cfg: TrainConfig) -> dict:
-    """Ray Train's TorchTrainer (DDP): `num_workers` workers, one GPU each when `device` is CUDA."""
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    cfg = absolute_paths(cfg)
-    use_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    if not ray.is_initialized():
-        # "" = RAY_ADDRESS (set by `ray job submit`) if any, else a local instance.
-        ray.init(address=cfg.ray_address or None, log_to_driver=True)
-    # By reference to the importable module, not to __main__ (`python -m pipelines.train`), so the workers
-    # import it instead of unpickling a copy of this whole module.
-    from pipelines.train import _ray_train_loop as loop
-
-    trainer = TorchTrainer(
-        loop,
-        train_loop_config=to_dict(cfg),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=cfg.name, storage_path=cfg.ray_storage or str(Path(cfg.out) / "ray")),
-    )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    path = Path(cfg.out) / "train.json"
-    return json.loads(path.read_text())["stages"] if path.is_file() else {}
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="pite train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="YAML in configs/train/")
-    p.add_argument("overrides", nargs="*", help="key=value, e.g. data=runs/annotate/demo out=runs/train/x "
-                                                 "stages.0.optim.max_steps=5 device=cpu resume=true")
-    args = p.parse_args(argv)
-    _setup_logging()
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-        if cfg.name == "train":
-            cfg.name = Path(args.config).stem
-        if cfg.launcher == "ray":
-            summary = launch_ray(cfg)
-        else:
-            dist = local_dist(cfg.device)
-            try:
-                summary = run(cfg, dist)
-            finally:
-                close(dist)
-            if not dist.is_main:
-                return 0
-    except PiteError as exc:
-        print(f"pite train: {exc}", file=sys.stderr)
-        return 2
-    except StoppedEarly as exc:
-        print(f"pite train: {exc}", file=sys.stderr)
-        return 3
-    out = resolve_out(cfg)
-    for name, s in summary.items():
-        if name != "eval" and s:
-            print(f"{name}: {s['steps']} steps in {s['seconds']:.0f} s, loss {s['first']['loss']:.3f} -> "
-                  f"{s['last']['loss']:.3f} (lm {s['last']['lm_loss']:.3f}, loc {s['last']['loc_loss']:.3f}, "
-                  f"traj {s['last']['traj_loss']:.3f})")
-    if "eval" in summary:
-        e = summary["eval"]
-        print(f"held-out trajectory L1 {e['traj_l1']:.4f} vs constant {e['traj_l1_baseline']:.4f} "
-              f"(ratio {e['ratio_to_baseline']:.2f}) and clip-mean oracle {e['traj_l1_clip_mean']:.4f}")
-    print(f"outputs: {out}/ (final/, <stage>/metrics.jsonl, <stage>/tb/, train.json)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -40,7 +40,7 @@ import torch
 
 from annotate.errors import ConfigError, PiteError
 from model.config import LabelConfig
-from pipelines import eval_metrics as M
+from pipelines.evaluate import metrics as M
 
 GROUNDING_QUERY = LabelConfig().grounding_query  # "During which frames can we see {query}?"
 DENSE_QUERY = LabelConfig().dense_query

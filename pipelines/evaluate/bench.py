@@ -1,6 +1,6 @@
 """The synthetic benchmark behind `make eval`: every `pite evaluate` metric, end to end on CPU, on held-out clips.
 
-    python -m pipelines.eval_bench --checkpoint runs/train/demo/final [--heldout runs/annotate/demo-heldout]
+    python -m pipelines.evaluate.bench --checkpoint runs/train/demo/final [--heldout runs/annotate/demo-heldout]
                                    [--train-data runs/annotate/demo] [--out runs/eval/demo]
 
 1. The held-out run (synthetic clips never trained on: their own seed and ids, annotated by the demo pipeline) is
@@ -24,10 +24,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from annotate.errors import ConfigError, PiteError
-from pipelines import eval_metrics as M
-from pipelines import evaluate as E
-from pipelines.train_config import EvalSettings
-from pipelines.train_eval import ensure_heldout
+from pipelines.evaluate import metrics as M
+from pipelines.evaluate import tasks as E
+from pipelines.train.config import EvalSettings
+from pipelines.evaluate.heldout import ensure_heldout
 
 
 def _samples(run: Path):
@@ -164,7 +164,7 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.eval_bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipelines.evaluate.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default="runs/train/demo/final")
     ap.add_argument("--heldout", default="runs/annotate/demo-heldout", help="held-out annotation run")
     ap.add_argument("--train-data", default="runs/annotate/demo", help="training run (for the mean baselines)")

@@ -34,7 +34,7 @@ from model.checkpoint import load_checkpoint
 from model.config import LabelConfig
 from model.labels import build_examples
 from pipelines.shards import iter_samples
-from pipelines.train_data import run_shards
+from pipelines.train.data import run_shards
 
 
 def mean_trajectory(run_dir: str | Path) -> np.ndarray:

@@ -64,7 +64,7 @@ def save_state(stage_dir: str | Path, step: int, model, optimizer, scheduler, po
     """Every rank writes its RNG file into the temporary dir; rank 0 writes the rest and renames it.
 
     `gathered`: (trainable weights, optimizer state) already gathered in full on rank 0 (FSDP,
-    pipelines/train_fsdp.py); without it rank 0 reads them off its own (whole) model and optimizer."""
+    pipelines/train/fsdp.py); without it rank 0 reads them off its own (whole) model and optimizer."""
     folder = Path(stage_dir) / "checkpoints"
     final = folder / f"{PREFIX}{step:06d}"
     tmp = folder / f".{PREFIX}{step:06d}.tmp"
@@ -106,7 +106,7 @@ def load_state(ckpt: Path, model, optimizer, scheduler, rank: int, world_size: i
                           f"{config_hash}): start a new `out` or restore the config")
     optim_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
     if fsdp:
-        from pipelines import train_fsdp
+        from pipelines.train import fsdp as train_fsdp
 
         train_fsdp.load_full_trainable(model, load_file(str(ckpt / "trainable.safetensors")))
         train_fsdp.load_full_optimizer(model, optimizer, optim_state)

@@ -114,7 +114,7 @@ class TrainConfig:
     cpus_per_worker: int = 1  # ray
     ray_address: str = ""  # ray: "" = the cluster of `ray job submit` if any, else a local one
     ray_storage: str = ""  # ray: RunConfig storage path ("" = OUT/ray)
-    strategy: str = "ddp"  # ddp | fsdp (FSDP2: decoder layers and the rest sharded over ranks; pipelines/train_fsdp.py)
+    strategy: str = "ddp"  # ddp | fsdp (FSDP2: decoder layers and the rest sharded over ranks; pipelines/train/fsdp.py)
     max_steps: int = 0  # > 0: every stage runs this many steps (quick tries, tests)
     log_every: int = 1
     save_every: int = 0  # optimiser steps between resumable checkpoints (0 = only at the end of a stage)

@@ -1,0 +1,7 @@
+"""python -m pipelines.evaluate TASK ... (the same as `pite evaluate`)."""
+
+import sys
+
+from pipelines.evaluate.tasks import main
+
+sys.exit(main())

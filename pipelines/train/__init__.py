@@ -1,0 +1,10 @@
+"""`pite train`: the trainer, one module per job.
+
+    config.py   the typed config (TrainConfig) and its checks
+    data.py     annotation shards -> examples -> micro-batches (webdataset), epochs and resume positions
+    dist.py     the process group: one process, torchrun, a Ray Train worker
+    recipe.py   one stage: setup (model, optimiser, schedule, stream), the train loop, save
+    fsdp.py     FSDP2 sharding, gradient sync and unsharded saves
+    state.py    resumable checkpoints (checkpoints/step-N/)
+    run.py      every stage in order, OUT/final, launchers, the command line (`python -m pipelines.train`)
+"""
