@@ -13,6 +13,7 @@ from model.labels import encode_prompt
 from pipelines.train.recipe import StageRecipe
 from pipelines.train.run import main, run
 from pipelines.train.config import load_train_config
+from pipelines.train.data import model_inputs
 from pipelines.train.dist import Dist
 from tests.train_helpers import D, K, T, make_run
 
@@ -123,7 +124,7 @@ def test_a_stage_starts_from_the_previous_one_merged_with_its_heads(tmp_path, da
         torch.testing.assert_close(recipe.model.vision_adapter.weight, prev.vision_adapter.weight)
         # s1's LoRA is merged into the base and s2's fresh one starts at zero: same function as s1's model.
         batch = next(iter(recipe.stream))
-        inputs = {k: v for k, v in batch.items() if k not in ("keys", "stats")}
+        inputs = model_inputs(batch)
         with torch.no_grad():
             recipe.model.eval(), prev.eval()
             torch.testing.assert_close(recipe.model(**inputs).logits, prev(**inputs).logits, rtol=1e-4, atol=1e-4)
@@ -159,7 +160,7 @@ def test_collate_of_a_stream_batch_feeds_the_model(tmp_path, data):
     recipe = StageRecipe(cfg, 0, tmp_path / "o", Dist()).setup()
     try:
         batch = next(iter(recipe.stream))
-        inputs = {k: v for k, v in batch.items() if k not in ("keys", "stats")}
+        inputs = model_inputs(batch)
         out = recipe.model(**inputs)
         counts = target_counts(inputs)
         assert torch.isfinite(out.loss) and int(out.counts["traj"]) == int(counts["traj"]) > 0

@@ -1,14 +1,18 @@
-"""The training shard stream: node/worker splits, determinism, fixed-length resampled epochs, resume, bad samples."""
+"""The training shard stream: real epochs (each sample once per pass), resampled epochs, node/worker splits,
+determinism, resume, bad samples."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from annotate.errors import ConfigError
 from model.config import LabelConfig
 from model.conversation import get_template
 from model.tokenizer import train_tokenizer
+from model.losses import target_counts
 from pipelines.shards import iter_members, shard_paths
+from pipelines.train.epochs import epoch_parts
 from pipelines.train.data import (ExampleBuilder, Position, ShardStream, TrainStream, is_heldout, make_loader,
                                   run_shards)
 from tests.train_helpers import captions, corrupt_member, make_run
@@ -137,3 +141,66 @@ def test_loader_batches_are_padded_with_position_ready_masks(run, builder, monke
     assert (mask.sum(1) == mask.sum(1).max()).any() and (mask[:, 0] == 1).all()  # right padding
     assert (batch["input_ids"][mask == 0] == builder.pad_token_id).all()
     assert batch["traj_target"].shape[1:] == (2, 4, 2) and len(batch["video_features"]) == 3
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("uneven"), n_shards=3, per_shard=5)
+
+
+def test_epoch_parts_cut_the_shuffled_pass_into_near_equal_parts():
+    parts = epoch_parts([5, 5, 5], seed=1, epoch=0, parts=4)
+    assert [sum(e - s for _, s, e in p) for p in parts] == [3, 4, 4, 4]
+    covered = sorted((shard, i) for p in parts for shard, s, e in p for i in range(s, e))
+    assert covered == [(shard, i) for shard in range(3) for i in range(5)]
+    orders = {tuple(run[0] for p in epoch_parts([5, 5, 5], seed=1, epoch=e, parts=1) for run in p) for e in range(6)}
+    assert len(orders) > 1  # the shard order is drawn per epoch
+
+
+def _one_pass(run, builder, rank, world, workers, epoch):
+    stream = TrainStream(run_shards(run), builder, 2, seed=5, rank=rank, world_size=world, num_workers=workers,
+                         shuffle_buffer=4, sampling="epoch", position=Position(epoch, 0))
+    keys, it = [], iter(stream)
+    while not stream.exhausted:
+        batch = next(it)
+        if batch["pad"]:
+            assert batch["keys"] == [] and all(v == 0 for v in target_counts(batch).values())
+        else:
+            keys += batch["keys"]
+    return keys
+
+
+def test_an_epoch_covers_every_sample_exactly_once_over_2_ranks_x_2_workers(uneven, builder, monkeypatch):
+    for name in ("WORKER", "NUM_WORKERS"):
+        monkeypatch.delenv(name, raising=False)
+    every = sorted(set().union(*(_keys_of_shard(uneven, i) for i in range(3))))
+    passes = []
+    for epoch in (0, 1):
+        seen = []
+        for rank in (0, 1):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("WORLD_SIZE", "2")
+            seen += _one_pass(uneven, builder, rank, 2, 2, epoch)
+        assert sorted(seen) == every  # 15 samples: each once, none left out, over parts of 3 and 4
+        passes.append(seen)
+    assert passes[0] != passes[1]
+
+
+def test_real_epoch_resume_at_an_odd_batch_replays_the_same_order(uneven, builder, monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "WORKER", "NUM_WORKERS"):
+        monkeypatch.delenv(name, raising=False)
+    args = dict(seed=9, rank=0, world_size=1, num_workers=2, shuffle_buffer=4, sampling="epoch")
+    stream = TrainStream(run_shards(uneven), builder, 2, **args)
+    it = iter(stream)
+    full, positions = [], []
+    for _ in range(11):
+        positions.append(stream.position)
+        full.append(next(it))
+    assert any(b["pad"] for b in full)  # 15 samples in 8 batches, then padding
+    for start in (3, 8):
+        resumed = TrainStream(run_shards(uneven), builder, 2, position=positions[start], **args)
+        it2 = iter(resumed)
+        for a in full[start:]:
+            b = next(it2)
+            assert (a["keys"], a["pad"]) == (b["keys"], b["pad"]) and torch.equal(a["input_ids"], b["input_ids"])
+        assert resumed.position == stream.position

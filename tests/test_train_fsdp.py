@@ -102,3 +102,17 @@ def test_fsdp_checkpoints_are_whole_and_match_ddp(runs):
     with torch.no_grad():
         gen = fsdp.generate(torch.tensor([tok.bos_token_id]), max_new_tokens=2, tokenizer=tok)
     assert gen[0].trajectories.shape[1:] == (K, T, 2)
+
+
+def test_ddp_epochs_see_every_sample_once_per_pass_with_uneven_ranks(tmp_path):
+    """9 samples over 2 ranks: parts of 4 and 5 give 2 and 3 batches of 2, so rank 0 steps once on weightless
+    padding while rank 1 finishes the pass; then both start the next pass together, and the run ends after 2."""
+    data = make_run(tmp_path / "run", n_shards=3, per_shard=3)
+    out = tmp_path / "out"
+    job = _torchrun(tmp_path, data, out, "strategy=ddp", "save_every=0", "stages.0.optim.max_steps=1",
+                    "stages.1.optim.epochs=2", "stages.1.optim.grad_accum=1")
+    assert job.returncode == 0, job.stderr[-4000:]
+    rows = [json.loads(ln) for ln in (out / "s2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 0, 0, 1, 1, 1]
+    assert sum(r["examples"] for r in rows if r["epoch"] == 0) == 9
+    assert sum(r["examples"] for r in rows) == 18

@@ -42,7 +42,10 @@ class LoaderSettings:
     batch_size: int = 4  # examples per micro-batch per rank
     num_workers: int = 2  # DataLoader workers per rank (each streams its own shards)
     shuffle_buffer: int = 64  # samples
-    epoch_batches: int = 0  # micro-batches per rank per epoch; 0 = this rank's samples / batch_size
+    # epoch: every sample once per pass over all ranks and workers (pipelines/train/epochs.py) | resample: each
+    # worker draws its shards with replacement, `epoch_batches` per epoch
+    sampling: str = "epoch"
+    epoch_batches: int = 0  # resample: micro-batches per rank per epoch; 0 = this rank's samples / batch_size
     heldout_fraction: float = 0.0  # samples whose key hashes below this are never trained on (eval split)
     prefetch_factor: int = 2
 
@@ -53,7 +56,10 @@ class OptimSettings:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 10
-    max_steps: int = 100  # optimiser steps
+    max_steps: int = 100  # optimiser steps (when epochs is 0)
+    # > 0: the stage runs this many passes over its data (loader.sampling: epoch), and the schedule spans an
+    # estimate of their steps (held at its last rate if the passes take longer)
+    epochs: int = 0
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     grad_accum: int = 1  # micro-batches per optimiser step
     clip: float = 1.0  # max gradient norm (0 = off)
@@ -189,6 +195,12 @@ def check(cfg: TrainConfig) -> None:
         if o.max_steps < 1 or o.grad_accum < 1 or o.lr <= 0 or o.warmup_steps < 0 or len(o.betas) != 2:
             raise ConfigError(f"stages[{i}].optim: need max_steps >= 1, grad_accum >= 1, lr > 0, warmup_steps >= 0 "
                               f"and two betas, got {o}")
+    if cfg.loader.sampling not in ("epoch", "resample"):
+        raise ConfigError(f"loader.sampling: expected epoch or resample, got {cfg.loader.sampling!r}")
+    for i, s in enumerate(cfg.stages):
+        if s.optim.epochs < 0 or (s.optim.epochs and cfg.loader.sampling != "epoch"):
+            raise ConfigError(f"stages[{i}].optim.epochs: counts real passes: needs epochs >= 0 and "
+                              f"loader.sampling=epoch, got {s.optim.epochs} with {cfg.loader.sampling}")
     if cfg.loader.batch_size < 1 or cfg.loader.num_workers < 0 or cfg.loader.shuffle_buffer < 1:
         raise ConfigError("loader: need batch_size >= 1, num_workers >= 0 and shuffle_buffer >= 1")
     if not 0 <= cfg.loader.heldout_fraction < 1:

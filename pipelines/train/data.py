@@ -1,19 +1,22 @@
 """The training stream: annotation shards -> samples -> a stage's examples -> padded micro-batches (webdataset).
 
-For one (seed, epoch, rank, worker):
+For one (seed, epoch, rank, worker), with `loader.sampling: epoch` (the default):
 
-    the run's shards (sorted) --split_by_node--> this rank's --split_by_worker--> this worker's shards
-      --ResampledShards (deterministic, seeded by seed/epoch/rank/worker)--> tar members
-      --decode (Sample.from_members; a bad sample is skipped and counted)--> shuffle buffer (same rng)
-      --model.labels.build_examples(stage)--> batches of `batch_size` examples --model.batch.collate-->
-      --with_epoch(batches per worker)
+    the run's shards, counted from its index --shuffled per (seed, epoch), cut into ranks x workers parts-->
+      this worker's part (pipelines/train/epochs.py) --decode (Sample.from_members; a bad sample is skipped and
+      counted)--> shuffle buffer (seeded the same) --model.labels.build_examples(stage)--> batches of
+      `batch_size` examples (the last may be shorter) --model.batch.collate--> then weightless padding
 
-so the stream is a pure function of those four numbers. Every worker yields the same number of batches per
-epoch and the DataLoader takes them round-robin, so "batch b of epoch e" names one batch: resuming replays the
-epoch and each worker drops the batches already consumed before collating them (`ShardStream.skip`).
+so every sample is trained on once per epoch. With `sampling: resample`, rank r, worker w draws from
+shards[r::R][w::W] with replacement (`wds.ResampledShards`) for `epoch_batches` per epoch instead.
+
+The stream is a pure function of those four numbers, and the DataLoader takes the workers' batches round-robin,
+so "batch b of epoch e" names one batch: resuming replays the epoch and each worker drops the batches already
+consumed before collating them (`ShardStream.skip`).
 
 Each batch carries `batch["stats"]`: samples read, samples skipped (with the first error messages) and phrases
-dropped by label alignment since the previous batch of that worker, which the trainer logs.
+dropped by label alignment since the previous batch of that worker, which the trainer logs; `batch["pad"]` marks
+weightless padding.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -36,6 +39,7 @@ from model.config import LabelConfig
 from model.conversation import Template
 from model.labels import build_examples
 from pipelines.shards import list_done_shards, open_index, shard_paths
+from pipelines.train.epochs import epoch_parts, shard_sizes, stream_seed, weightless
 
 MAX_ERROR_MESSAGES = 3  # per batch: enough to see what is wrong without flooding the log
 
@@ -56,12 +60,6 @@ def run_shards(run_dir: str | Path, key: str = "data") -> list[str]:
 def run_size(run_dir: str | Path) -> int:
     """Samples in a run (from its index)."""
     return open_index(run_dir).count_rows()
-
-
-def stream_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (hashlib, not hash(): the same in every process whatever PYTHONHASHSEED)."""
-    blob = ",".join(str(int(p)) for p in parts).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
 
 
 def is_heldout(key: str, fraction: float) -> bool:
@@ -116,23 +114,28 @@ class _Tally:
 
 
 class ShardStream(IterableDataset):
-    """One epoch of micro-batches for this rank (see the module doc). Iterate it through `make_loader`."""
+    """One epoch of micro-batches for this rank (see the module doc). Iterate it through `make_loader`.
+
+    `sizes` (samples per shard) selects real epochs (pipelines/train/epochs.py): each worker streams its part of
+    the pass, then weightless padding; without it, each worker resamples its own shards for `epoch_batches`.
+    """
 
     def __init__(self, shards: list[str], builder: ExampleBuilder, batch_size: int, *, seed: int, epoch: int,
-                 rank: int, world_size: int, num_workers: int, epoch_batches: int, shuffle_buffer: int = 64,
-                 heldout_fraction: float = 0.0, skip: int = 0):
+                 rank: int, world_size: int, num_workers: int, epoch_batches: int = 0, shuffle_buffer: int = 64,
+                 heldout_fraction: float = 0.0, skip: int = 0, sizes: Optional[list[int]] = None):
         super().__init__()
         workers = max(1, num_workers)
-        if len(shards) < world_size * workers:
+        if sizes is None and len(shards) < world_size * workers:
             raise ConfigError(f"data: {len(shards)} shards for {world_size} ranks x {workers} loader workers: each "
                               f"worker streams its own shards, so write more shards (rows_per_shard) or use fewer "
                               f"loader.num_workers / ranks")
-        if epoch_batches < 1 or batch_size < 1:
+        if (sizes is None and epoch_batches < 1) or batch_size < 1:
             raise ConfigError(f"loader: epoch_batches ({epoch_batches}) and batch_size ({batch_size}) must be >= 1")
         self.shards, self.builder, self.batch_size = list(shards), builder, batch_size
         self.seed, self.epoch, self.rank, self.world_size, self.workers = seed, epoch, rank, world_size, workers
         self.per_worker = -(-epoch_batches // workers)  # every worker yields as many: round-robin stays exact
         self.shuffle_buffer, self.heldout_fraction, self.skip = shuffle_buffer, heldout_fraction, skip
+        self.sizes = sizes
 
     @property
     def epoch_batches(self) -> int:
@@ -144,31 +147,76 @@ class ShardStream(IterableDataset):
         return max(0, (self.skip - worker + self.workers - 1) // self.workers)
 
     def __iter__(self) -> Iterator[dict]:
-        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        rank, world, loader_worker, workers = wds.utils.pytorch_worker_info()
         if (rank, world) != (self.rank, self.world_size) or workers != self.workers:
             raise RuntimeError(f"data stream: built for rank {self.rank}/{self.world_size} with {self.workers} "
                                f"workers, runs as rank {rank}/{world} with {workers}: set RANK and WORLD_SIZE")
-        # Explicit splits (not webdataset's defaults): rank r, worker w streams shards[r::R][w::W].
-        mine = list(wds.split_by_worker(wds.split_by_node(iter(self.shards))))
+        # The DataLoader takes its workers round-robin from its first: resuming at batch b, that first worker plays
+        # the one that yields batch b, so the order after a resume is the order the run would have had.
+        worker = (loader_worker + self.skip) % self.workers
         seed = stream_seed(self.seed, self.epoch, rank, worker)
         rng = random.Random(seed)
         tally = _Tally()
+        if self.sizes is None:
+            # rank r, worker w resamples shards[r::R][w::W], with replacement
+            mine = self.shards[rank::world][worker::self.workers]
+            source = [wds.ResampledShards(mine, seed=seed, deterministic=True, worker_seed=lambda: 0),
+                      wds.tarfile_to_samples(handler=tally.tar_error)]
+        else:
+            part = epoch_parts(self.sizes, self.seed, self.epoch, world * self.workers)[rank * self.workers + worker]
+            source = [lambda: self._part_members(part, tally)]
         pipeline = wds.DataPipeline(
-            wds.ResampledShards(mine, seed=seed, deterministic=True, worker_seed=lambda: 0),
-            wds.tarfile_to_samples(handler=tally.tar_error),
+            *source,
             lambda src: self._decode(src, tally),
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng),
-            lambda src: self._batches(src, tally, rng),
-        ).with_epoch(self.per_worker)
+            lambda src: self._batches(src, tally, rng, keep_last=self.sizes is not None),
+        )
+        if self.sizes is None:
+            batches = ((examples, False, False) for examples in pipeline.with_epoch(self.per_worker))
+        else:
+            batches = self._padded(pipeline, tally, rng)
         to_skip = self.skip_for(worker)
-        for i, examples in enumerate(pipeline):
+        for i, (examples, pad, last) in enumerate(batches):
             if i < to_skip:
                 tally.reset()  # consumed before the resume: logged then, so not counted twice
                 continue
             batch = collate(examples, self.builder.pad_token_id)
-            batch["keys"] = [ex.key for ex in examples]
+            if pad:
+                batch = weightless(batch)
+            batch["keys"] = [] if pad else [ex.key for ex in examples]
             batch["stats"] = tally.take()
+            # `done`: this worker has nothing more of this pass (its last real batch, or padding)
+            batch["pad"], batch["done"], batch["worker"] = pad, pad or last, worker
             yield batch
+
+    def _part_members(self, part: list, tally: _Tally):
+        """The tar members of this worker's part of the pass: runs of (shard, first, end) samples."""
+        expand = wds.tarfile_to_samples(handler=tally.tar_error)
+        for shard, first, end in part:
+            for i, members in enumerate(expand(iter([{"url": self.shards[shard]}]))):
+                if i >= end:
+                    break
+                if i >= first:
+                    yield members
+
+    def _padded(self, batches, tally: _Tally, rng: random.Random):
+        """(examples, pad=False, last) for the part's batches (one read ahead, so that the last one says so), then
+        (the last of them, pad=True, True) for ever."""
+        last = None
+        for examples in batches:
+            if last is not None:
+                yield last, False, False
+            last = examples
+        if last is not None:
+            yield last, False, True
+        if last is None:  # a part that gave no example at all: pad with the run's first one
+            expand = wds.tarfile_to_samples(handler=tally.tar_error)
+            samples = self._decode(expand(iter({"url": url} for url in self.shards)), _Tally())
+            last = next(self._batches(samples, _Tally(), rng, keep_last=True), None)
+            if last is None:
+                raise RuntimeError("data stream: no sample of the run gives a training example of this stage")
+        while True:
+            yield last, True, True
 
     def _decode(self, src, tally: _Tally):
         for members in src:
@@ -183,8 +231,9 @@ class ShardStream(IterableDataset):
                 continue
             yield sample
 
-    def _batches(self, src, tally: _Tally, rng: random.Random):
-        """Lists of `batch_size` examples (a sample may give several: stage 1 has one per grounding frame)."""
+    def _batches(self, src, tally: _Tally, rng: random.Random, keep_last: bool = False):
+        """Lists of `batch_size` examples (a sample may give several: stage 1 has one per grounding frame); with
+        `keep_last`, the shorter last one too."""
         pending = []
         for sample in src:
             try:
@@ -197,6 +246,8 @@ class ShardStream(IterableDataset):
             while len(pending) >= self.batch_size:
                 yield pending[: self.batch_size]
                 pending = pending[self.batch_size:]
+        if keep_last and pending:
+            yield pending
 
 
 def make_loader(stream: ShardStream, prefetch_factor: int = 2) -> DataLoader:
@@ -211,43 +262,93 @@ def make_loader(stream: ShardStream, prefetch_factor: int = 2) -> DataLoader:
 
 @dataclass
 class Position:
-    """Where the stream is: the next batch to consume is batch `batch` of epoch `epoch` (per rank)."""
+    """Where the stream is: the next batch to consume is batch `batch` of epoch `epoch` (per rank); `padded`: the
+    loader workers that have given their last batch of this epoch (real epochs)."""
 
     epoch: int = 0
     batch: int = 0
+    padded: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch}
+        return {"epoch": self.epoch, "batch": self.batch, "padded": list(self.padded)}
 
 
 class TrainStream:
-    """Endless micro-batches over epochs for one rank, with a resumable `position`."""
+    """Endless micro-batches over epochs for one rank, with a resumable `position`.
+
+    `sampling="epoch"`: real passes; the rank's pass is over when `exhausted`, and the trainer calls `next_epoch`
+    once every rank is. `sampling="resample"`: each epoch is `epoch_batches` resampled batches.
+    """
 
     def __init__(self, shards: list[str], builder: ExampleBuilder, batch_size: int, *, seed: int, rank: int,
-                 world_size: int, num_workers: int, epoch_batches: int, shuffle_buffer: int = 64,
-                 heldout_fraction: float = 0.0, prefetch_factor: int = 2, position: Optional[Position] = None):
+                 world_size: int, num_workers: int, epoch_batches: int = 0, shuffle_buffer: int = 64,
+                 heldout_fraction: float = 0.0, prefetch_factor: int = 2, position: Optional[Position] = None,
+                 sampling: str = "resample"):
+        if sampling not in ("epoch", "resample"):
+            raise ConfigError(f"loader.sampling: expected epoch or resample, got {sampling!r}")
+        self.sizes = shard_sizes(shards) if sampling == "epoch" else None
         self.kwargs = dict(shards=shards, builder=builder, batch_size=batch_size, seed=seed, rank=rank,
                            world_size=world_size, num_workers=num_workers, epoch_batches=epoch_batches,
-                           shuffle_buffer=shuffle_buffer, heldout_fraction=heldout_fraction)
+                           shuffle_buffer=shuffle_buffer, heldout_fraction=heldout_fraction, sizes=self.sizes)
         self.prefetch_factor = prefetch_factor
         self.position = position or Position()
+        self.workers = max(1, num_workers)
         self.epoch_batches = self.stream(0).epoch_batches  # also checks shards vs ranks x workers up front
+
+    @property
+    def real_epochs(self) -> bool:
+        return self.sizes is not None
 
     def stream(self, epoch: int, skip: int = 0) -> ShardStream:
         return ShardStream(epoch=epoch, skip=skip, **self.kwargs)
 
+    def samples_per_rank(self) -> int:
+        """The most samples a rank streams per real epoch (its workers' parts)."""
+        parts = self.kwargs["world_size"] * self.workers
+        return -(-sum(self.sizes) // parts) * self.workers
+
+    def examples_per_sample(self, limit: int = 32) -> float:
+        """Examples the stage builds per sample, on the run's first `limit` decodable samples (1.0 if none)."""
+        stream = self.stream(0)
+        expand = wds.tarfile_to_samples(handler=lambda exc: True)
+        samples = stream._decode(expand(iter({"url": url} for url in stream.shards)), _Tally())
+        counts = []
+        rng = random.Random(0)
+        for sample in samples:
+            try:
+                counts.append(len(stream.builder(sample, rng)[0]))
+            except SchemaError:
+                continue
+            if len(counts) >= limit:
+                break
+        return sum(counts) / len(counts) if counts and sum(counts) else 1.0
+
+    @property
+    def exhausted(self) -> bool:
+        """Real epochs: every loader worker of this rank has given its last batch of the epoch."""
+        return self.real_epochs and len(self.position.padded) >= self.workers
+
+    def next_epoch(self) -> None:
+        self.position = Position(self.position.epoch + 1, 0)
+
     def __iter__(self) -> Iterator[dict]:
         while True:
             pos = self.position
-            if pos.batch >= self.epoch_batches:
+            if not self.real_epochs and pos.batch >= self.epoch_batches:
                 self.position = Position(pos.epoch + 1, 0)
                 continue
             for batch in make_loader(self.stream(pos.epoch, pos.batch), self.prefetch_factor):
-                self.position = Position(self.position.epoch, self.position.batch + 1)
+                worker = batch.pop("worker")
+                padded = self.position.padded + ([worker] if batch.pop("done") and worker not in self.position.padded
+                                                 else [])
+                self.position = Position(pos.epoch, self.position.batch + 1, padded)
                 yield batch
-            if self.position.batch < self.epoch_batches:
-                raise RuntimeError(f"data stream: epoch {pos.epoch} ended after {self.position.batch} of "
-                                   f"{self.epoch_batches} batches")
+                if self.position.epoch != pos.epoch:  # next_epoch() was called
+                    break
+            else:
+                if self.position.batch < self.epoch_batches:
+                    raise RuntimeError(f"data stream: epoch {pos.epoch} ended after {self.position.batch} of "
+                                       f"{self.epoch_batches} batches")
 
 
 def default_epoch_batches(n_samples: int, world_size: int, batch_size: int) -> int:
@@ -257,7 +358,7 @@ def default_epoch_batches(n_samples: int, world_size: int, batch_size: int) -> i
 
 def model_inputs(batch: dict) -> dict:
     """The batch without its bookkeeping (what PiteModel.forward takes)."""
-    return {k: v for k, v in batch.items() if k not in ("keys", "stats")}
+    return {k: v for k, v in batch.items() if k not in ("keys", "stats", "pad", "done", "worker")}
 
 
 def merge_stats(total: dict, stats: dict) -> dict:

@@ -53,6 +53,20 @@ LOSSES = ("lm", "loc", "traj")
 CHECKPOINT_ENTRIES = ("pite.json", "heads.safetensors", "tokenizer", "base", "merged", "lora")
 
 
+def cosine_schedule(optimizer, warmup: int, total: int, min_ratio: float):
+    """Linear warm-up, then a cosine from lr down to lr * min_ratio at step `total`, held there after. Written out
+    because transformers' get_cosine_with_min_lr_schedule_with_warmup (the same curve up to `total`) rises again
+    past it, and a stage counted in epochs may run a little past its estimated length."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class StoppedEarly(RuntimeError):
     """Raised by `stop_at` (a kill at a known step, for resume tests)."""
 
@@ -156,6 +170,7 @@ class StageRecipe:
         self.stage: StageConfig = cfg.stages[index]
         self.dir = out / self.stage.name
         self.max_steps = stage_steps(cfg, self.stage)
+        self.epochs = 0 if cfg.max_steps > 0 else self.stage.optim.epochs  # > 0: the stage counts real passes
         self.step = 0
         self.history: list[dict] = []
 
@@ -197,41 +212,53 @@ class StageRecipe:
         o = stage.optim
         self.optimizer = torch.optim.AdamW(param_groups(model, o.lr, o.lr_scale, f"stages[{self.index}].optim"),
                                            lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+        self.stream = self.build_stream()
+        if self.epochs:
+            self.max_steps = self.epochs * self.estimate_epoch_steps()
+        self.scheduler = cosine_schedule(self.optimizer, o.warmup_steps, self.max_steps, o.min_lr_ratio)
 
-        self.scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-            self.optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=self.max_steps,
-            min_lr_rate=o.min_lr_ratio)
-
-        position = Position()
         ckpt = newest(self.dir) if cfg.resume else None
         if ckpt is not None:
             meta = load_state(ckpt, model, self.optimizer, self.scheduler, dist.rank, dist.world_size,
                               self.config_hash(), fsdp=self.fsdp)
-            self.step, position = meta["step"], Position(**meta["position"])
+            self.step, self.stream.position = meta["step"], Position(**meta["position"])
             log.info("%s: resumed at step %d from %s", stage.name, self.step, ckpt)
         elif dist.is_main and self.dir.exists():
             # A fresh start: drop what an earlier run left here (its checkpoints would mix into a later resume).
             shutil.rmtree(self.dir)
         dist.barrier()
-
-        data = stage.data or cfg.data
-        lc = cfg.loader
-        builder = ExampleBuilder(self.tokenizer, self.template, model.video_token_id, stage.labels)
-        epoch_batches = lc.epoch_batches or default_epoch_batches(run_size(data), dist.world_size, lc.batch_size)
-        self.stream = TrainStream(run_shards(data, key=f"stages[{self.index}].data" if stage.data else "data"),
-                                  builder, lc.batch_size, seed=stream_seed(cfg.seed, self.index), rank=dist.rank,
-                                  world_size=dist.world_size, num_workers=lc.num_workers,
-                                  epoch_batches=epoch_batches, shuffle_buffer=lc.shuffle_buffer,
-                                  heldout_fraction=lc.heldout_fraction, prefetch_factor=lc.prefetch_factor,
-                                  position=position)
         self._open_logs()
         n_train = sum(p.numel() for p in self.params)
         n_all = sum(p.numel() for p in model.parameters())
-        log.info("%s: %d/%d parameters train (%.2f%%), %d steps x %d micro-batches of %d, device %s, world %d",
-                 stage.name, n_train, n_all, 100 * n_train / max(1, n_all), self.max_steps, stage.optim.grad_accum,
-                 lc.batch_size, dist.device, dist.world_size)
+        log.info("%s: %d/%d parameters train (%.2f%%), %s x %d micro-batches of %d, device %s, world %d",
+                 stage.name, n_train, n_all, 100 * n_train / max(1, n_all),
+                 f"{self.epochs} epochs (~{self.max_steps} steps)" if self.epochs else f"{self.max_steps} steps",
+                 stage.optim.grad_accum, cfg.loader.batch_size, dist.device, dist.world_size)
         return self
+
+    def build_stream(self) -> TrainStream:
+        cfg, stage, dist, lc = self.cfg, self.stage, self.dist, self.cfg.loader
+        data = stage.data or cfg.data
+        builder = ExampleBuilder(self.tokenizer, self.template, self.model.video_token_id, stage.labels)
+        epoch_batches = 0
+        if lc.sampling == "resample":
+            epoch_batches = lc.epoch_batches or default_epoch_batches(run_size(data), dist.world_size, lc.batch_size)
+        return TrainStream(run_shards(data, key=f"stages[{self.index}].data" if stage.data else "data"),
+                           builder, lc.batch_size, seed=stream_seed(cfg.seed, self.index), rank=dist.rank,
+                           world_size=dist.world_size, num_workers=lc.num_workers, epoch_batches=epoch_batches,
+                           shuffle_buffer=lc.shuffle_buffer, heldout_fraction=lc.heldout_fraction,
+                           prefetch_factor=lc.prefetch_factor, sampling=lc.sampling)
+
+    def estimate_epoch_steps(self) -> int:
+        """Optimiser steps of one real pass, for the schedule: this rank's samples x examples per sample (measured
+        on the run's first samples, the same on every rank) / batch size / accumulation."""
+        examples = self.stream.samples_per_rank() * self.stream.examples_per_sample()
+        return max(1, math.ceil(math.ceil(examples / self.cfg.loader.batch_size) / self.stage.optim.grad_accum))
+
+    def finished(self) -> bool:
+        if self.epochs:
+            return self.stream.position.epoch >= self.epochs
+        return self.step >= self.max_steps
 
     def config_hash(self) -> str:
         """What must not change between a checkpoint and its resume (the data position is per rank)."""
@@ -274,7 +301,7 @@ class StageRecipe:
         bar = tqdm(total=self.max_steps, initial=self.step, desc=self.stage.name, unit="step", dynamic_ncols=True,
                    disable=not (cfg.progress and dist.is_main), file=sys.stderr)
         data_stats: dict = {}
-        while self.step < self.max_steps:
+        while not self.finished():
             t0 = time.perf_counter()
             micro = [next(batches) for _ in range(o.grad_accum)]
             t_data = time.perf_counter() - t0
@@ -298,8 +325,9 @@ class StageRecipe:
                         out = self.net(**inputs, counts=gcounts)
                     (out.loss * dist.world_size).backward()
                 sums += torch.tensor([float(out.sums[k]) for k in LOSSES], dtype=torch.float64)
-                examples += b["input_ids"].shape[0]
-                tokens += int(b["attention_mask"].sum())
+                if not b["pad"]:
+                    examples += b["input_ids"].shape[0]
+                    tokens += int(b["attention_mask"].sum())
                 self._data_warnings(b["stats"])
                 merge_stats(data_stats, b["stats"])
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, o.clip if o.clip > 0 else math.inf)
@@ -311,7 +339,11 @@ class StageRecipe:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             totals = dist.all_reduce(torch.cat([sums, torch.tensor(
-                [examples, tokens, data_stats.get("skipped", 0), data_stats.get("samples", 0)], dtype=torch.float64)]))
+                [examples, tokens, data_stats.get("skipped", 0), data_stats.get("samples", 0),
+                 float(self.stream.exhausted)], dtype=torch.float64)]))
+            epoch = self.stream.position.epoch
+            if totals[7] >= dist.world_size:  # every rank has finished this pass: all start the next one
+                self.stream.next_epoch()
             means = {k: float(totals[i] / max(1.0, float(counts[i]))) for i, k in enumerate(LOSSES)}
             c = self.model.config
             row = {
@@ -322,11 +354,11 @@ class StageRecipe:
                 "lr": lr, "grad_norm": float(grad_norm), "examples": int(totals[3]), "tokens": int(totals[4]),
                 "seconds": time.perf_counter() - t0, "data_seconds": t_data,
                 "skipped_samples": int(totals[5]), "samples_read": int(totals[6]),
-                "epoch": self.stream.position.epoch, "epoch_batch": self.stream.position.batch,
+                "epoch": epoch, "epoch_batch": self.stream.position.batch,
             }
             self.history.append(row)
             self._log(row, bar)
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.max_steps:
+            if cfg.save_every and self.step % cfg.save_every == 0 and not self.finished():
                 self.save_resumable()
             if cfg.stop_at and self.step == cfg.stop_at:
                 bar.close()
@@ -345,7 +377,7 @@ class StageRecipe:
             return
         bar.set_postfix(loss=f"{row['loss']:.3f}", lm=f"{row['lm_loss']:.3f}", loc=f"{row['loc_loss']:.3f}",
                         traj=f"{row['traj_loss']:.3f}", refresh=False)
-        if self.step % max(1, self.cfg.log_every) == 0 or self.step == self.max_steps:
+        if self.step % max(1, self.cfg.log_every) == 0 or self.finished():
             self.metrics_file.write(json.dumps(row) + "\n")
             self.metrics_file.flush()
             if self.tb is not None:
