@@ -6,7 +6,7 @@
 #   bench/gpu_check.sh --cpu-smoke OUTDIR  every step on the CPU at tiny sizes: checks this script, not the GPU
 # Writes OUTDIR/weights.txt, realsize.json, train.json, logs/*.log and summary.txt; the last line on stdout is the
 # summary. Each step runs under `timeout`; the limits add up to 8 minutes (imports 20 s, the three input jobs at once
-# 120 s, realsize 240 s, train 100 s), so a slow step fails by name instead of overrunning.
+# 120 s, realsize 240 s, train 160 s), so a slow step fails by name instead of overrunning.
 # Python: $PITE_PYTHON if set (an interpreter that already has the project's requirements and `cotracker`), else
 # .venv/bin/python, else `make setup cotracker` first (pip install -r requirements/lock.txt: offline, that works only
 # from cached wheels; its own limit, 600 s, is outside the 8 minutes).
@@ -61,7 +61,7 @@ else
   WEIGHTS=real DEVICE=cuda CLIPS=8 SECONDS_PER_CLIP=30 SIZE=1280x720 FPS=30 DEMO_CLIPS=32
   REALSIZE_EXTRA=()
   # The 7B-shaped step at stage 2's shape (configs/train/stage2-7b.yaml: batch 8 x ~350 tokens, 100 of them frames).
-  TRAIN_ARGS=(--gpu --gpu-batch 8 --text-tokens 250 --steps 10)
+  TRAIN_ARGS=(--gpu --gpu-compare --gpu-batch 8 --text-tokens 250 --steps 10)
 fi
 WIDTH=${SIZE%x*} HEIGHT=${SIZE#*x}
 FRAMES=$(( SECONDS_PER_CLIP * FPS ))
@@ -85,7 +85,7 @@ wait $D
 step realsize 240 "$PY" bench/realsize.py --weights "$OUT/weights" --device "$DEVICE" --clips "$CLIPS" \
   --seconds "$SECONDS_PER_CLIP" --size "$SIZE" --fps "$FPS" --clips-dir "$OUT/clips" "${REALSIZE_EXTRA[@]}" \
   >"$OUT/realsize.json"
-step train 100 "$PY" bench/train.py --data "$OUT/demo-run" "${TRAIN_ARGS[@]}" >"$OUT/train.json"
+step train 160 "$PY" bench/train.py --data "$OUT/demo-run" "${TRAIN_ARGS[@]}" >"$OUT/train.json"
 
 "$PY" - "$OUT" "$((SECONDS - START))" <<'EOF' | tee "$OUT/summary.txt"
 import json, sys
@@ -96,7 +96,8 @@ r = json.loads((out / "realsize.json").read_text())
 t = json.loads((out / "train.json").read_text())
 b = r["cotracker_backward_vs_one_pass"]
 gpu = t.get("gpu_7b", {})
-train = (f"7B step {gpu['step_s']} s, {gpu['tokens_per_s']:.0f} tok/s, MFU {gpu['mfu']}" if "step_s" in gpu
+train = (f"7B step {gpu['step_s']} s, {gpu['tokens_per_s']:.0f} tok/s, MFU {gpu['mfu']} "
+         f"({t.get('gpu_7b_speedup')}x the step with every speed switch off)" if "step_s" in gpu
          else f"tiny step {t['tiny_step_s']} s, loader {t['loader_samples_per_s']} samples/s")
 print(f"gpu_check: OK in {took} s on {r['device_name']}: {r['seconds_per_clip']} s/clip "
       f"(gpu {r['gpu_seconds_per_clip']} s, busy {r['device_busy_share']}, peak {r['peak_memory_gb']} GB), "

@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/train.py [--data runs/annotate/demo] [--stage 2] [--workers 2] [--batch-size 8]
     .venv/bin/python bench/train.py --gpu [--gpu-batch 8 --text-tokens 250 --steps 10]
+    .venv/bin/python bench/train.py --fast-vs-slow     # the step-time switches all on vs all off (bench/train_fast.py)
 
 Loader goal: >= 200 samples/s on 2 cores, so the CPU demo is bound by the model, not by decoding. Timings are
 not asserted anywhere; compare figures within one run.
@@ -100,7 +101,9 @@ def loader_and_tiny_step(args) -> dict:
     }
 
 
-def gpu_7b(args) -> dict:
+def gpu_7b(args, fast: bool = True) -> dict:
+    """The 7B-shaped stage-2 step; `fast`: the 7B recipes' switches (LoRA dropout 0 and no input cast, logits at
+    labelled positions, no gradient checkpointing), else all off (dropout 0.05, cast, full logits, checkpointing)."""
     if not torch.cuda.is_available():
         return {"gpu": "skipped: no CUDA device"}
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -119,11 +122,13 @@ def gpu_7b(args) -> dict:
         finally:
             torch.set_default_dtype(default)
     init_s = time.perf_counter() - t0
-    pite = PiteModel(llm, PiteConfig(lora=LoraSettings(r=64, alpha=128, dropout=0.05),
-                                     gradient_checkpointing=True), video_token_id=32000)
+    pite = PiteModel(llm, PiteConfig(lora=LoraSettings(r=64, alpha=128, dropout=0.0 if fast else 0.05),
+                                     gradient_checkpointing=not fast), video_token_id=32000)
     pite.apply_lora()
+    pite.set_lora_input_cast(not fast)
     pite.set_trainable(adapter=True, lora=True, loc_head=False, traj_head=True)
-    pite.enable_gradient_checkpointing()
+    if not fast:
+        pite.enable_gradient_checkpointing()
     pite.to(device)
     params = [p for p in pite.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -149,7 +154,7 @@ def gpu_7b(args) -> dict:
         torch.cuda.synchronize()
         t = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = pite(**to_device(batch, device))
+            out = pite(**to_device(batch, device), logits_at_labels=fast)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -166,8 +171,10 @@ def gpu_7b(args) -> dict:
     flops = tokens * (4 * n_base + attn)
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    del pite, llm, opt
+    torch.cuda.empty_cache()
     return {
-        "gpu": name, "init_s": round(init_s, 1), "batch": b, "seq_len": length,
+        "gpu": name, "fast": fast, "init_s": round(init_s, 1), "batch": b, "seq_len": length,
         "base_params": n_base, "trainable_params": sum(p.numel() for p in params),
         "step_s": round(step, 3), "tokens_per_s": round(tokens / step, 0),
         "model_tflops_per_s": round(flops / step / 1e12, 1),
@@ -195,10 +202,28 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-batch", type=int, default=8)
     p.add_argument("--text-tokens", type=int, default=250)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--gpu-compare", action="store_true", help="also the step with every speed switch off")
+    p.add_argument("--fast-vs-slow", action="store_true", help="only the step-time switches, all on vs all off")
+    p.add_argument("--fs-hidden", type=int, default=1024)
+    p.add_argument("--fs-layers", type=int, default=4)
+    p.add_argument("--fs-vocab", type=int, default=32000)
+    p.add_argument("--fs-batch", type=int, default=4)
+    p.add_argument("--fs-steps", type=int, default=20)
+    p.add_argument("--fs-group", type=int, default=5, help="batches pooled for length grouping")
+    p.add_argument("--fs-lr", type=float, default=1e-3)
     args = p.parse_args(argv)
+    if args.fast_vs_slow:
+        from bench.train_fast import fast_vs_slow
+
+        print(json.dumps(fast_vs_slow(args), indent=1))
+        return 0
     result = loader_and_tiny_step(args)
     if args.gpu:
-        result["gpu_7b"] = gpu_7b(args)
+        result["gpu_7b"] = gpu_7b(args, fast=True)
+        if args.gpu_compare and "step_s" in result["gpu_7b"]:
+            slow = gpu_7b(args, fast=False)
+            result["gpu_7b_slow"] = slow
+            result["gpu_7b_speedup"] = round(slow["step_s"] / result["gpu_7b"]["step_s"], 3)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -53,6 +53,20 @@ def load_llm(path: str | Path, dtype: str = "float32", device: str = "cpu", key:
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype), local_files_only=True).to(device)
 
 
+def merge_in_fp32(peft_model) -> torch.nn.Module:
+    """PEFT's merge_and_unload, with each target weight upcast to fp32 for the addition of its LoRA delta and cast
+    back once: merging into bf16/fp16 weights directly rounds every delta to the base's 8 (or 11) mantissa bits,
+    and the deltas of three stages add up. Each layer is upcast alone, so the extra memory is one weight's."""
+    for module in peft_model.modules():
+        if hasattr(module, "get_base_layer") and hasattr(module, "merge") and not getattr(module, "merged", True):
+            base = module.get_base_layer()
+            dtype = base.weight.dtype
+            base.weight.data = base.weight.data.float()
+            module.merge()
+            base.weight.data = base.weight.data.to(dtype)
+    return peft_model.unload()
+
+
 def merge_lora(model: PiteModel) -> None:
     """Merge the live LoRA adapter into the LLM (moving to the next stage); remember it for checkpoints."""
     from peft import get_peft_model_state_dict
@@ -61,34 +75,42 @@ def merge_lora(model: PiteModel) -> None:
         raise RuntimeError("merge_lora: the model has no LoRA adapter")
     config = model.llm.peft_config["default"].to_dict()
     state = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model.llm).items()}
-    model.llm = model.llm.merge_and_unload()
+    model.llm = merge_in_fp32(model.llm)
     model.merged_adapters.append((config, state))
 
 
 def save_checkpoint(model: PiteModel, tokenizer, out_dir: str | Path, template: Template,
                     extra: Optional[dict] = None) -> Path:
     """Write `out_dir` (see the module doc). `extra` goes into pite.json as is (e.g. the stage, the step)."""
+    from peft import get_peft_model_state_dict
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    merged = []
     if model.base_source is None:
         # No source dir (a tiny random base): save the LLM's current base weights, earlier merges included.
         _save_base(model, out / "base")
-        base_ref = "base"
-    else:
-        base_ref = model.base_source
-        for i, (config, state) in enumerate(model.merged_adapters):
-            sub = out / "merged" / f"{i:02d}"
-            sub.mkdir(parents=True, exist_ok=True)
-            (sub / "adapter_config.json").write_text(json.dumps(_jsonable(config), indent=2))
-            save_file({k: v.contiguous() for k, v in state.items()}, str(sub / "adapter_model.safetensors"))
-            merged.append(str(sub.relative_to(out)))
     lora = None
     if model.has_lora:
-        model.llm.save_pretrained(str(out / "lora"))
-        lora = "lora"
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in model.extra_state_dict().items()},
-              str(out / HEADS_FILE))
+        lora = (model.llm.peft_config["default"].to_dict(), get_peft_model_state_dict(model.llm))
+    extra_state = {k: v.detach() for k, v in model.extra_state_dict().items()}
+    return write_checkpoint(out, model, tokenizer, template, extra_state, lora, extra)
+
+
+def write_checkpoint(out: Path, model: PiteModel, tokenizer, template: Template, extra_state: dict[str, torch.Tensor],
+                     lora: Optional[tuple[dict, dict[str, torch.Tensor]]], extra: Optional[dict] = None) -> Path:
+    """The checkpoint's files from weights already in hand: the adapter/heads state and the live LoRA's (config,
+    PEFT state dict). `model` gives only what every rank holds whole (config, base reference, merged adapters),
+    so an FSDP run writes this from gathered LoRA and heads without gathering its base (pipelines/train/fsdp.py).
+    A tiny base (no source dir) must already be in out/base."""
+    out.mkdir(parents=True, exist_ok=True)
+    merged = []
+    base_ref = "base" if model.base_source is None else model.base_source
+    if model.base_source is not None:
+        for i, (config, state) in enumerate(model.merged_adapters):
+            merged.append(_write_adapter(out / "merged" / f"{i:02d}", config, state).relative_to(out).as_posix())
+    if lora is not None:
+        _write_adapter(out / "lora", *lora)
+    save_file({k: v.float().contiguous().cpu() for k, v in extra_state.items()}, str(out / HEADS_FILE))
     tokenizer.save_pretrained(str(out / "tokenizer"))
     meta = {
         "format": FORMAT,
@@ -100,12 +122,20 @@ def save_checkpoint(model: PiteModel, tokenizer, out_dir: str | Path, template: 
         "video_token_id": model.video_token_id,
         "base": base_ref,
         "merged": merged,
-        "lora": lora,
+        "lora": "lora" if lora is not None else None,
         "tokenizer": "tokenizer",
         "extra": extra or {},
     }
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
     return out
+
+
+def _write_adapter(path: Path, config: dict, state: dict[str, torch.Tensor]) -> Path:
+    """A PEFT adapter dir (adapter_config.json + adapter_model.safetensors) that PeftModel.from_pretrained reads."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text(json.dumps(_jsonable(config), indent=2))
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path / "adapter_model.safetensors"))
+    return path
 
 
 def read_meta(ckpt_dir: str | Path) -> dict:
@@ -134,7 +164,7 @@ def load_checkpoint(ckpt_dir: str | Path, device: str = "cpu", dtype: str = "flo
     llm = load_llm(base_path, dtype=dtype, device=device, key="checkpoint base (pass base=...)")
     merged_records = []
     for sub in meta["merged"]:
-        llm = PeftModel.from_pretrained(llm, str(ckpt / sub)).merge_and_unload()
+        llm = merge_in_fp32(PeftModel.from_pretrained(llm, str(ckpt / sub)))
         config = json.loads((ckpt / sub / "adapter_config.json").read_text())
         merged_records.append((config, load_file(str(ckpt / sub / "adapter_model.safetensors"))))
     if meta["lora"]:

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from annotate.errors import ConfigError
 from model.adapters import build_adapter, tokens_per_frame
@@ -120,6 +121,13 @@ class PiteModel(nn.Module):
                           task_type="CAUSAL_LM")
         self.llm = get_peft_model(self.llm, lora)
 
+    def set_lora_input_cast(self, enabled: bool) -> None:
+        """PEFT casts each LoRA layer's input to the adapter's dtype (fp32 beside a bf16 base) before its matmuls.
+        Under bf16 autocast those run in bf16 whatever the input, so the cast only costs a copy: turn it off."""
+        for module in self.llm.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = enabled
+
     def base_llm(self) -> nn.Module:
         """The transformers model under any peft wrapper."""
         return self.llm.get_base_model() if self.has_lora else self.llm
@@ -218,10 +226,6 @@ class PiteModel(nn.Module):
                     traj[has] += to_frames(r, n, self.config.n_frames)[:, None]
         return loc, traj
 
-    def _readout_source(self, out, embeds: torch.Tensor) -> torch.Tensor:
-        """What the frame readout points at: the LLM's last hidden states, or its input (the adapter's tokens)."""
-        return embeds if self.config.frame_readout_source == "tokens" else out.hidden_states[-1]
-
     def frame_states(self, hidden: torch.Tensor, input_ids: torch.Tensor,
                      starts: Optional[torch.Tensor]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         """The visual tokens' states of each row: ((B, n_max, S, H), frames per row (B,)); None without video or
@@ -311,6 +315,7 @@ class PiteModel(nn.Module):
         traj_target: Optional[torch.Tensor] = None,
         traj_mask: Optional[torch.Tensor] = None,
         counts: Optional[dict] = None,
+        logits_at_labels: bool = False,
     ) -> PiteOutput:
         """Losses of a padded batch (model.batch.collate builds these arguments).
 
@@ -319,6 +324,8 @@ class PiteModel(nn.Module):
         accumulation micro-batches and all-reduced over ranks); without them each loss is a mean over this batch.
         Each loss is then local sum / global count; DDP averages gradients over ranks, so a DDP trainer scales
         the loss by the world size to get the gradient of the global mean.
+        `logits_at_labels`: run the LM head only where a label follows (the loss reads nothing else; in stage 2
+        most positions are frames or prompt), and return no logits. The same loss, less compute and memory.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -329,38 +336,26 @@ class PiteModel(nn.Module):
                 labels = _follow(labels, starts, attention_mask.shape, IGNORE_INDEX)
             if head_pos is not None and head_pos.numel():
                 head_pos = starts[head_batch, head_pos]
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask,
-                       position_ids=position_ids_from_mask(attention_mask),
-                       output_hidden_states=True, use_cache=False, return_dict=True)
-        hidden = out.hidden_states[-1]
+        selective = logits_at_labels and labels is not None
+        body = self.base_llm().get_decoder() if selective else self.llm
+        out = body(inputs_embeds=embeds, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask),
+                   output_hidden_states=not selective, use_cache=False, return_dict=True)
+        hidden = out.last_hidden_state if selective else out.hidden_states[-1]
         counts = counts or {}
-        zero = hidden.new_zeros((), dtype=torch.float32)
         sums, local = {}, {}
-
-        logits = out.logits
+        logits = None if selective else out.logits
         if labels is not None:
-            keys = self.time_keys(input_ids, video_features)
-            if keys is not None:  # the pointer's term where a label follows (the only logits the loss reads)
-                b, i = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
-                logits = logits.float().clone()
-                text = attention_mask.bool() & (token_ids != self.video_token_id)
-                read = self._time_context(token_ids, embeds, hidden)
-                logits[b, i] = self.with_time_pointer(logits[b, i], hidden[b, i], b, i, keys,
-                                                      (read, text, token_ids))
-            sums["lm"], local["lm"] = lm_sum(logits, labels)
+            logits, (sums["lm"], local["lm"]) = self._lm_sum(logits, labels, hidden, embeds, token_ids,
+                                                              attention_mask, input_ids, video_features)
         else:
-            sums["lm"], local["lm"] = zero, torch.zeros((), dtype=torch.long, device=hidden.device)
+            sums["lm"], local["lm"] = self._nothing(hidden)
 
         loc_pred = traj_pred = None
-        m = 0 if head_pos is None else head_pos.numel()
-        if m:
-            index = head_pos - self.config.head_shift
-            rows = torch.arange(m, device=index.device)
-            if (index < 0).any() or not attention_mask[head_batch, index.clamp(min=0)].bool().all():
-                bad = rows[(index < 0) | ~attention_mask[head_batch, index.clamp(min=0)].bool()][0].item()
-                raise ValueError(f"head {bad}: position {head_pos[bad].item()} - head_shift "
-                                 f"{self.config.head_shift} is not a real token of row {head_batch[bad].item()}")
-            frames = self.frame_states(self._readout_source(out, embeds), input_ids, starts)
+        if head_pos is not None and head_pos.numel():
+            index = self._head_index(head_pos, head_batch, attention_mask)
+            frames = self.frame_states(embeds if self.config.frame_readout_source == "tokens" else hidden,
+                                       input_ids, starts)
             loc_pred, traj_pred = self.read_heads(hidden[head_batch, index], head_batch, frames)
         for name, pred, target, mask in (("loc", loc_pred, loc_target, loc_mask),
                                          ("traj", traj_pred, traj_target, traj_mask)):
@@ -370,7 +365,7 @@ class PiteModel(nn.Module):
                                      f"{tuple(pred.shape)} (n_points/n_frames of the config)")
                 sums[name], local[name] = masked_l1_sum(pred, target, mask)
             else:
-                sums[name], local[name] = zero, torch.zeros((), dtype=torch.long, device=hidden.device)
+                sums[name], local[name] = self._nothing(hidden)
 
         lm = normalise(sums["lm"], local["lm"], counts.get("lm"))
         loc = normalise(sums["loc"], local["loc"], counts.get("loc"))
@@ -380,6 +375,43 @@ class PiteModel(nn.Module):
         return PiteOutput(loss=loss, lm_loss=lm, loc_loss=loc, traj_loss=traj,
                           sums={k: v.detach() for k, v in sums.items()}, counts=local,
                           logits=logits, loc_pred=loc_pred, traj_pred=traj_pred)
+
+    @staticmethod
+    def _nothing(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return hidden.new_zeros((), dtype=torch.float32), torch.zeros((), dtype=torch.long, device=hidden.device)
+
+    def _lm_sum(self, logits: Optional[torch.Tensor], labels: torch.Tensor, hidden: torch.Tensor,
+                embeds: torch.Tensor, token_ids: torch.Tensor, attention_mask: torch.Tensor, input_ids: torch.Tensor,
+                video_features) -> tuple[Optional[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """(the logits returned, (summed next-token cross-entropy, labelled count)). `logits` None: the LM head
+        runs on the labelled positions' states only. The time pointer adds its term where a label follows."""
+        keys = self.time_keys(input_ids, video_features)
+        b, i = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+        context = None
+        if keys is not None:
+            context = (self._time_context(token_ids, embeds, hidden),
+                       attention_mask.bool() & (token_ids != self.video_token_id), token_ids)
+        if logits is None:  # (M, V) at the M labelled positions, each predicting the label after it
+            picked = self.base_llm().get_output_embeddings()(hidden[b, i])
+            if keys is not None:
+                picked = self.with_time_pointer(picked, hidden[b, i], b, i, keys, context)
+            total = F.cross_entropy(picked.float(), labels[b, i + 1], reduction="sum")
+            return None, (total, torch.tensor(b.numel(), device=hidden.device))
+        if keys is not None:  # the pointer's term where a label follows (the only logits the loss reads)
+            logits = logits.float().clone()
+            logits[b, i] = self.with_time_pointer(logits[b, i], hidden[b, i], b, i, keys, context)
+        return logits, lm_sum(logits, labels)
+
+    def _head_index(self, head_pos: torch.Tensor, head_batch: torch.Tensor,
+                    attention_mask: torch.Tensor) -> torch.Tensor:
+        """Where each phrase is read: head_shift tokens before its last token (a real token of its row)."""
+        index = head_pos - self.config.head_shift
+        rows = torch.arange(head_pos.numel(), device=index.device)
+        if (index < 0).any() or not attention_mask[head_batch, index.clamp(min=0)].bool().all():
+            bad = rows[(index < 0) | ~attention_mask[head_batch, index.clamp(min=0)].bool()][0].item()
+            raise ValueError(f"head {bad}: position {head_pos[bad].item()} - head_shift "
+                             f"{self.config.head_shift} is not a real token of row {head_batch[bad].item()}")
+        return index
 
     def _ddp_anchor(self) -> torch.Tensor:
         """0 x (trainable adapter/head weights): keeps every trainable parameter in the graph on batches without
@@ -432,7 +464,8 @@ class PiteModel(nn.Module):
             out = self.llm(inputs_embeds=embeds, attention_mask=mask,
                            position_ids=position_ids_from_mask(mask), use_cache=True, output_hidden_states=True,
                            return_dict=True)
-            frames = self.frame_states(self._readout_source(out, embeds), input_ids, starts)
+            frames = self.frame_states(embeds if self.config.frame_readout_source == "tokens" else out.hidden_states[-1],
+                                       input_ids, starts)
             keys = self.time_keys(input_ids, video_features)
             every = torch.arange(b, device=input_ids.device)
             context = None

@@ -16,7 +16,7 @@ In the release's model (`PiTeLlamaForCausalLM`) the adapter and the heads live i
 (hidden -> 3 * 100 * 2). Its loading order, reproduced here step for step:
 
     base LLM + fresh adapter/heads -> vision_adapter.bin -> for stage 1, 2, 3: non_lora_trainables.bin, then the
-    stage's LoRA, merged (merge_and_unload)
+    stage's LoRA, merged (each weight and its delta added in fp32: model.checkpoint.merge_in_fp32)
 
 So we attach the three Linears under `llm.model` with the release's names while merging (PEFT then finds its
 target modules by the same names), and move them out into the PiteModel at the end. The release reads heads at
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from annotate.errors import ConfigError
-from model.checkpoint import load_llm
+from model.checkpoint import load_llm, merge_in_fp32
 from model.config import LoraSettings, PiteConfig
 from model.conversation import Template, get_template
 from model.pite import PiteModel
@@ -115,27 +115,28 @@ def load_bin(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def normalise_key(key: str) -> str:
-    """A release checkpoint key -> the parameter name in the release-shaped model (`PiTeLlamaForCausalLM`).
-
-    The release's load_lora strips `base_model.` and then, when keys start with `model.model.`, one `model.`.
+def normalise_keys(keys) -> dict[str, str]:
+    """Release checkpoint keys -> parameter names in the release-shaped model (`PiTeLlamaForCausalLM`), by the
+    release's load_lora rule: strip `base_model.` from each key; then, when ANY key starts with `model.model.`,
+    strip one `model.` from EVERY key that starts with `model.` (so `base_model.model.lm_head.weight` becomes
+    `lm_head.weight` beside `model.model.*` keys, and stays `model.lm_head.weight`, which names nothing, without).
     Keys saved from a PEFT-wrapped model may also carry `.base_layer.` (a LoRA-wrapped Linear's own weight) or
     `.modules_to_save.default.`: those are the plain weight too.
     """
-    if key.startswith("base_model."):
-        key = key[len("base_model."):]
-    if key.startswith("model.model."):
-        key = key[len("model."):]
-    return key.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
+    stripped = {k: k[len("base_model."):] if k.startswith("base_model.") else k for k in keys}
+    if any(v.startswith("model.model.") for v in stripped.values()):
+        stripped = {k: v[len("model."):] if v.startswith("model.") else v for k, v in stripped.items()}
+    return {k: v.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".") for k, v in stripped.items()}
 
 
 def attach_release_modules(llm: nn.Module, hidden: int) -> None:
-    """The adapter and heads under the LLaMA body with the release's names (fp32 like ours until cast)."""
+    """The adapter and heads under the LLaMA body with the release's names, in fp32 whatever the LLM's dtype: they
+    are fp32 in the PiteModel, so their weights and the stages' LoRA deltas on them are never rounded to bf16."""
     body = llm.get_decoder() if hasattr(llm, "get_decoder") else llm.model
-    p = next(llm.parameters())
-    body.vision_adapter = nn.Linear(FEAT_DIM, hidden, device=p.device, dtype=p.dtype)
-    body.localization_projector = nn.Linear(hidden, 2, device=p.device, dtype=p.dtype)
-    body.trajectory_projector = nn.Linear(hidden, N_POINTS * N_FRAMES * 2, device=p.device, dtype=p.dtype)
+    device = next(llm.parameters()).device
+    body.vision_adapter = nn.Linear(FEAT_DIM, hidden, device=device, dtype=torch.float32)
+    body.localization_projector = nn.Linear(hidden, 2, device=device, dtype=torch.float32)
+    body.trajectory_projector = nn.Linear(hidden, N_POINTS * N_FRAMES * 2, device=device, dtype=torch.float32)
 
 
 def detach_release_modules(llm: nn.Module) -> dict[str, nn.Linear]:
@@ -156,10 +157,11 @@ def load_into(llm: nn.Module, state: dict[str, torch.Tensor], source: Path) -> l
     own = dict(llm.named_parameters())
     own.update(dict(llm.named_buffers()))
     mapped: dict[str, torch.Tensor] = {}
+    names = normalise_keys(state)
     for key, value in state.items():
         if ".lora_" in key or ".original_module." in key:
             continue  # LoRA weights belong to the adapter file; PEFT's copy of the pre-training module is unused
-        name = normalise_key(key)
+        name = names[key]
         if name not in own:
             raise ConfigError(f"release: {source}: key {key!r} (as {name!r}) names no parameter of the model")
         if own[name].shape != value.shape:
@@ -223,7 +225,7 @@ def load_release(paths: ReleasePaths, device: str = "cpu", dtype: str = "float32
             report.heads_loaded |= bool(head_names & set(loaded))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PEFT warns about config keys of older versions it drops
-            llm = PeftModel.from_pretrained(llm, str(stage)).merge_and_unload()
+            llm = merge_in_fp32(PeftModel.from_pretrained(llm, str(stage)))
     if not report.heads_loaded:
         warnings.warn("release: no stage's non_lora_trainables.bin holds the localization/trajectory heads; "
                       "their weights are only the LoRA deltas on a random start, so trajectories mean nothing")

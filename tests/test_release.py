@@ -19,7 +19,7 @@ from annotate.errors import ConfigError
 from model.factory import TinyLlamaSettings, tiny_llama
 from model.labels import encode_prompt
 from model.pite import position_ids_from_mask
-from model.release import ReleasePaths, load_release, normalise_key
+from model.release import ReleasePaths, load_release, normalise_keys
 from model.tokenizer import train_tokenizer
 
 TEXTS = ["a red ball rolls past a blue box", "describe the video", "From 10 to 20."] * 4
@@ -77,17 +77,22 @@ def release(tmp_path_factory):
                     p.copy_(torch.randn(p.shape, generator=g) * 0.1)
         peft_model.save_pretrained(stage, safe_serialization=False)
         assert (stage / "adapter_model.bin").is_file()
-        # non_lora_trainables.bin: the heads (stage 1 in the release load_lora's form, stage 2 with PEFT's
-        # `.base_layer.` of a LoRA-wrapped Linear); stage 3 has none.
+        # non_lora_trainables.bin, with every key prefix the release writes: stage 1 saved from the PEFT-wrapped
+        # model (`base_model.model.model.<head>`, and `base_model.model.lm_head`, which load_lora strips to
+        # `lm_head` because other keys start with `model.model.`); stage 2 with PEFT's `.base_layer.` of a
+        # LoRA-wrapped Linear; stage 3 saved from the bare model (`model.<head>`, nothing stripped).
         non_lora = {}
-        if k in (1, 2):
-            for head, out in (("localization_projector", 2), ("trajectory_projector", 600)):
-                w, b = torch.randn(out, 32, generator=g) * 0.05, torch.randn(out, generator=g) * 0.05
-                mid = ".base_layer" if k == 2 else ""
-                non_lora[f"base_model.model.model.{head}{mid}.weight"] = w
-                non_lora[f"base_model.model.model.{head}{mid}.bias"] = b
-                expected[f"model.{head}.weight"], expected[f"model.{head}.bias"] = w, b
-            torch.save(non_lora, stage / "non_lora_trainables.bin")
+        for head, out in (("localization_projector", 2), ("trajectory_projector", 600)):
+            w, b = torch.randn(out, 32, generator=g) * 0.05, torch.randn(out, generator=g) * 0.05
+            prefix = "model." if k == 3 else "base_model.model.model."
+            mid = ".base_layer" if k == 2 else ""
+            non_lora[f"{prefix}{head}{mid}.weight"] = w
+            non_lora[f"{prefix}{head}{mid}.bias"] = b
+            expected[f"model.{head}.weight"], expected[f"model.{head}.bias"] = w, b
+        if k == 1:
+            head = expected["lm_head.weight"] + torch.randn(expected["lm_head.weight"].shape, generator=g) * 0.01
+            non_lora["base_model.model.lm_head.weight"] = expected["lm_head.weight"] = head
+        torch.save(non_lora, stage / "non_lora_trainables.bin")
         if k == 2:
             torch.save({"model.vision_adapter.weight": va["weight"], "model.vision_adapter.bias": va["bias"]},
                        stage / "vision_adapter.bin")
@@ -132,6 +137,24 @@ def test_load_release_merges_stages_in_order(release):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_bf16_load_keeps_heads_in_fp32_and_merges_without_bf16_deltas(release):
+    """The base in bf16 (as on a GPU): the adapter and heads are loaded and LoRA-merged in fp32 (exact), and the
+    LLM's weights stay within a few bf16 roundings of the fp32 result (one for the base, one per stage)."""
+    paths, expected = release
+    model, _, _, _ = load_release(paths, dtype="bfloat16")
+    for module in ("vision_adapter", "localization_projector", "trajectory_projector"):
+        for part in ("weight", "bias"):
+            got = getattr(model, module).state_dict()[part]
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got, expected[f"model.{module}.{part}"], atol=1e-6, rtol=1e-5)
+    llm = dict(model.llm.named_parameters())
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert llm[name].dtype == torch.bfloat16
+    want = expected[name]
+    scale = float(want.abs().max())
+    torch.testing.assert_close(llm[name].float(), want, atol=4 * 2 ** -8 * scale, rtol=0)
+
+
 def test_released_model_generates_with_head_shift_one(release):
     paths, _ = release
     model, tok, template, _ = load_release(paths)
@@ -151,10 +174,21 @@ def test_released_model_generates_with_head_shift_one(release):
 
 
 def test_key_normalisation_follows_the_release():
-    assert normalise_key("base_model.model.model.trajectory_projector.weight") == "model.trajectory_projector.weight"
-    assert normalise_key("model.model.layers.0.mlp.up_proj.weight") == "model.layers.0.mlp.up_proj.weight"
-    assert normalise_key("model.localization_projector.base_layer.bias") == "model.localization_projector.bias"
-    assert normalise_key("lm_head.weight") == "lm_head.weight"
+    """load_lora: strip `base_model.` from each key; then, if ANY key starts with `model.model.`, strip `model.`
+    from every key that starts with it (so `base_model.model.lm_head.weight` becomes `lm_head.weight`)."""
+    keys = ["base_model.model.model.trajectory_projector.weight", "base_model.model.lm_head.weight",
+            "model.model.layers.0.mlp.up_proj.weight", "model.localization_projector.base_layer.bias",
+            "lm_head.weight"]
+    assert normalise_keys(keys) == {
+        "base_model.model.model.trajectory_projector.weight": "model.trajectory_projector.weight",
+        "base_model.model.lm_head.weight": "lm_head.weight",
+        "model.model.layers.0.mlp.up_proj.weight": "model.layers.0.mlp.up_proj.weight",
+        "model.localization_projector.base_layer.bias": "localization_projector.bias",
+        "lm_head.weight": "lm_head.weight"}
+    # no key under model.model.: nothing more is stripped
+    assert normalise_keys(["model.trajectory_projector.weight", "base_model.lm_head.weight"]) == {
+        "model.trajectory_projector.weight": "model.trajectory_projector.weight",
+        "base_model.lm_head.weight": "lm_head.weight"}
 
 
 def test_bad_release_files_are_config_errors(release, tmp_path):

@@ -48,6 +48,8 @@ class LoaderSettings:
     epoch_batches: int = 0  # resample: micro-batches per rank per epoch; 0 = this rank's samples / batch_size
     heldout_fraction: float = 0.0  # samples whose key hashes below this are never trained on (eval split)
     prefetch_factor: int = 2
+    # > 1: pool this many batches' examples, sort them by length, cut batches, shuffle their order (less padding)
+    group_by_length: int = 0
 
 
 @dataclass
@@ -93,6 +95,15 @@ class StageConfig:
 
 
 @dataclass
+class SpeedSettings:
+    """Step-time switches (bench/train.py --fast-vs-slow measures them together); none changes what is learned."""
+
+    logits_at_labels: bool = True  # the LM head only where a label follows (not on frames and prompts)
+    # PEFT casts every LoRA input to the adapter's fp32; under bf16 autocast the matmuls run in bf16 anyway
+    lora_input_cast: bool = False
+
+
+@dataclass
 class EvalSettings:
     data: str = ""  # held-out annotation run dir ("" = no evaluation after training)
     synth_seed: int = 1000  # when `data` is missing: synthesise this many clips at this seed and annotate them
@@ -131,6 +142,7 @@ class TrainConfig:
     base: BaseSettings = field(default_factory=BaseSettings)
     model: PiteConfig = field(default_factory=PiteConfig)
     loader: LoaderSettings = field(default_factory=LoaderSettings)
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig(name="stage2")])
     eval: EvalSettings = field(default_factory=EvalSettings)
 

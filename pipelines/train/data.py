@@ -122,7 +122,8 @@ class ShardStream(IterableDataset):
 
     def __init__(self, shards: list[str], builder: ExampleBuilder, batch_size: int, *, seed: int, epoch: int,
                  rank: int, world_size: int, num_workers: int, epoch_batches: int = 0, shuffle_buffer: int = 64,
-                 heldout_fraction: float = 0.0, skip: int = 0, sizes: Optional[list[int]] = None):
+                 heldout_fraction: float = 0.0, skip: int = 0, sizes: Optional[list[int]] = None,
+                 group_by_length: int = 0):
         super().__init__()
         workers = max(1, num_workers)
         if sizes is None and len(shards) < world_size * workers:
@@ -135,7 +136,7 @@ class ShardStream(IterableDataset):
         self.seed, self.epoch, self.rank, self.world_size, self.workers = seed, epoch, rank, world_size, workers
         self.per_worker = -(-epoch_batches // workers)  # every worker yields as many: round-robin stays exact
         self.shuffle_buffer, self.heldout_fraction, self.skip = shuffle_buffer, heldout_fraction, skip
-        self.sizes = sizes
+        self.sizes, self.group_by_length = sizes, max(1, group_by_length)
 
     @property
     def epoch_batches(self) -> int:
@@ -233,8 +234,9 @@ class ShardStream(IterableDataset):
 
     def _batches(self, src, tally: _Tally, rng: random.Random, keep_last: bool = False):
         """Lists of `batch_size` examples (a sample may give several: stage 1 has one per grounding frame); with
-        `keep_last`, the shorter last one too."""
-        pending = []
+        `keep_last`, the shorter last one too. With `group_by_length` G > 1, G batches' examples are pooled,
+        sorted by length and cut, and those batches come in a shuffled order."""
+        pending, pool = [], self.batch_size * self.group_by_length
         for sample in src:
             try:
                 examples, dropped = self.builder(sample, rng)
@@ -243,11 +245,19 @@ class ShardStream(IterableDataset):
                 continue
             tally.dropped.update(dropped)
             pending.extend(examples)
-            while len(pending) >= self.batch_size:
-                yield pending[: self.batch_size]
-                pending = pending[self.batch_size:]
+            while len(pending) >= pool:
+                yield from self._cut(pending[:pool], rng)
+                pending = pending[pool:]
         if keep_last and pending:
-            yield pending
+            yield from self._cut(pending, rng)
+
+    def _cut(self, pool: list, rng: random.Random) -> list[list]:
+        if self.group_by_length > 1:
+            pool = sorted(pool, key=lambda ex: len(ex.input_ids))
+        batches = [pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        if self.group_by_length > 1:
+            rng.shuffle(batches)
+        return batches
 
 
 def make_loader(stream: ShardStream, prefetch_factor: int = 2) -> DataLoader:
@@ -283,13 +293,14 @@ class TrainStream:
     def __init__(self, shards: list[str], builder: ExampleBuilder, batch_size: int, *, seed: int, rank: int,
                  world_size: int, num_workers: int, epoch_batches: int = 0, shuffle_buffer: int = 64,
                  heldout_fraction: float = 0.0, prefetch_factor: int = 2, position: Optional[Position] = None,
-                 sampling: str = "resample"):
+                 sampling: str = "resample", group_by_length: int = 0):
         if sampling not in ("epoch", "resample"):
             raise ConfigError(f"loader.sampling: expected epoch or resample, got {sampling!r}")
         self.sizes = shard_sizes(shards) if sampling == "epoch" else None
         self.kwargs = dict(shards=shards, builder=builder, batch_size=batch_size, seed=seed, rank=rank,
                            world_size=world_size, num_workers=num_workers, epoch_batches=epoch_batches,
-                           shuffle_buffer=shuffle_buffer, heldout_fraction=heldout_fraction, sizes=self.sizes)
+                           shuffle_buffer=shuffle_buffer, heldout_fraction=heldout_fraction, sizes=self.sizes,
+                           group_by_length=group_by_length)
         self.prefetch_factor = prefetch_factor
         self.position = position or Position()
         self.workers = max(1, num_workers)

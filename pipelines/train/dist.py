@@ -46,14 +46,15 @@ class Dist:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
-        """Sum over ranks (a no-op in one process). gloo and NCCL both take float64 on their own device."""
+    def all_reduce(self, values: torch.Tensor, on_device: bool = False) -> torch.Tensor:
+        """Sum over ranks (a no-op in one process). gloo and NCCL both take float64 on their own device.
+        `on_device`: return the backend's tensor as it is (with NCCL, on the GPU: no wait for the result)."""
         if not self.distributed:
             return values
         backend_device = self.device if torch_dist.get_backend() == "nccl" else torch.device("cpu")
         out = values.detach().to(backend_device, torch.float64)
         torch_dist.all_reduce(out, op=torch_dist.ReduceOp.SUM)
-        return out.to(values.device)
+        return out if on_device else out.to(values.device)
 
     def barrier(self) -> None:
         if self.distributed:

@@ -187,6 +187,7 @@ class StageRecipe:
             model.init_trajectory_from_localization()
         if stage.lora and cfg.model.lora.enabled:
             model.apply_lora(cfg.model.lora)
+            model.set_lora_input_cast(cfg.speed.lora_input_cast)
         t = stage.trainable
         model.set_trainable(adapter=t.adapter, lora=t.lora, loc_head=t.loc_head, traj_head=t.traj_head, llm=t.llm,
                             time_pointer=t.time_pointer)
@@ -247,7 +248,8 @@ class StageRecipe:
                            builder, lc.batch_size, seed=stream_seed(cfg.seed, self.index), rank=dist.rank,
                            world_size=dist.world_size, num_workers=lc.num_workers, epoch_batches=epoch_batches,
                            shuffle_buffer=lc.shuffle_buffer, heldout_fraction=lc.heldout_fraction,
-                           prefetch_factor=lc.prefetch_factor, sampling=lc.sampling)
+                           prefetch_factor=lc.prefetch_factor, sampling=lc.sampling,
+                           group_by_length=lc.group_by_length)
 
     def estimate_epoch_steps(self) -> int:
         """Optimiser steps of one real pass, for the schedule: this rank's samples x examples per sample (measured
@@ -293,6 +295,9 @@ class StageRecipe:
         return torch.autocast(self.dist.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def train(self) -> list[dict]:
+        """The loop. Host syncs: one per step, reading whether every rank has finished its pass (from the
+        collective issued before the forward, so it waits for nothing else); losses, grad norm and counts are read
+        only on the steps that log a row."""
         from tqdm import tqdm
 
         cfg, dist, o = self.cfg, self.dist, self.stage.optim
@@ -300,64 +305,35 @@ class StageRecipe:
         batches = iter(self.stream)
         bar = tqdm(total=self.max_steps, initial=self.step, desc=self.stage.name, unit="step", dynamic_ncols=True,
                    disable=not (cfg.progress and dist.is_main), file=sys.stderr)
-        data_stats: dict = {}
+        self.data_stats, self.since_row = {}, torch.zeros(2, dtype=torch.float64)  # examples, tokens
         while not self.finished():
             t0 = time.perf_counter()
             micro = [next(batches) for _ in range(o.grad_accum)]
             t_data = time.perf_counter() - t0
-            local = torch.zeros(3, dtype=torch.float64)
+            # One collective before the forward: the global counts every loss is normalised by, and how many
+            # ranks have finished this pass. It stays on the device: the forward reads the counts there.
+            local = torch.zeros(4, dtype=torch.float64)
             for b in micro:
                 c = target_counts(b)
-                local += torch.tensor([float(c[k]) for k in LOSSES], dtype=torch.float64)
-            counts = dist.all_reduce(local)
-            gcounts = {k: counts[i].to(dist.device, torch.float32) for i, k in enumerate(LOSSES)}
-            sums = torch.zeros(3, dtype=torch.float64)
-            examples = tokens = 0
-            for i, b in enumerate(micro):
-                inputs = to_device(model_inputs(b), dist.device)
-                last = i == len(micro) - 1
-                if self.fsdp:
-                    sync = train_fsdp.no_gradient_sync(self.model, skip=not last)
-                else:
-                    sync = nullcontext() if last or not dist.distributed else self.net.no_sync()
-                with sync:
-                    with self.autocast():
-                        out = self.net(**inputs, counts=gcounts)
-                    (out.loss * dist.world_size).backward()
-                sums += torch.tensor([float(out.sums[k]) for k in LOSSES], dtype=torch.float64)
-                if not b["pad"]:
-                    examples += b["input_ids"].shape[0]
-                    tokens += int(b["attention_mask"].sum())
-                self._data_warnings(b["stats"])
-                merge_stats(data_stats, b["stats"])
+                local[:3] += torch.tensor([float(c[k]) for k in LOSSES], dtype=torch.float64)
+            local[3] = float(self.stream.exhausted)
+            shared = dist.all_reduce(local, on_device=True)
+            gcounts = {k: shared[i].to(dist.device, torch.float32) for i, k in enumerate(LOSSES)}
+            sums = self._forward_backward(micro, gcounts)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, o.clip if o.clip > 0 else math.inf)
-            if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
-                grad_norm = grad_norm.full_tensor()
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            totals = dist.all_reduce(torch.cat([sums, torch.tensor(
-                [examples, tokens, data_stats.get("skipped", 0), data_stats.get("samples", 0),
-                 float(self.stream.exhausted)], dtype=torch.float64)]))
             epoch = self.stream.position.epoch
-            if totals[7] >= dist.world_size:  # every rank has finished this pass: all start the next one
+            if float(shared[3]) >= dist.world_size:  # every rank has finished this pass: all start the next one
                 self.stream.next_epoch()
-            means = {k: float(totals[i] / max(1.0, float(counts[i]))) for i, k in enumerate(LOSSES)}
-            c = self.model.config
-            row = {
-                "stage": self.stage.name, "step": self.step,
-                "loss": c.lambda_lm * means["lm"] + c.lambda_loc * means["loc"] + c.lambda_traj * means["traj"],
-                **{f"{k}_loss": means[k] for k in LOSSES},
-                **{f"n_{k}": int(counts[i]) for i, k in enumerate(LOSSES)},
-                "lr": lr, "grad_norm": float(grad_norm), "examples": int(totals[3]), "tokens": int(totals[4]),
-                "seconds": time.perf_counter() - t0, "data_seconds": t_data,
-                "skipped_samples": int(totals[5]), "samples_read": int(totals[6]),
-                "epoch": epoch, "epoch_batch": self.stream.position.batch,
-            }
-            self.history.append(row)
-            self._log(row, bar)
+            bar.update(1)
+            if self.step % max(1, cfg.log_every) == 0 or self.finished():
+                row = self._row(sums, shared, grad_norm, lr, epoch, time.perf_counter() - t0, t_data)
+                self.history.append(row)
+                self._log(row, bar)
             if cfg.save_every and self.step % cfg.save_every == 0 and not self.finished():
                 self.save_resumable()
             if cfg.stop_at and self.step == cfg.stop_at:
@@ -366,23 +342,68 @@ class StageRecipe:
         bar.close()
         return self.history
 
+    def _forward_backward(self, micro: list[dict], gcounts: dict) -> torch.Tensor:
+        """Gradients of the step's micro-batches (synchronised on the last); their loss sums, on the device."""
+        dist = self.dist
+        sums = torch.zeros(3, dtype=torch.float32, device=dist.device)
+        for i, b in enumerate(micro):
+            inputs = to_device(model_inputs(b), dist.device)
+            last = i == len(micro) - 1
+            if self.fsdp:
+                sync = train_fsdp.no_gradient_sync(self.model, skip=not last)
+            else:
+                sync = nullcontext() if last or not dist.distributed else self.net.no_sync()
+            with sync:
+                with self.autocast():
+                    out = self.net(**inputs, counts=gcounts, logits_at_labels=self.cfg.speed.logits_at_labels)
+                (out.loss * dist.world_size).backward()
+            sums += torch.stack([out.sums[k].float() for k in LOSSES])
+            if not b["pad"]:
+                self.since_row += torch.tensor([b["input_ids"].shape[0], float(b["attention_mask"].sum())],
+                                               dtype=torch.float64)
+            self._data_warnings(b["stats"])
+            merge_stats(self.data_stats, b["stats"])
+        return sums
+
+    def _row(self, sums: torch.Tensor, shared: torch.Tensor, grad_norm, lr: float, epoch: int, seconds: float,
+             data_seconds: float) -> dict:
+        """The metrics row of this step (a collective: every rank calls it on the same steps). Losses are this
+        step's; examples and tokens count since the previous row."""
+        d = self.data_stats
+        totals = self.dist.all_reduce(torch.cat([sums.double().cpu(), self.since_row, torch.tensor(
+            [d.get("skipped", 0), d.get("samples", 0)], dtype=torch.float64)]))
+        self.since_row.zero_()
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+            grad_norm = grad_norm.full_tensor()
+        counts = shared[:3].cpu()
+        means = {k: float(totals[i] / max(1.0, float(counts[i]))) for i, k in enumerate(LOSSES)}
+        c = self.model.config
+        return {
+            "stage": self.stage.name, "step": self.step,
+            "loss": c.lambda_lm * means["lm"] + c.lambda_loc * means["loc"] + c.lambda_traj * means["traj"],
+            **{f"{k}_loss": means[k] for k in LOSSES},
+            **{f"n_{k}": int(counts[i]) for i, k in enumerate(LOSSES)},
+            "lr": lr, "grad_norm": float(grad_norm), "examples": int(totals[3]), "tokens": int(totals[4]),
+            "seconds": seconds, "data_seconds": data_seconds,
+            "skipped_samples": int(totals[5]), "samples_read": int(totals[6]),
+            "epoch": epoch, "epoch_batch": self.stream.position.batch,
+        }
+
     def _data_warnings(self, stats: dict) -> None:
         if stats["skipped"]:
             log.warning("data: %d sample(s) skipped on rank %d: %s", stats["skipped"], self.dist.rank,
                         " | ".join(stats["errors"]))
 
     def _log(self, row: dict, bar) -> None:
-        bar.update(1)
         if not self.dist.is_main:
             return
         bar.set_postfix(loss=f"{row['loss']:.3f}", lm=f"{row['lm_loss']:.3f}", loc=f"{row['loc_loss']:.3f}",
                         traj=f"{row['traj_loss']:.3f}", refresh=False)
-        if self.step % max(1, self.cfg.log_every) == 0 or self.finished():
-            self.metrics_file.write(json.dumps(row) + "\n")
-            self.metrics_file.flush()
-            if self.tb is not None:
-                for k in ("loss", "lm_loss", "loc_loss", "traj_loss", "lr", "grad_norm"):
-                    self.tb.add_scalar(f"{self.stage.name}/{k}", row[k], self.step)
+        self.metrics_file.write(json.dumps(row) + "\n")
+        self.metrics_file.flush()
+        if self.tb is not None:
+            for k in ("loss", "lm_loss", "loc_loss", "traj_loss", "lr", "grad_norm"):
+                self.tb.add_scalar(f"{self.stage.name}/{k}", row[k], self.step)
 
     # -- save --
 
