@@ -191,3 +191,32 @@ def test_lr_scale_gives_a_part_its_own_learning_rate(tmp_path, data, capsys):
     path = _config(tmp_path, data, STAGES[:1])
     assert main(["--config", str(path), f"out={tmp_path / 'o'}", "stages.0.optim.lr_scale.nope=2"]) == 2
     assert "stages[0].optim.lr_scale: ['nope']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_step_checkpoint_answers_in_pite_infer(tmp_path):
+    """checkpoints/step-N/ is a PiTe checkpoint too: it loads with the step's weights and `pite infer` answers."""
+    import numpy as np
+
+    from annotate.synthetic import encode_mp4
+    from pipelines.cli import main as cli_main
+    from safetensors.torch import load_file
+
+    data = make_run(tmp_path / "run", n_shards=2, per_shard=4, feat_dim=768)  # thumbnail-sized features
+    path = _config(tmp_path, data, [STAGES[1]], save_every=2)
+    out = tmp_path / "out"
+    assert main(["--config", str(path), f"out={out}", "model.feat_dim=768", "stop_at=2"]) == 3
+    step = out / "s2" / "checkpoints" / "step-000002"
+    model, _, _ = load_checkpoint(step)
+    trained = load_file(str(step / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    for name, value in trained.items():
+        ours = name.replace(".default.", ".")  # the trainer's live adapter vs the loaded (inference) one
+        torch.testing.assert_close(params.get(name, params.get(ours)), value)
+    frames = np.random.default_rng(0).integers(0, 255, (12, 48, 64, 3), dtype=np.uint8)
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(encode_mp4(frames, 10.0))
+    answer = tmp_path / "answer.json"
+    assert cli_main(["infer", "--checkpoint", str(step), "--video", str(video), "--query", "Describe the video.",
+                     "--max-new-tokens", "3", "--json", str(answer)]) == 0
+    assert "answer" in json.loads(answer.read_text())

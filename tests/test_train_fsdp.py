@@ -116,3 +116,36 @@ def test_ddp_epochs_see_every_sample_once_per_pass_with_uneven_ranks(tmp_path):
     assert [r["epoch"] for r in rows] == [0, 0, 0, 1, 1, 1]
     assert sum(r["examples"] for r in rows if r["epoch"] == 0) == 9
     assert sum(r["examples"] for r in rows) == 18
+
+
+def test_fsdp_on_a_pretrained_base_saves_lora_and_heads_without_the_base(tmp_path):
+    """A base LLM from a dir (as Vicuna): FSDP checkpoints reference it and gather only LoRA and the heads, and the
+    step checkpoint holds exactly the weights of the step's (separately gathered) resumable state."""
+    from safetensors.torch import load_file
+
+    from model.factory import TinyLlamaSettings, tiny_llama
+    from model.tokenizer import train_tokenizer
+    from tests.train_helpers import captions
+
+    tok = train_tokenizer(captions(), vocab_size=300)
+    base = tmp_path / "base-llm"
+    tiny_llama(tok, TinyLlamaSettings(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=32, vocab_size=300), seed=0).save_pretrained(base)
+    tok.save_pretrained(base)
+    data = make_run(tmp_path / "run", n_shards=4, per_shard=4)
+    out = tmp_path / "out"
+    job = _torchrun(tmp_path, data, out, "strategy=fsdp", "base.kind=pretrained", f"base.llm={base}",
+                    "save_every=2", "stop_at=2", "stages.0.optim.max_steps=1", "stages.0.lora=true",
+                    "stages.0.trainable.llm=false")
+    assert job.returncode != 0 and "s2: stopped at step 2" in job.stderr, job.stderr[-4000:]
+    meta = json.loads((out / "s1" / "pite.json").read_text())
+    assert meta["base"] == str(base) and not (out / "s1" / "base").exists()
+    assert meta["lora"] == "lora"
+    step = out / "s2" / "checkpoints" / "step-000002"
+    model, _, _ = load_checkpoint(step)
+    assert json.loads((step / "pite.json").read_text())["merged"] == ["merged/00"]  # s1's LoRA, merged
+    params = dict(model.named_parameters())
+    trained = load_file(str(step / "trainable.safetensors"))
+    assert any("lora_" in k for k in trained) and any(k.startswith("trajectory_projector") for k in trained)
+    for name, value in trained.items():
+        torch.testing.assert_close(params.get(name, params.get(name.replace(".default.", "."))), value)

@@ -25,13 +25,13 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from annotate.errors import ConfigError
 from model.batch import to_device
-from model.checkpoint import load_checkpoint, merge_lora, save_checkpoint
+from model.checkpoint import load_checkpoint, merge_lora, save_checkpoint, write_checkpoint
 from model.config import PiteConfig
 from model.conversation import get_template
 from model.factory import build_pretrained, tiny_llama
@@ -407,34 +407,49 @@ class StageRecipe:
 
     # -- save --
 
+    def checkpoint_writer(self) -> Optional[Callable[[Path, dict], None]]:
+        """All ranks call it. On rank 0, a function writing the model's PiTe checkpoint into a dir (None elsewhere);
+        under FSDP it holds the gathered LoRA and heads (the base only when it is a tiny one, stored whole)."""
+        tok, template, main = self.tokenizer, self.template, self.dist.is_main
+        if not self.fsdp:
+            return (lambda out, extra: save_checkpoint(self.model, tok, out, template, extra=extra)) if main else None
+        if self.model.base_source is None:
+            # The rebuild runs on rank 0 alone: a one-process Dist, so its set-up takes part in no collective.
+            clone = train_fsdp.unsharded_clone(self.model, lambda: self.build_model(Dist()), main)
+            return (lambda out, extra: save_checkpoint(clone, tok, out, template, extra=extra)) if main else None
+        extra_state, lora = train_fsdp.gather_checkpoint_parts(self.model)
+        if not main:
+            return None
+        return lambda out, extra: write_checkpoint(Path(out), self.model, tok, template, extra_state, lora, extra)
+
+    def checkpoint_extra(self, complete: bool) -> dict:
+        last = self.history[-1] if self.history else {}
+        return {"stage": self.stage.name, "labels_stage": self.stage.labels.stage, "step": self.step,
+                "complete": complete, "losses": {k: last.get(k) for k in ("loss", "lm_loss", "loc_loss", "traj_loss")}}
+
     def save_resumable(self) -> Path:
+        """checkpoints/step-N/: what resumes the stage (trainable weights, optimizer, schedule, data position,
+        RNG) and a PiTe checkpoint of the model at this step, which `pite infer` and `pite evaluate` load."""
         gathered = None
         if self.fsdp:  # every rank takes part in the gathering
             gathered = (train_fsdp.full_trainable_state(self.model),
                         train_fsdp.full_optimizer_state(self.model, self.optimizer))
+        writer, extra = self.checkpoint_writer(), self.checkpoint_extra(complete=False)
         path = save_state(self.dir, self.step, self.model, self.optimizer, self.scheduler,
                           self.stream.position.to_dict(), self.config_hash(), self.dist.rank, self.dist.world_size,
-                          self.dist.barrier, gathered=gathered)
+                          self.dist.barrier, gathered=gathered,
+                          write_more=(lambda tmp: writer(tmp, extra)) if writer else None)
         if self.dist.is_main:
             prune(self.dir, self.cfg.keep_checkpoints)
         return path
 
     def save(self) -> Path:
         """The stage's PiTe checkpoint in OUT/<stage>/ (pite.json written last: its presence = stage done)."""
-        last = self.history[-1] if self.history else {}
-        extra = {"stage": self.stage.name, "labels_stage": self.stage.labels.stage, "step": self.step,
-                 "complete": True, "losses": {k: last.get(k) for k in ("loss", "lm_loss", "loc_loss", "traj_loss")}}
-
-        def write(model) -> None:
-            save_checkpoint(model, self.tokenizer, self.dir, self.template, extra=extra)
-
         failed: Optional[Exception] = None
         try:
-            if self.fsdp:
-                # The rebuild runs on rank 0 alone: a one-process Dist, so its set-up takes part in no collective.
-                train_fsdp.save_unsharded(self.model, lambda: self.build_model(Dist()), write, self.dist.is_main)
-            elif self.dist.is_main:
-                write(self.model)
+            writer = self.checkpoint_writer()
+            if writer is not None:
+                writer(self.dir, self.checkpoint_extra(complete=True))
         except Exception as exc:  # noqa: BLE001  re-raised below, after the other ranks have heard of it
             failed = exc
         # Rank 0 tells the others whether it saved, so that a failure stops every rank instead of leaving them

@@ -17,7 +17,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -60,11 +60,13 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_state(stage_dir: str | Path, step: int, model, optimizer, scheduler, position: dict, config_hash: str,
-               rank: int, world_size: int, barrier, gathered: Optional[tuple[dict, dict]] = None) -> Path:
+               rank: int, world_size: int, barrier, gathered: Optional[tuple[dict, dict]] = None,
+               write_more: Optional[Callable[[Path], None]] = None) -> Path:
     """Every rank writes its RNG file into the temporary dir; rank 0 writes the rest and renames it.
 
     `gathered`: (trainable weights, optimizer state) already gathered in full on rank 0 (FSDP,
-    pipelines/train/fsdp.py); without it rank 0 reads them off its own (whole) model and optimizer."""
+    pipelines/train/fsdp.py); without it rank 0 reads them off its own (whole) model and optimizer.
+    `write_more(tmp)`: rank 0 adds files before the rename (the step's PiTe checkpoint)."""
     folder = Path(stage_dir) / "checkpoints"
     final = folder / f"{PREFIX}{step:06d}"
     tmp = folder / f".{PREFIX}{step:06d}.tmp"
@@ -84,6 +86,8 @@ def save_state(stage_dir: str | Path, step: int, model, optimizer, scheduler, po
         meta = {"step": step, "position": position, "scheduler": sched, "config_hash": config_hash,
                 "world_size": world_size}
         (tmp / "trainer.json").write_text(json.dumps(meta, indent=1, default=float))
+        if write_more is not None:
+            write_more(tmp)
     barrier()
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
