@@ -14,13 +14,8 @@ from pipelines.train.run import main
 from tests.train_helpers import D, K, T, make_run
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_ray_train_workers_train_and_save_a_loadable_checkpoint(tmp_path, strategy):
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.train.torch")
-    data = make_run(tmp_path / "run", n_shards=4, per_shard=4)
-    cfg = {
+def _config(data, strategy: str = "ddp", steps: int = 3) -> dict:
+    return {
         "data": str(data), "device": "cpu", "progress": False, "tensorboard": False, "seed": 0,
         "launcher": "ray", "num_workers": 2, "cpus_per_worker": 1, "strategy": strategy,
         "base": {"tiny": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -28,8 +23,17 @@ def test_two_ray_train_workers_train_and_save_a_loadable_checkpoint(tmp_path, st
         "model": {"feat_dim": D, "n_points": K, "n_frames": T, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
         "loader": {"batch_size": 2, "num_workers": 1, "shuffle_buffer": 4, "epoch_batches": 5},
         "stages": [{"name": "s2", "labels": {"stage": 2},
-                    "optim": {"max_steps": 3, "warmup_steps": 1, "lr": 0.01}}],
+                    "optim": {"max_steps": steps, "warmup_steps": 1, "lr": 0.01}}],
     }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ray_train_workers_train_and_save_a_loadable_checkpoint(tmp_path, strategy):
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.train.torch")
+    data = make_run(tmp_path / "run", n_shards=4, per_shard=4)
+    cfg = _config(data, strategy)
     path = tmp_path / "ray.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
@@ -48,3 +52,27 @@ def test_two_ray_train_workers_train_and_save_a_loadable_checkpoint(tmp_path, st
     with torch.no_grad():
         gen = model.generate(torch.tensor([tok.bos_token_id]), max_new_tokens=2, tokenizer=tok)
     assert gen[0].trajectories.shape[1:] == (K, T, 2)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_restarts_from_the_last_checkpoint_and_ends_with_the_same_loss(tmp_path):
+    """Rank 1's process dies after step 3 (os._exit, as a lost node); Ray Train restarts both workers
+    (max_failures), they resume from step 2's checkpoint, and every logged loss equals the uninterrupted run's."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.train.torch")
+    data = make_run(tmp_path / "run", n_shards=4, per_shard=4)
+    path = tmp_path / "ray.yaml"
+    path.write_text(yaml.safe_dump({**_config(data, steps=5), "save_every": 2}))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert main(["--config", str(path), f"out={tmp_path / 'whole'}"]) == 0
+        assert main(["--config", str(path), f"out={tmp_path / 'killed'}", "kill_at=3", "max_failures=1"]) == 0
+    finally:
+        ray.shutdown()
+    assert (tmp_path / "killed" / ".killed-s2-3").is_file()  # the kill happened
+
+    def losses(out):
+        return [(r["step"], r["loss"]) for r in map(json.loads, (out / "s2" / "metrics.jsonl").read_text().splitlines())]
+
+    assert losses(tmp_path / "killed") == losses(tmp_path / "whole")
+    assert [s for s, _ in losses(tmp_path / "whole")] == [1, 2, 3, 4, 5]

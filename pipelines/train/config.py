@@ -137,6 +137,12 @@ class TrainConfig:
     save_every: int = 0  # optimiser steps between resumable checkpoints (0 = only at the end of a stage)
     keep_checkpoints: int = 2
     stop_at: int = 0  # > 0: stop abruptly right after step N of the first unfinished stage (resume tests)
+    # > 0: the last rank's process dies (os._exit) right after step N of the first unfinished stage, once per OUT
+    # (a marker file there): what a lost node does to a Ray Train run (restart tests)
+    kill_at: int = 0
+    # ray: restarts of the whole worker group after a worker dies, each resuming from the newest step checkpoint
+    # (set save_every); 0 = a dead worker ends the run
+    max_failures: int = 0
     progress: bool = True
     tensorboard: bool = True
     base: BaseSettings = field(default_factory=BaseSettings)
@@ -217,6 +223,8 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError("loader: need batch_size >= 1, num_workers >= 0 and shuffle_buffer >= 1")
     if not 0 <= cfg.loader.heldout_fraction < 1:
         raise ConfigError(f"loader.heldout_fraction: expected in [0, 1), got {cfg.loader.heldout_fraction}")
+    if cfg.max_failures < 0:
+        raise ConfigError(f"max_failures: expected >= 0, got {cfg.max_failures}")
     if cfg.num_workers < 1:
         raise ConfigError(f"num_workers: expected >= 1, got {cfg.num_workers}")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -336,11 +337,21 @@ class StageRecipe:
                 self._log(row, bar)
             if cfg.save_every and self.step % cfg.save_every == 0 and not self.finished():
                 self.save_resumable()
+            if cfg.kill_at and self.step == cfg.kill_at:
+                self._die_once()
             if cfg.stop_at and self.step == cfg.stop_at:
                 bar.close()
                 raise StoppedEarly(f"{self.stage.name}: stopped at step {self.step} (stop_at)")
         bar.close()
         return self.history
+
+    def _die_once(self) -> None:
+        """`kill_at`: the last rank's process ends without a word, once per OUT (a marker file written first)."""
+        marker = self.out / f".killed-{self.stage.name}-{self.step}"
+        if self.dist.rank == self.dist.world_size - 1 and not marker.exists():
+            marker.write_text("killed by kill_at\n")
+            log.warning("%s: rank %d exits at step %d (kill_at)", self.stage.name, self.dist.rank, self.step)
+            os._exit(1)
 
     def _forward_backward(self, micro: list[dict], gcounts: dict) -> torch.Tensor:
         """Gradients of the step's micro-batches (synchronised on the last); their loss sums, on the device."""

@@ -124,8 +124,17 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def fresh_start(cfg: TrainConfig) -> None:
+    """What a run without `resume` drops before it starts: the stages' dirs, OUT/final and a tiny base's tokenizer."""
+    out = resolve_out(cfg)
+    for name in [s.name for s in cfg.stages] + ["final", "tokenizer"]:
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
 def _ray_train_loop(config: dict) -> None:
-    """Ray Train's train_loop_per_worker: the same `run` on this worker's rank and device."""
+    """Ray Train's train_loop_per_worker: the same `run` on this worker's rank and device. Ray calls it again on
+    every worker after a failure: it always resumes (the driver made the fresh start), so a restart continues from
+    the newest step checkpoint."""
     _setup_logging()
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(config)))
     run(cfg, ray_worker_dist())
@@ -134,10 +143,13 @@ def _ray_train_loop(config: dict) -> None:
 def launch_ray(cfg: TrainConfig) -> dict:
     """Ray Train's TorchTrainer (DDP): `num_workers` workers, one GPU each when `device` is CUDA."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = absolute_paths(cfg)
+    if not cfg.resume:
+        fresh_start(cfg)
+        cfg.resume = True  # from here on, every attempt of the worker group resumes from what is on disk
     use_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     if not ray.is_initialized():
         # "" = RAY_ADDRESS (set by `ray job submit`) if any, else a local instance.
@@ -152,7 +164,8 @@ def launch_ray(cfg: TrainConfig) -> dict:
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=cfg.name, storage_path=cfg.ray_storage or str(Path(cfg.out) / "ray")),
+        run_config=RunConfig(name=cfg.name, storage_path=cfg.ray_storage or str(Path(cfg.out) / "ray"),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
     )
     result = trainer.fit()
     if result.error:
