@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--fs-batch", type=int, default=4)
     p.add_argument("--fs-steps", type=int, default=20)
     p.add_argument("--fs-group", type=int, default=5, help="batches pooled for length grouping")
-    p.add_argument("--fs-lr", type=float, default=1e-3)
+    p.add_argument("--fs-lr", type=float, default=1e-4, help="the 7B recipes' learning rate")
     args = p.parse_args(argv)
     if args.fast_vs_slow:
         from bench.train_fast import fast_vs_slow

@@ -4,8 +4,9 @@ all of them off, at a shape where their costs show on a CPU, in one run.
 The switches: LoRA dropout 0 and PEFT's input cast off (lora.dropout, speed.lora_input_cast), the LM head only at
 labelled positions (speed.logits_at_labels), length-grouped batches (loader.group_by_length), no gradient
 checkpointing (model.gradient_checkpointing). Both runs see the same examples in the same pools (grouping only
-regroups a pool), start from the same weights and train the same number of steps; `loss_rel_diff` compares their
-losses on one fixed batch afterwards, beside how far training moved that loss.
+regroups a pool), start from the same weights and train the same number of steps at the recipes' learning rate;
+`loss_rel_diff` compares their losses on 8 fixed held-out examples afterwards, beside how far training moved
+that loss (`probe_loss_before_training`).
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def run(fast: bool, train: list[dict], probe: dict, args) -> dict:
 def fast_vs_slow(args) -> dict:
     rng = random.Random(0)
     examples = [stage2_example(rng, f"ex{i}", args.fs_vocab) for i in range(args.fs_steps * args.fs_batch)]
-    probe = collate([stage2_example(random.Random(99), "probe", args.fs_vocab)] * 2, 0)
+    probe_rng = random.Random(99)
+    probe = collate([stage2_example(probe_rng, f"probe{i}", args.fs_vocab) for i in range(8)], 0)
     with torch.no_grad():
         start = float(build(True, args.fs_hidden, args.fs_layers, args.fs_vocab).eval()(**probe).loss)
     slow = run(False, batches(examples, args.fs_batch, 1), probe, args)

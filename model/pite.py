@@ -16,8 +16,8 @@ Heads and their L1 run in fp32, masked to supervised tokens x visible points (se
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -28,13 +28,10 @@ from model.adapters import build_adapter, tokens_per_frame
 from model.config import LoraSettings, PiteConfig
 from model.labels import IGNORE_INDEX
 from model.losses import lm_sum, masked_l1_sum, normalise
+from model.generate import Generation, generate
 from model.readout import FrameReadout, to_frames
+from model.sequence import expand_video, follow, frame_times, position_ids_from_mask, stack_frames
 from model.time_pointer import TimePointer
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """0, 1, 2, ... over the real tokens of each row, whatever side the padding is on (pads get 0)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @dataclass
@@ -48,15 +45,6 @@ class PiteOutput:
     logits: Optional[torch.Tensor] = None
     loc_pred: Optional[torch.Tensor] = None  # (M, 2) at the supervised tokens
     traj_pred: Optional[torch.Tensor] = None  # (M, K, T, 2)
-
-
-@dataclass
-class Generation:
-    token_ids: list[int]  # generated tokens, the stop token excluded
-    trajectories: torch.Tensor  # float32 (n, K, T, 2): the trajectory head read for each generated token
-    locations: torch.Tensor  # float32 (n, 2): the localisation head, likewise
-    text: Optional[str] = None  # decoded (needs a tokenizer)
-    token_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each token in `text`
 
 
 class PiteModel(nn.Module):
@@ -192,15 +180,15 @@ class PiteModel(nn.Module):
         is_video = input_ids == self.video_token_id
         # The placeholder id may lie outside the embedding table (Vicuna + an added token): never look it up.
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_video, 0))
-        frames = _stack_frames(video_features, is_video)
+        frames = stack_frames(video_features, is_video)
         if frames is None:
             return embeds, attention_mask, None
         ref = self.localization_projector.weight
         if self.tokens_per_frame == 1:
             adapted = self.vision_adapter(frames.to(ref.dtype)).to(embeds.dtype)
             return embeds.masked_scatter(is_video.unsqueeze(-1).expand_as(embeds), adapted), attention_mask, None
-        adapted = self.vision_adapter(frames.to(ref.dtype), _frame_times(is_video)).to(embeds.dtype)  # (N, S, H)
-        return _expand_video(embeds, attention_mask, is_video, adapted)
+        adapted = self.vision_adapter(frames.to(ref.dtype), frame_times(is_video)).to(embeds.dtype)  # (N, S, H)
+        return expand_video(embeds, attention_mask, is_video, adapted)
 
     def read_heads(self, hidden: torch.Tensor, rows: Optional[torch.Tensor] = None,
                    frames: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,6 +213,10 @@ class PiteModel(nn.Module):
                     traj = traj.clone()
                     traj[has] += to_frames(r, n, self.config.n_frames)[:, None]
         return loc, traj
+
+    def readout_source(self, hidden: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """What the frame readout points at: the LLM's last hidden states, or its input (the adapter's tokens)."""
+        return embeds if self.config.frame_readout_source == "tokens" else hidden
 
     def frame_states(self, hidden: torch.Tensor, input_ids: torch.Tensor,
                      starts: Optional[torch.Tensor]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
@@ -252,7 +244,7 @@ class PiteModel(nn.Module):
         if self.time_pointer is None:
             return None
         is_video = input_ids == self.video_token_id
-        frames = _stack_frames(video_features, is_video)
+        frames = stack_frames(video_features, is_video)
         out: list[Optional[torch.Tensor]] = [None] * input_ids.shape[0]
         if frames is None:
             return out
@@ -330,10 +322,10 @@ class PiteModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embeds, attention_mask, starts = self.embed(input_ids, video_features, attention_mask)
-        token_ids = _follow(input_ids, starts, attention_mask.shape, self.video_token_id)
+        token_ids = follow(input_ids, starts, attention_mask.shape, self.video_token_id)
         if starts is not None:  # positions moved: labels and head positions follow their tokens
             if labels is not None:
-                labels = _follow(labels, starts, attention_mask.shape, IGNORE_INDEX)
+                labels = follow(labels, starts, attention_mask.shape, IGNORE_INDEX)
             if head_pos is not None and head_pos.numel():
                 head_pos = starts[head_batch, head_pos]
         selective = logits_at_labels and labels is not None
@@ -354,8 +346,7 @@ class PiteModel(nn.Module):
         loc_pred = traj_pred = None
         if head_pos is not None and head_pos.numel():
             index = self._head_index(head_pos, head_batch, attention_mask)
-            frames = self.frame_states(embeds if self.config.frame_readout_source == "tokens" else hidden,
-                                       input_ids, starts)
+            frames = self.frame_states(self.readout_source(hidden, embeds), input_ids, starts)
             loc_pred, traj_pred = self.read_heads(hidden[head_batch, index], head_batch, frames)
         for name, pred, target, mask in (("loc", loc_pred, loc_target, loc_mask),
                                          ("traj", traj_pred, traj_target, traj_mask)):
@@ -423,215 +414,6 @@ class PiteModel(nn.Module):
 
     # ---- generation ---------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        video_features=None,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop_token_ids: Optional[Sequence[int]] = None,
-        tokenizer=None,
-        generator: Optional[torch.Generator] = None,
-    ) -> list[Generation]:
-        """Greedy (temperature 0) or sampled decoding with a KV cache; per generated token, both heads' readout.
-
-        `input_ids` (L,) or LEFT-padded (B, L) (model.labels.encode_prompt + collate(padding_side="left")).
-        Stops at any of `stop_token_ids` (default: the tokenizer's / LLM's eos, i.e. the template's sep2).
-        """
-        if input_ids.dim() == 1:
-            input_ids = input_ids[None]
-            if isinstance(video_features, torch.Tensor) and video_features.dim() == 2:
-                video_features = video_features[None]
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if not attention_mask[:, -1].bool().all():
-            raise ValueError("generate needs left padding: the last position of every row must be a real token")
-        if stop_token_ids is None:
-            eos = tokenizer.eos_token_id if tokenizer is not None else self.base_llm().config.eos_token_id
-            stop_token_ids = eos if isinstance(eos, (list, tuple)) else [eos]
-        stops = torch.tensor(list(stop_token_ids), dtype=torch.long, device=input_ids.device)
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        was_training = self.training
-        self.eval()
-        try:
-            b = input_ids.size(0)
-            embeds, mask, starts = self.embed(input_ids, video_features, attention_mask.long())
-            mask = mask.long()
-            out = self.llm(inputs_embeds=embeds, attention_mask=mask,
-                           position_ids=position_ids_from_mask(mask), use_cache=True, output_hidden_states=True,
-                           return_dict=True)
-            frames = self.frame_states(embeds if self.config.frame_readout_source == "tokens" else out.hidden_states[-1],
-                                       input_ids, starts)
-            keys = self.time_keys(input_ids, video_features)
-            every = torch.arange(b, device=input_ids.device)
-            context = None
-            if keys is not None:  # the text states so far, which the time pointer reads (grown every step)
-                expanded = _follow(input_ids, starts, mask.shape, self.video_token_id)
-                context = (self._time_context(expanded, embeds, out.hidden_states[-1]),
-                           mask.bool() & (expanded != self.video_token_id), expanded)
-
-            def next_logits(step_out) -> torch.Tensor:
-                """The last position's next-token logits (B, V), with the time pointer's term."""
-                if keys is None:
-                    return step_out.logits[:, -1].float()
-                here = torch.full_like(every, context[0].shape[1] - 1)
-                return self.with_time_pointer(step_out.logits[:, -1].float(), step_out.hidden_states[-1][:, -1],
-                                              every, here, keys, context)
-
-            def feed(token: torch.Tensor):
-                """One cached step on the tokens (B,) just chosen; returns the output and the longer mask."""
-                longer = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
-                step_out = self.llm(inputs_embeds=self.llm.get_input_embeddings()(token[:, None]),
-                                    attention_mask=longer, position_ids=position_ids_from_mask(longer)[:, -1:],
-                                    cache=out.cache, use_cache=True, output_hidden_states=True, return_dict=True)
-                return step_out, longer
-
-            # before[j]: the hidden state that produced token j (head_shift 1, the release); at[j]: token j's own.
-            before, at, tokens = [out.hidden_states[-1][:, -1]], [], []
-            done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-            length = torch.zeros(b, dtype=torch.long, device=input_ids.device)
-            for step in range(max_new_tokens):
-                nxt = _sample(next_logits(out), temperature, top_p, generator)
-                tokens.append(nxt)
-                length += (~done).long()
-                done |= torch.isin(nxt, stops)
-                if done.all() or step == max_new_tokens - 1:
-                    break
-                out, mask = feed(nxt)
-                at.append(out.hidden_states[-1][:, -1])
-                if context is not None:
-                    new = self._time_context(nxt[:, None], self.llm.get_input_embeddings()(nxt[:, None]),
-                                             at[-1][:, None])[:, 0]
-                    context = (torch.cat([context[0], new[:, None].to(context[0].dtype)], dim=1),
-                               torch.cat([context[1], context[1].new_ones(b, 1)], dim=1),
-                               torch.cat([context[2], nxt[:, None]], dim=1))
-                before.append(at[-1])
-            if self.config.head_shift == 0:
-                # The last token was never fed back. Its own hidden state needs one more step, unless every row
-                # that reached it stopped there (stop tokens get no readout): then a placeholder will do.
-                reached = length == len(tokens)
-                if bool((reached & ~torch.isin(tokens[-1], stops)).any()):
-                    out, mask = feed(tokens[-1])
-                    at.append(out.hidden_states[-1][:, -1])
-                else:
-                    at.append(torch.zeros_like(before[0]))
-                hidden = torch.stack(at, dim=1)  # (B, n, H)
-            else:
-                hidden = torch.stack(before[: len(tokens)], dim=1)
-            ids = torch.stack(tokens, dim=1)
-            rows = torch.arange(b, device=hidden.device).repeat_interleave(hidden.shape[1])
-            loc, traj = self.read_heads(hidden.reshape(-1, hidden.size(-1)), rows, frames)
-            loc = loc.view(b, -1, 2)
-            traj = traj.view(b, -1, self.config.n_points, self.config.n_frames, 2)
-        finally:
-            self.train(was_training)
-
-        results = []
-        for i in range(b):
-            n = int(length[i])
-            row = ids[i, :n].tolist()
-            if row and row[-1] in stop_token_ids:
-                n -= 1
-                row = row[:n]
-            gen = Generation(token_ids=row, trajectories=traj[i, :n].cpu(), locations=loc[i, :n].cpu())
-            if tokenizer is not None:
-                gen.text, gen.token_spans = decode_with_spans(tokenizer, row)
-            results.append(gen)
-        return results
-
-
-def decode_with_spans(tokenizer, token_ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
-    """Decoded text and each token's [start, end) in it (a token inside a multi-byte character gets an empty span
-    at the character's start; the token completing it covers it)."""
-    spans, prev = [], 0
-    for i in range(len(token_ids)):
-        text = tokenizer.decode(token_ids[: i + 1])
-        if text.endswith("\ufffd") and i + 1 < len(token_ids):
-            spans.append((prev, prev))
-            continue
-        end = max(prev, len(text))
-        spans.append((prev, end))
-        prev = end
-    return tokenizer.decode(token_ids), spans
-
-
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix whose mass reaches top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def _stack_frames(video_features, is_video: torch.Tensor) -> Optional[torch.Tensor]:
-    """All rows' frames, concatenated in row order, checked against each row's number of video positions."""
-    per_row = is_video.sum(dim=1).tolist()
-    if video_features is None:
-        if any(per_row):
-            raise ValueError(f"input has video positions {per_row} per row but no video_features")
-        return None
-    if isinstance(video_features, torch.Tensor):
-        if video_features.dim() != 3:
-            raise ValueError(f"video_features: expected (B, n, D), got {tuple(video_features.shape)}")
-        video_features = list(video_features)
-    if len(video_features) != len(per_row):
-        raise ValueError(f"video_features: {len(video_features)} entries for a batch of {len(per_row)}")
-    sizes = [0 if v is None else v.shape[0] for v in video_features]
-    if sizes != per_row:
-        raise ValueError(f"video_features: {sizes} frames per row, the input has {per_row} video positions")
-    frames = [v for v in video_features if v is not None and v.shape[0]]
-    return torch.cat(frames).to(is_video.device) if frames else None
-
-
-def _frame_times(is_video: torch.Tensor) -> torch.Tensor:
-    """Each stacked frame's time in its row's clip, in [0, 1]; NaN for a row with a single frame (an image)."""
-    per_row = is_video.sum(dim=1)
-    times = []
-    for n in per_row.tolist():
-        if n == 1:
-            times.append(torch.full((1,), float("nan")))
-        elif n:
-            times.append(torch.arange(n, dtype=torch.float32) / (n - 1))
-    return torch.cat(times).to(is_video.device)
-
-
-def _follow(values: torch.Tensor, starts: Optional[torch.Tensor], shape, fill: int) -> torch.Tensor:
-    """Per-token `values` (B, L) moved to their positions in embed()'s expanded layout (`starts`; None: not
-    expanded), `fill` at the positions a frame's extra tokens took."""
-    if starts is None:
-        return values
-    return values.new_full(shape, fill).scatter(1, starts, values)
-
-
-def _expand_video(embeds: torch.Tensor, mask: torch.Tensor, is_video: torch.Tensor,
-                  adapted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every video position of `embeds` becomes the S tokens of its frame (`adapted` (N, S, H), row-major)."""
-    b, length, hidden = embeds.shape
-    s = adapted.shape[1]
-    widths = torch.where(is_video, s, 1)
-    ends = widths.cumsum(dim=1)  # (B, L): one past each token's last new position
-    totals = ends[:, -1]
-    new_length = int(totals.max())
-    # When every row ends in a real token (left padding, or none: what `generate` needs) the rows stay aligned to
-    # the right end; otherwise (right padding) to the left. Shorter rows get padding on the other side.
-    offset = new_length - totals if bool(mask[:, -1].all()) else torch.zeros_like(totals)
-    starts = ends - widths + offset[:, None]
-    out = embeds.new_zeros(b, new_length, hidden)
-    new_mask = mask.new_zeros(b, new_length)
-    text = ~is_video
-    rows = torch.arange(b, device=embeds.device)[:, None].expand(b, length)
-    out[rows[text], starts[text]] = embeds[text]
-    new_mask[rows[text], starts[text]] = mask[text]
-    video_rows, video_starts = rows[is_video], starts[is_video]  # (N,) in row-major order, as `adapted`
-    slot = torch.arange(s, device=embeds.device)
-    out[video_rows[:, None], video_starts[:, None] + slot[None]] = adapted
-    new_mask[video_rows[:, None], video_starts[:, None] + slot[None]] = 1
-    return out, new_mask, starts
+    def generate(self, input_ids: torch.Tensor, **kwargs) -> list[Generation]:
+        """Decoding with both heads read per generated token: model/generate.py's `generate`."""
+        return generate(self, input_ids, **kwargs)

@@ -30,7 +30,8 @@ import torch
 from annotate.config import DEFAULT_STOP_NOUNS, FeaturesConfig
 from annotate.errors import ConfigError, PiteError
 from model.conversation import Template
-from model.pite import Generation, PiteModel
+from model.generate import Generation
+from model.pite import PiteModel
 
 
 @dataclass

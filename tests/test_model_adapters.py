@@ -160,7 +160,7 @@ def test_generate_matches_a_full_forward_and_batches_with_left_padding(world):
     with torch.no_grad():
         embeds, mask, starts = model.embed(ids, video[None])
         out = model.llm(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True)
-        frames = model.frame_states(model._readout_source(out, embeds), ids, starts)
+        frames = model.frame_states(model.readout_source(out.hidden_states[-1], embeds), ids, starts)
     p = len(prompt) + T * (S - 1)  # the prompt's length once expanded
     n = len(gen.token_ids)
     assert out.logits[0, p - 1: p + n - 1].argmax(-1).tolist() == gen.token_ids
