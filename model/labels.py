@@ -312,7 +312,7 @@ def build_examples(
     """
     meta, traj, vis, feat = _parts(sample)
     key = str(meta.get("video_id", "?"))
-    n_obj, k, t = traj.shape[0], traj.shape[1], traj.shape[2]
+    n_obj = traj.shape[0]
     dropped: Counter = Counter()
     examples: list[Example] = []
 
@@ -321,47 +321,76 @@ def build_examples(
         return examples, dropped
 
     if cfg.stage == 1:
-        answer, lead = _caption_answer(meta, template, key)
-        by_frame: dict[int, list[int]] = {}
-        for i, obj in enumerate(meta["objects"]):
-            f = obj.get("frame")
-            if not isinstance(f, int) or not 0 <= f < min(t, feat.shape[0]):
-                raise SchemaError(f"sample {key}: objects[{i}].frame {f!r} is not an index into the {t} samples")
-            if vis[i, :, f].any():
-                by_frame.setdefault(f, []).append(i)
-            else:
-                dropped["not visible"] += 1
-        if cfg.stage1_frames == "random" and rng is not None:
-            shown = np.flatnonzero(vis[:, :, : min(t, feat.shape[0])].any(axis=(0, 1)))
-            if len(shown):
-                f = int(shown[rng.randrange(len(shown))])
-                by_frame = {f: [i for i in range(n_obj) if vis[i, :, f].any()]}
-        units = []  # (frame, answer, spans in it, object indices)
-        for f, members in sorted(by_frame.items()):
-            spans, keep = _object_spans(meta, members, answer, lead, key, dropped)
-            if cfg.stage1_text == "caption":
-                units.append((f, answer, spans, keep))
-                continue
-            for (s, e), i in zip(spans, keep):  # the phrase as the caption has it, a full stop after it
-                units.append((f, answer[s:e] + ".", [(0, e - s)], [i]))
-        for f, text, spans, keep in units:
-            turns = [("user", first_message(template, _choose(cfg.image_queries, rng), 1)), ("assistant", text)]
-            rendered = render(template, turns)
-            shift = rendered.message_spans[1][0]
-            enc = encode_conversation(tokenizer, rendered, video_token_id, 1,
-                                      [(s + shift, e + shift) for s, e in spans], cfg.max_length)
-            if enc is None:
-                dropped["video truncated"] += 1
-                continue
-            dropped.update(enc.dropped)
-            loc = np.zeros((len(keep), 2), np.float32)
-            for j, i in enumerate(keep):
-                loc[j] = traj[i, vis[i, :, f], f].mean(axis=0)
-            phrases = [meta["objects"][i].get("phrase", "") for i in keep]
-            examples.append(_example(enc, feat[f:f + 1], k, t, key, phrases, loc=loc))
+        return _stage1_examples(meta, traj, vis, feat, key, tokenizer, template, video_token_id, cfg, rng, dropped)
+    plan = _clip_plan(meta, traj, vis, key, template, cfg, rng, dropped)
+    if plan is None:
         return examples, dropped
+    return _clip_examples(plan, meta, traj, vis, feat, key, tokenizer, template, video_token_id, cfg, rng, dropped)
 
-    # Stages 2 and 3: the whole clip; the caption turn carries the trajectory targets. Blocks of turns that stay
+
+def _stage1_examples(meta: dict, traj, vis, feat, key: str, tokenizer, template: Template, video_token_id: int,
+                     cfg: LabelConfig, rng: Optional[random.Random], dropped: Counter) -> tuple[list[Example], Counter]:
+    """Stage 1: one example per grounding frame (that frame alone), each phrase with its points' mean."""
+    n_obj, k, t = traj.shape[0], traj.shape[1], traj.shape[2]
+    examples: list[Example] = []
+    answer, lead = _caption_answer(meta, template, key)
+    by_frame: dict[int, list[int]] = {}
+    for i, obj in enumerate(meta["objects"]):
+        f = obj.get("frame")
+        if not isinstance(f, int) or not 0 <= f < min(t, feat.shape[0]):
+            raise SchemaError(f"sample {key}: objects[{i}].frame {f!r} is not an index into the {t} samples")
+        if vis[i, :, f].any():
+            by_frame.setdefault(f, []).append(i)
+        else:
+            dropped["not visible"] += 1
+    if cfg.stage1_frames == "random" and rng is not None:
+        shown = np.flatnonzero(vis[:, :, : min(t, feat.shape[0])].any(axis=(0, 1)))
+        if len(shown):
+            f = int(shown[rng.randrange(len(shown))])
+            by_frame = {f: [i for i in range(n_obj) if vis[i, :, f].any()]}
+    units = []  # (frame, answer, spans in it, object indices)
+    for f, members in sorted(by_frame.items()):
+        spans, keep = _object_spans(meta, members, answer, lead, key, dropped)
+        if cfg.stage1_text == "caption":
+            units.append((f, answer, spans, keep))
+            continue
+        for (s, e), i in zip(spans, keep):  # the phrase as the caption has it, a full stop after it
+            units.append((f, answer[s:e] + ".", [(0, e - s)], [i]))
+    for f, text, spans, keep in units:
+        turns = [("user", first_message(template, _choose(cfg.image_queries, rng), 1)), ("assistant", text)]
+        rendered = render(template, turns)
+        shift = rendered.message_spans[1][0]
+        enc = encode_conversation(tokenizer, rendered, video_token_id, 1,
+                                  [(s + shift, e + shift) for s, e in spans], cfg.max_length)
+        if enc is None:
+            dropped["video truncated"] += 1
+            continue
+        dropped.update(enc.dropped)
+        loc = np.zeros((len(keep), 2), np.float32)
+        for j, i in enumerate(keep):
+            loc[j] = traj[i, vis[i, :, f], f].mean(axis=0)
+        phrases = [meta["objects"][i].get("phrase", "") for i in keep]
+        examples.append(_example(enc, feat[f:f + 1], k, t, key, phrases, loc=loc))
+    return examples, dropped
+
+
+@dataclass
+class _ClipPlan:
+    """Stages 2 and 3: the blocks of turns of each example to build, the caption turn's phrase spans and objects."""
+
+    caption: Optional[list[tuple[str, str]]]
+    spans: list[tuple[int, int]]
+    keep: list[int]
+    groups: list[list[list[tuple[str, str]]]]
+    conversation: list[tuple[str, str]]
+    own_prompt: str
+
+
+def _clip_plan(meta: dict, traj, vis, key: str, template: Template, cfg: LabelConfig,
+               rng: Optional[random.Random], dropped: Counter) -> Optional[_ClipPlan]:
+    """What the examples of a whole clip hold (None: nothing to train on in this stage)."""
+    n_obj = traj.shape[0]
+    # The whole clip; the caption turn carries the trajectory targets. Blocks of turns that stay
     # together: the caption pair, a converted conversation (its follow-ups refer back), the dense-caption pair,
     # each grounding pair.
     caption: Optional[list[tuple[str, str]]] = None
@@ -394,9 +423,20 @@ def build_examples(
         groups = [grounding]
     if caption is None and not any(groups):
         dropped["sample without stage-3 data"] += 1
-        return examples, dropped
+        return None
+    return _ClipPlan(caption, spans, keep, groups, conversation, own_prompt)
+
+
+def _clip_examples(plan: _ClipPlan, meta: dict, traj, vis, feat, key: str, tokenizer, template: Template,
+                   video_token_id: int, cfg: LabelConfig, rng: Optional[random.Random],
+                   dropped: Counter) -> tuple[list[Example], Counter]:
+    """Stages 2 and 3: one example per group of blocks, the caption (and its trajectory targets) in the first."""
+    k, t = traj.shape[1], traj.shape[2]
+    caption, spans, keep, conversation, own_prompt = (plan.caption, plan.spans, plan.keep, plan.conversation,
+                                                       plan.own_prompt)
+    examples: list[Example] = []
     phrases = [obj.get("phrase", "") for obj in meta.get("objects") or []]
-    for g, blocks in enumerate(groups):
+    for g, blocks in enumerate(plan.groups):
         with_caption = caption is not None and g == 0  # the caption (and its targets) goes with the first
         blocks = ([caption] if with_caption else []) + blocks
         if not blocks:

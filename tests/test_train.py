@@ -172,7 +172,7 @@ def test_collate_of_a_stream_batch_feeds_the_model(tmp_path, data):
 def test_lr_scale_gives_a_part_its_own_learning_rate(tmp_path, data, capsys):
     from model.config import PiteConfig
     from model.factory import TinyLlamaSettings, build_tiny
-    from pipelines.train.recipe import param_groups
+    from pipelines.train.setup import param_groups
 
     model, _ = build_tiny(["a red ball"], PiteConfig(adapter="colour_slots", time_pointer=True),
                           TinyLlamaSettings(vocab_size=300))

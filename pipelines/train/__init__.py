@@ -3,8 +3,10 @@
     config.py   the typed config (TrainConfig) and its checks
     data.py     annotation shards -> examples -> micro-batches (webdataset), epochs and resume positions
     dist.py     the process group: one process, torchrun, a Ray Train worker
+    setup.py    what a stage starts from: base LLM or previous stage merged, parameter groups, schedule
     recipe.py   one stage: setup (model, optimiser, schedule, stream), the train loop, save
-    fsdp.py     FSDP2 sharding, gradient sync and unsharded saves
+    epochs.py   real epochs: each sample once per pass over ranks x workers
+    fsdp.py     FSDP2 sharding, gradient sync, gathering what checkpoints need
     state.py    resumable checkpoints (checkpoints/step-N/)
     run.py      every stage in order, OUT/final, launchers, the command line (`python -m pipelines.train`)
 """
