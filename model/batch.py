@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from model.labels import IGNORE_INDEX, Example
+from model.encoding import IGNORE_INDEX, Example
 
 
 def collate(examples: list[Example], pad_token_id: int, padding_side: str = "right") -> dict:

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from model.labels import IGNORE_INDEX
+from model.encoding import IGNORE_INDEX
 
 
 def normalise(total: torch.Tensor, count, global_count=None) -> torch.Tensor:

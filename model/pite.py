@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from annotate.errors import ConfigError
 from model.adapters import build_adapter, tokens_per_frame
 from model.config import LoraSettings, PiteConfig
-from model.labels import IGNORE_INDEX
+from model.encoding import IGNORE_INDEX
 from model.losses import lm_sum, masked_l1_sum, normalise
 from model.generate import Generation, generate
 from model.readout import FrameReadout, to_frames

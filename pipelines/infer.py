@@ -108,7 +108,7 @@ class Predictor:
 
     def generate(self, feat: np.ndarray, query: str, max_new_tokens: int = 256, temperature: float = 0.0,
                  seed: int = 0) -> Generation:
-        from model.labels import encode_prompt
+        from model.encoding import encode_prompt
 
         device = self.model.device
         ids = encode_prompt(self.tokenizer, self.template, self.model.video_token_id, query, n_video=len(feat))

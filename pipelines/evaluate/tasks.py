@@ -151,7 +151,7 @@ def grounding_sentence(sentence: str) -> str:
 
 def model_answers(predictor, batch_size: int = 8, max_new_tokens: int = 64) -> AnswerFn:
     """An AnswerFn that generates greedily in left-padded batches."""
-    from model.labels import encode_prompt
+    from model.encoding import encode_prompt
 
     model, tok, template = predictor.model, predictor.tokenizer, predictor.template
     device = model.device

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from model.labels import IGNORE_INDEX
+from model.encoding import IGNORE_INDEX
 from pipelines.shards import iter_members
 
 Run = tuple[int, int, int]  # (shard index, first sample, end sample) within one shard, in tar order
