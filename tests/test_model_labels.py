@@ -18,7 +18,9 @@ from model.conversation import (
     parse_span,
     render,
 )
-from model.labels import IGNORE_INDEX, Rendered, build_examples, encode_conversation, encode_prompt
+from model.conversation import Rendered
+from model.encoding import IGNORE_INDEX, encode_conversation, encode_prompt
+from model.labels import build_examples
 from model.tokenizer import prepare_tokenizer, train_tokenizer
 
 CAPTIONS = [

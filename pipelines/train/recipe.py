@@ -217,7 +217,8 @@ class StageRecipe:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             epoch = self.stream.position.epoch
-            if float(shared[3]) >= dist.world_size:  # every rank has finished this pass: all start the next one
+            # Every rank has finished this pass: all start the next one (the flag exists with real epochs only).
+            if self.stream.real_epochs and float(shared[3]) >= dist.world_size:
                 self.stream.next_epoch()
             bar.update(1)
             if self.step % max(1, cfg.log_every) == 0 or self.finished():
