@@ -55,3 +55,10 @@ clean-venv:
 eval: setup
 	@test -f runs/train/demo/final/pite.json || $(MAKE) train
 	$(PY) -m pipelines.evaluate.bench --checkpoint runs/train/demo/final --out runs/eval/demo $(ARGS)
+
+# The ablation grid (configs/ablation/demo.yaml): 4 variants x 3 seeds on the demo world, about 90 CPU minutes;
+# runs/ablation/demo/{results.jsonl,summary.md,ablation.png}. A rerun continues where it stopped.
+.PHONY: ablation
+ablation: setup
+	@test -f runs/annotate/demo/stats.json || $(PY) -m pipelines.annotate --config configs/annotate/demo.yaml
+	$(PY) -m pipelines.ablate --config configs/ablation/demo.yaml $(ARGS)

@@ -139,7 +139,7 @@ def evaluate_run(cfg, out: Path, device: str | torch.device = "cpu") -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines.train_eval", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pipelines.evaluate.heldout", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="held-out annotation run dir")
     p.add_argument("--train-data", required=True, help="training annotation run dir (for the constant baseline)")
@@ -151,7 +151,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         result = evaluate(model, tokenizer, template, args.data, mean_trajectory(args.train_data),
                           device=args.device)
     except PiteError as exc:
-        print(f"train_eval: {exc}", file=sys.stderr)
+        print(f"heldout: {exc}", file=sys.stderr)
         return 2
     text = json.dumps(result, indent=1)
     if args.out:
