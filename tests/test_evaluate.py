@@ -1,7 +1,6 @@
 """`pite evaluate`: metric code on worked examples, annotation layouts, and the tasks end to end on a tiny model."""
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -98,73 +97,6 @@ def test_run_grounding_with_given_answers(tmp_path):
     path = E.write_result(result, tmp_path / "out")
     assert json.loads(path.read_text())["metrics"]["n"] == 2
     assert len((tmp_path / "out" / "items.jsonl").read_text().splitlines()) == 2
-
-
-# --- dense captioning -------------------------------------------------------------------------------------------
-
-
-def test_ptb_tokenize():
-    assert M.ptb_tokenize("A man's dog, running!  He doesn't stop.") == "a man 's dog running he does n't stop"
-
-
-def test_cider_d_worked_examples():
-    # Two ids, each hypothesis equal to its reference, no shared words: per n-gram order the cosine is 1 for
-    # unigrams and bigrams, 0 for 3/4-grams (none): mean 0.5, x 10 = 5.
-    refs, hyps = {0: ["a b"], 1: ["c d"]}, {0: ["a b"], 1: ["c d"]}
-    assert M.cider_d(refs, hyps) == (pytest.approx(5.0), [pytest.approx(5.0), pytest.approx(5.0)])
-    # "a c" against "a b": unigram "a" matches ("c" has weight log 2 in the hypothesis but 0 in the reference):
-    # cos = log2^2 / (sqrt2 log2)^2 = 0.5 on unigrams, 0 elsewhere: mean 0.125, x 10 = 1.25.
-    assert M.cider_d(refs, {0: ["a c"], 1: ["c d"]})[1][0] == pytest.approx(1.25)
-    # A length gap of 3 bigrams costs exp(-9 / 72).
-    score = M.cider_d({0: ["a b"], 1: ["c d"]}, {0: ["a b e f g"], 1: ["c d"]})[1][0]
-    w = math.log(2)
-    uni = 2 * w * w / (math.sqrt(2) * w * math.sqrt(2 * w * w + 3 * (w - 0) ** 2))
-    bi = w * w / (w * math.sqrt(4 * w * w))
-    assert score == pytest.approx(10 * (uni + bi) / 4 * math.exp(-9 / 72))
-    # One id alone: every n-gram has document frequency 1 of 1, so every weight (log 1 - log 1) is 0.
-    assert M.cider_d({0: ["a b"]}, {0: ["a b"]})[0] == 0.0
-
-
-def test_dense_captioning_scores_follow_densevid_eval():
-    gts = {"v": {"timestamps": [[0, 10], [10, 20]], "sentences": ["a man walks", "a dog runs"]}}
-    perfect = {"v": [{"timestamp": [0, 10], "sentence": "A man walks."},
-                     {"timestamp": [10, 20], "sentence": "a dog runs"}]}
-    s = M.dense_captioning_scores(perfect, gts)
-    # Two matched pairs, each hypothesis = its reference: unigrams "a" (df 2: weight 0) aside, cosines 1 on
-    # orders 1-3, 0 on 4-grams: 0.75 x 10 = 7.5 per pair, x 100 = 750 at every tIoU.
-    assert s["CIDEr"] == pytest.approx(750.0) and s["Recall"] == 100.0 and s["Precision"] == 100.0
-    shifted = {"v": [{"timestamp": [0, 6], "sentence": "a man walks"}, {"timestamp": [10, 20], "sentence": "x"}]}
-    s = M.dense_captioning_scores(shifted, gts)
-    # tIoU of the first prediction is 0.6: matched at 0.3 and 0.5, paired with a random string at 0.7 / 0.9.
-    assert s["CIDEr@0.3"] > 0 and s["CIDEr@0.7"] == 0.0 and s["Recall"] == pytest.approx(100 * (1 + 1 + .5 + .5) / 4)
-
-
-def test_parse_dense_reads_both_answer_styles():
-    ours = "From 00 to 17, a man walks. From 20 to 99, a dog runs."
-    got = M.parse_dense(ours, 50.0)
-    assert got == [{"timestamp": [0.0, 9.0], "sentence": "a man walks"},
-                   {"timestamp": [10.0, 50.0], "sentence": "a dog runs"}]
-    vt = 'Sure. [{"event": "a man walks", "timestamps": "from 00 to 17"}]'
-    assert M.parse_dense(vt, 50.0) == [{"timestamp": [0.0, 9.0], "sentence": "a man walks"}]
-    assert M.parse_dense("no events here", 50.0) == []
-
-
-def test_soda_assignment_keeps_order():
-    assert M.chased_dp_assignment(np.array([[1.0, 0.0], [0.0, 1.0]])) == (2.0, [(0, 0), (1, 1)])
-    best, pairs = M.chased_dp_assignment(np.array([[0.0, 1.0], [1.0, 0.0]]))  # crossing pairs: only one
-    assert best == 1.0 and len(pairs) == 1
-    best, pairs = M.chased_dp_assignment(np.array([[0.2, 0.9, 0.1], [0.8, 0.3, 0.7]]))
-    assert best == pytest.approx(1.6) and pairs == [(0, 1), (1, 2)]
-    gts = {"v": {"timestamps": [[0, 10], [10, 20]], "sentences": ["a", "b"]}}
-    preds = {"v": [{"timestamp": [0, 10], "sentence": "a"}]}
-    # One perfect pair of two events: precision 1, recall 0.5, F 2/3.
-    assert M.soda_c(preds, gts, lambda h, r: float(h == r)) == pytest.approx(100 * 2 / 3, abs=1e-4)
-
-
-def test_meteor_is_unavailable_not_approximated():
-    scorer, why = M.meteor_scorer()
-    if scorer is None:
-        assert why.startswith("unavailable:") and "pycocoevalcap" in why or "Java" in why
 
 
 # --- trajectories and QA ----------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
     pite evaluate captioning --checkpoint CKPT --data ANNOTATIONS --features FEAT_DIR --out OUT
     pite evaluate trajectory --checkpoint CKPT --run RUN_DIR --out OUT
     pite evaluate qa         --checkpoint CKPT --data QA.json --features FEAT_DIR --out OUT [--judge mod:fn]
+    pite evaluate score --task grounding|captioning|qa --data GT --log LOG --out OUT    (no model: re-score a log)
 
 Each writes OUT/metrics.json (the figures, the protocol, the baselines) and OUT/items.jsonl (one line per query:
 its question, the model's answer and its score), so any figure can be traced back to answers. The release layout
@@ -21,7 +22,9 @@ counted, as VTimeLLM's eval does). QA files: a JSON list of {"video_id" | "video
 
 Protocols: grounding asks "During which frames can we see {sentence}?" (sentence lower-cased, final period
 dropped), parses "NN to NN", IoU against [start, end] / duration rounded to 2 decimals, R@1 at 0.3/0.5/0.7 and
-mIoU x 100; an answer with no span is a miss (IoU 0). Captioning: see pipelines.eval_metrics. Trajectories: the
+mIoU x 100; an answer with no span is a miss (IoU 0). Captioning: exactly VTimeLLM's metric.py, densevid_eval
+and SODA_c (pipelines/evaluate/dense.py; CIDEr, METEOR, SODA_c, Precision, Recall x 100; --parse project and
+--soda-standard are named departures). A log of answers is re-scored by `score` (pipelines/evaluate/score.py). Trajectories: the
 caption is teacher-forced and the trajectory head read at each annotated phrase's last token (docs/design.md, "Readout rule").
 """
 
@@ -40,6 +43,7 @@ import torch
 
 from annotate.errors import ConfigError, PiteError
 from model.config import LabelConfig
+from pipelines.evaluate import dense
 from pipelines.evaluate import metrics as M
 
 GROUNDING_QUERY = LabelConfig().grounding_query  # "During which frames can we see {query}?"
@@ -237,7 +241,8 @@ def run_grounding(answer_fn: AnswerFn, annotations: dict, features: str | Path, 
 
 
 def run_captioning(answer_fn: AnswerFn, annotations: dict, features: str | Path, query: str = DENSE_QUERY,
-                   limit: int = 0) -> dict:
+                   limit: int = 0, parse: str = "vtimellm", soda_standard: bool = False) -> dict:
+    """The model's dense captions of each video with features, scored as VTimeLLM (pipelines/evaluate/dense.py)."""
     vids, feats, missing = [], [], []
     for vid in annotations:
         feat = load_feature(features, vid)
@@ -250,22 +255,9 @@ def run_captioning(answer_fn: AnswerFn, annotations: dict, features: str | Path,
             break
     if not vids:
         raise ConfigError(f"--features: no features for any of the {len(annotations)} videos in {features}")
-    answers = answer_fn(feats, [query] * len(vids))
-    preds = {vid: M.parse_dense(a, annotations[vid]["duration"]) for vid, a in zip(vids, answers)}
-    gts = {vid: annotations[vid] for vid in vids}
-    meteor, why = M.meteor_scorer()
-    metrics = M.dense_captioning_scores(preds, gts, meteor=meteor)
-    if meteor is None:
-        metrics["METEOR"] = why
-        metrics["SODA_c"] = why.replace("METEOR needs", "SODA_c needs METEOR, which needs")
-    else:
-        metrics["SODA_c"] = M.soda_c(preds, gts, lambda h, r: meteor.compute_score(
-            {0: [M.ptb_tokenize(r)]}, {0: [M.ptb_tokenize(h)]})[0])
-    rows = [{"video_id": vid, "answer": a, "events": preds[vid]} for vid, a in zip(vids, answers)]
-    return {"task": "captioning", "metrics": metrics, "skipped_videos": missing, "rows": rows,
-            "protocol": "densevid_eval as in VTimeLLM: pairs with tIoU >= t (0.3/0.5/0.7/0.9), unmatched "
-                        "predictions vs a random string, scores per video then averaged, x 100; CIDEr-D "
-                        "implemented here after coco-caption (regex PTB-style tokenisation)"}
+    answers = dict(zip(vids, answer_fn(feats, [query] * len(vids))))
+    metrics, rows, protocol = dense.score_answers(answers, annotations, parse=parse, soda_standard=soda_standard)
+    return {"task": "captioning", "metrics": metrics, "skipped_videos": missing, "rows": rows, "protocol": protocol}
 
 
 # --- trajectories -----------------------------------------------------------------------------------------------
@@ -392,13 +384,13 @@ def format_metrics(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from pipelines.infer import add_release_args, load_predictor
+def _parser() -> argparse.ArgumentParser:
+    from pipelines.infer import add_release_args
 
     ap = argparse.ArgumentParser(prog="pite evaluate", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="task", required=True)
     for task in ("grounding", "captioning", "trajectory", "qa"):
-        p = sub.add_parser(task)
+        p = sub.add_parser(task, help=f"ask a checkpoint the {task} benchmark and score its answers")
         p.add_argument("--checkpoint", default=None)
         p.add_argument("--out", required=True, help="output dir (metrics.json, items.jsonl)")
         p.add_argument("--device", default="cpu")
@@ -417,24 +409,59 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p.add_argument("--durations", default=None, help="Charades-STA .txt: JSON {id: s} or CSV id,length")
         if task == "captioning":
             p.add_argument("--query", default=DENSE_QUERY)
+            _caption_switches(p)
         if task == "qa":
             p.add_argument("--judge", default=None, help="module:function(question, prediction, reference)")
+    p = sub.add_parser("score", help="re-score a log of answers (VTimeLLM's or items.jsonl) without a model")
+    p.add_argument("--task", dest="log_task", required=True, choices=["grounding", "captioning", "qa"])
+    p.add_argument("--data", required=True, help="ground truth: VTimeLLM's val JSON, or the layouts above")
+    p.add_argument("--log", required=True, help="JSON lines: video_id, task, query_id, answer (, info)")
+    p.add_argument("--out", required=True, help="output dir (metrics.json, items.jsonl)")
+    p.add_argument("--durations", default=None, help="Charades-STA .txt: JSON {id: s} or CSV id,length")
+    _caption_switches(p)
+    return ap
+
+
+def _caption_switches(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parse", default="vtimellm", choices=list(dense.PARSERS),
+                   help="vtimellm: answers as VTimeLLM's metric.py reads them (default); project: also the "
+                        "project's 'From 00 to 17, text.' answers (a departure, written into metrics.json)")
+    p.add_argument("--soda-standard", action="store_true",
+                   help="SODA_c with METEOR of the prediction against the event (published SODA_c passes them "
+                        "the other way round); labelled in metrics.json")
+
+
+def _run_task(args) -> dict:
+    from pipelines.evaluate.score import score
+    from pipelines.infer import load_predictor
+
+    if args.task == "score":
+        result = score(args.log_task, args.data, args.log, args.parse, args.soda_standard, args.durations)
+        result["task"] = args.log_task
+        return result
+    predictor = load_predictor(args)
+    if args.task == "trajectory":
+        result = run_trajectory(predictor.model, predictor.tokenizer, predictor.template, args.run, args.limit)
+    else:
+        answer = model_answers(predictor, args.batch_size, args.max_new_tokens)
+        if args.task == "qa":
+            result = run_qa(answer, load_qa(args.data), args.features, M.load_judge(args.judge), args.limit)
+        else:
+            ann = load_temporal_annotations(args.data, args.durations)
+            if args.task == "grounding":
+                result = run_grounding(answer, ann, args.features, args.limit)
+            else:
+                result = run_captioning(answer, ann, args.features, args.query, args.limit, args.parse,
+                                        args.soda_standard)
+    result["checkpoint"] = predictor.source
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     try:
-        predictor = load_predictor(args)
-        if args.task == "trajectory":
-            result = run_trajectory(predictor.model, predictor.tokenizer, predictor.template, args.run, args.limit)
-        else:
-            answer = model_answers(predictor, args.batch_size, args.max_new_tokens)
-            if args.task == "qa":
-                result = run_qa(answer, load_qa(args.data), args.features, M.load_judge(args.judge), args.limit)
-            else:
-                ann = load_temporal_annotations(args.data, args.durations)
-                if args.task == "grounding":
-                    result = run_grounding(answer, ann, args.features, args.limit)
-                else:
-                    result = run_captioning(answer, ann, args.features, args.query, args.limit)
-        result["checkpoint"] = predictor.source
+        result = _run_task(args)
         path = write_result(result, args.out)
     except PiteError as exc:
         print(f"pite evaluate: {exc}", file=sys.stderr)
