@@ -15,6 +15,9 @@ from typing import Optional
 from annotate.errors import PiteError
 
 
+CLIP_SOURCE = "annotate-clip.json"  # in the output dir: the sample's key and video
+
+
 def annotate_one(cfg, video: str, caption: str, boxes: Optional[list] = None, video_id: Optional[str] = None,
                  start: Optional[float] = None, end: Optional[float] = None, gt: Optional[str] = None):
     """(sample or None, item): the item carries the reject reason when there is no sample."""
@@ -85,6 +88,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for suffix, data in sample.to_members().items():
         (out / f"{sample.key}.{suffix}").write_bytes(data)
+    # What `pite viz DIR` needs to draw the sample again: its key and its video.
+    (out / CLIP_SOURCE).write_text(json.dumps({"key": sample.key, "video": str(Path(args.video).resolve()),
+                                               "caption": args.caption}, indent=1))
     m = sample.meta
     vis_share = float(sample.vis.mean()) if sample.vis.size else 0.0
     times = ", ".join(f"{k} {v:.2f}s" for k, v in item.timings.items())

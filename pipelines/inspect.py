@@ -230,6 +230,16 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def print_keys(run: Path) -> None:
+    """One line per sample: key, video_id, number of objects (from the index: no shard is read)."""
+    from pipelines.shards import open_index
+
+    table = open_index(run).to_table(columns=["key", "video_id", "n_objects"]).to_pylist()
+    print("key\tvideo_id\tobjects")
+    for row in table:
+        print(f"{row['key']}\t{row['video_id']}\t{row['n_objects']}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="pite inspect", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="an annotate output directory (holds shards/, index/, rejects/)")
@@ -237,6 +247,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--frames", type=int, default=None, help="with --validate: every sample must have T frames")
     parser.add_argument("--points", type=int, default=None, help="with --validate: every object must have K points")
+    parser.add_argument("--keys", action="store_true", help="list each sample's key and video_id (what `pite viz "
+                                                           "--key` takes) and stop")
     args = parser.parse_args(argv)
 
     run = Path(args.run_dir)
@@ -244,6 +256,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"pite inspect: {run}: not a run directory (no index/ or shards/)", file=sys.stderr)
         return 2
     try:
+        if args.keys:
+            print_keys(run)
+            return 0
         summary = summarize(run)
         problems: list[str] = []
         if args.validate:

@@ -11,6 +11,7 @@ and `save_frames` (a PNG grid of evenly spaced frames, an H.264 mp4 via PyAV, or
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -122,6 +123,17 @@ def _encode_mp4(images: Sequence[np.ndarray], fps: float) -> bytes:
 # --- finding a sample and its video -----------------------------------------------------------------------------
 
 
+def clip_sample(out_dir: Path) -> tuple[Sample, str]:
+    """The sample an `annotate-clip` output dir holds, and its video (from annotate-clip.json)."""
+    from pipelines.annotate_clip import CLIP_SOURCE
+
+    source = json.loads((out_dir / CLIP_SOURCE).read_text())
+    key = source["key"]
+    members = {p.name[len(key) + 1:]: p.read_bytes() for p in out_dir.iterdir()
+               if p.name.startswith(key + ".") and p.name != CLIP_SOURCE}
+    return Sample.from_members(members, key), source["video"]
+
+
 def find_sample(run_dir: str | Path, key: str) -> Sample:
     """The sample `key` (a shard key, or a video_id) of a run, read from the shard its index row names."""
     import pyarrow.compute as pc
@@ -130,7 +142,7 @@ def find_sample(run_dir: str | Path, key: str) -> Sample:
 
     run = Path(run_dir)
     if not (run / "index").is_dir():
-        raise PiteError(f"{run}: not a run dir (no index/)")
+        raise PiteError(f"{run}: not a run dir (no index/) nor an annotate-clip output (no annotate-clip.json)")
     table = open_index(run).to_table(columns=["key", "video_id", "shard"])
     rows = table.filter(pc.or_(pc.equal(table["key"], key), pc.equal(table["video_id"], key))).to_pylist()
     if not rows:
@@ -177,8 +189,9 @@ def render_sample(sample: Sample, video: str | Path, max_side: int = 480) -> lis
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="pite viz", description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_dir", help="a run of `pite annotate` (or `pite convert`)")
-    ap.add_argument("--key", required=True, help="shard key or video_id of the sample")
+    ap.add_argument("run_dir", help="a run of `pite annotate` (or `pite convert`), or an `annotate-clip` output dir")
+    ap.add_argument("--key", default=None, help="shard key or video_id of the sample (`pite inspect RUN --keys`); "
+                                                "not needed for an annotate-clip output")
     ap.add_argument("--out", default=None, help="OUT.png (grid) | OUT.mp4 | OUT.gif; default RUN_DIR/viz/KEY.png")
     ap.add_argument("--video", default=None, help="the sample's video (default: from RUN_DIR/input)")
     ap.add_argument("--max-side", type=int, default=480, help="decode frames with their longer side at most this")
@@ -186,8 +199,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--tiles", type=int, default=8, help="frames in a PNG grid")
     args = ap.parse_args(argv)
     try:
-        sample = find_sample(args.run_dir, args.key)
-        video = args.video or video_of(args.run_dir, sample.meta["video_id"])
+        from pipelines.annotate_clip import CLIP_SOURCE
+
+        if (Path(args.run_dir) / CLIP_SOURCE).is_file():  # an annotate-clip output dir: one sample
+            sample, clip_video = clip_sample(Path(args.run_dir))
+            video = args.video or clip_video
+        elif args.key is None:
+            raise PiteError(f"{args.run_dir}: --key is needed for a run (`pite inspect {args.run_dir} --keys` "
+                            f"lists them)")
+        else:
+            sample = find_sample(args.run_dir, args.key)
+            video = args.video or video_of(args.run_dir, sample.meta["video_id"])
         images = render_sample(sample, video, max_side=args.max_side)
         out = Path(args.out) if args.out else Path(args.run_dir) / "viz" / f"{sanitize_key(sample.meta['video_id'])}.png"
         save_frames(images, out, fps=args.fps, tiles=args.tiles)

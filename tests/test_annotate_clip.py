@@ -44,7 +44,7 @@ def run(capsys, video, caption, out, boxes=None, *extra):
 
 def read_sample(out: Path, key: str) -> Sample:
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted(f"{key}.{m}" for m in MEMBERS), files
+    assert files == sorted([f"{key}.{m}" for m in MEMBERS] + ["annotate-clip.json"]), files
     return Sample.from_members({m: (out / f"{key}.{m}").read_bytes() for m in MEMBERS}, key)
 
 
@@ -185,3 +185,15 @@ def test_real_footage_cat(tmp_path, capsys):
     pts = s.traj[0, :, 0].astype(np.float64) * [368, 480]
     assert ((pts >= [x0, y0]) & (pts <= [x1, y1])).all(), pts
     assert s.vis[0, :, 0].all() and s.vis.mean() > 0.3
+
+
+def test_viz_draws_an_annotate_clip_output_without_a_key(clip, tmp_path, capsys):
+    from pipelines.viz import main as viz_main
+
+    rc, _, err = run(capsys, clip["video"], clip["caption"], tmp_path / "out", clip["boxes"])
+    assert rc == 0, err
+    assert json.loads((tmp_path / "out" / "annotate-clip.json").read_text())["key"] == "synth-000000"
+    assert viz_main([str(tmp_path / "out"), "--out", str(tmp_path / "tracks.png"), "--tiles", "4"]) == 0
+    import cv2
+
+    assert cv2.imread(str(tmp_path / "tracks.png")) is not None

@@ -21,12 +21,24 @@ from pipelines.annotate.stats import run_failure, summary_line
 from pipelines.config import load_config
 
 
+def interrupted(cfg) -> str:
+    """The one line a Ctrl-C ends with: what is on disk, and that the same command resumes."""
+    from pipelines.shards import list_done_shards
+
+    if cfg is None:
+        return "interrupted before it started: nothing was written"
+    out = resolve_out(cfg)
+    done = len(list_done_shards(out)) if out.is_dir() else 0
+    return f"interrupted; {done} complete shard(s) in {out} are kept, and the same command resumes from them"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="pite annotate", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="YAML in configs/annotate/")
     p.add_argument("overrides", nargs="*",
                    help="key=value, e.g. input=manifest.jsonl out=runs/x ground.box_threshold=0.3")
     args = p.parse_args(argv)
+    cfg = None
     try:
         cfg = load_config(AnnotateJobConfig, args.config, args.overrides)
         if not cfg.out:
@@ -35,6 +47,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except PiteError as exc:
         print(f"pite annotate: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"pite annotate: {interrupted(cfg)}", file=sys.stderr)
+        return 130
     print(summary_line(stats, resolve_out(cfg)))
     failure = run_failure(stats, cfg.max_reject_share)
     if failure:

@@ -387,7 +387,8 @@ def format_metrics(result: dict) -> str:
 def _parser() -> argparse.ArgumentParser:
     from pipelines.infer import add_release_args
 
-    ap = argparse.ArgumentParser(prog="pite evaluate", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="pite evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="task", required=True)
     for task in ("grounding", "captioning", "trajectory", "qa"):
         p = sub.add_parser(task, help=f"ask a checkpoint the {task} benchmark and score its answers")
@@ -401,7 +402,11 @@ def _parser() -> argparse.ArgumentParser:
         if task == "trajectory":
             p.add_argument("--run", required=True, help="annotation run dir (shards) with ground-truth tracks")
         else:
-            p.add_argument("--data", required=True, help="annotation file (see the module doc for layouts)")
+            p.add_argument("--data", required=True, help="ground truth: VTimeLLM / ActivityNet val JSON {ID: {duration, "
+                                                         "timestamps, sentences}}, a JSON list of {video_id, duration, "
+                                                         "timestamp, sentence}, Charades-STA .txt (with --durations), or "
+                                                         "for qa a JSON list of {video_id, question, answer} "
+                                                         "(`pite evaluate --help` shows all)")
             p.add_argument("--features", required=True, help="dir of ID.npy features")
             p.add_argument("--batch-size", type=int, default=8)
             p.add_argument("--max-new-tokens", type=int, default=256 if task == "captioning" else 64)

@@ -205,6 +205,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except StoppedEarly as exc:
         print(f"pite train: {exc}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print("pite train: interrupted; the same command with resume=true continues from the newest "
+              "checkpoints/step-N/ (save_every) of the unfinished stage", file=sys.stderr)
+        return 130
     out = resolve_out(cfg)
     for name, s in summary.items():
         if name != "eval" and s:
