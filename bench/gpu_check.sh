@@ -54,7 +54,8 @@ step imports 20 "$PY" -c "import torch, transformers, segment_anything, av, ray,
 if [[ $SMOKE -eq 1 ]]; then
   WEIGHTS=tiny DEVICE=cpu CLIPS=1 SECONDS_PER_CLIP=2 SIZE=320x180 FPS=15 DEMO_CLIPS=16
   REALSIZE_EXTRA=(--set "track.interp_shape=[96,128]")
-  TRAIN_ARGS=(--batches 4 --model-steps 2)  # the loader and the tiny model's step on the CPU, no --gpu
+  # the loader, the tiny model's step, and the GPU step's code at a tiny shape on the CPU
+  TRAIN_ARGS=(--batches 4 --model-steps 2 --gpu --gpu-compare --gpu-device cpu --gpu-shape tiny --gpu-batch 2 --steps 1)
 else
   [[ "$("$PY" -c 'import torch; print(torch.cuda.is_available())')" == True ]] || {
     echo "gpu_check: FAILED: torch sees no CUDA device (use --cpu-smoke to check the script on a CPU)"; exit 1; }

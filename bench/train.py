@@ -104,15 +104,19 @@ def loader_and_tiny_step(args) -> dict:
 def gpu_7b(args, fast: bool = True) -> dict:
     """The 7B-shaped stage-2 step; `fast`: the 7B recipes' switches (LoRA dropout 0 and no input cast, logits at
     labelled positions, no gradient checkpointing), else all off (dropout 0.05, cast, full logits, checkpointing)."""
-    if not torch.cuda.is_available():
+    device = torch.device(args.gpu_device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
         return {"gpu": "skipped: no CUDA device"}
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    device = torch.device("cuda")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                         num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+    # `--gpu-shape tiny` runs the same code on a CPU in seconds (bench/gpu_check.sh --cpu-smoke)
+    hidden, inter, layers, heads = (4096, 11008, 32, 32) if args.gpu_shape == "7b" else (256, 688, 2, 4)
+    config = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=4096,
                          tie_word_embeddings=False)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     t0 = time.perf_counter()
     with torch.device(device):
         default = torch.get_default_dtype()
@@ -139,7 +143,8 @@ def gpu_7b(args, fast: bool = True) -> dict:
     ids = torch.randint(4, 32000, (b, length), device=device)
     ids[:, 40:40 + frames] = 32000
     labels = torch.full_like(ids, -100)
-    labels[:, -text // 2:] = ids[:, -text // 2:]
+    answer = max(40 + frames, length - text // 2)  # the answer: the last half of the text, after the frames
+    labels[:, answer:] = ids[:, answer:]
     batch = {
         "input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
         "video_features": torch.randn(b, frames, 768, device=device),
@@ -148,17 +153,18 @@ def gpu_7b(args, fast: bool = True) -> dict:
         "traj_target": torch.rand(b * 3, 3, 100, 2, device=device),
         "traj_mask": torch.ones(b * 3, 3, 100, dtype=torch.bool, device=device),
     }
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for i in range(args.steps + 2):
-        torch.cuda.synchronize()
+        sync()
         t = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             out = pite(**to_device(batch, device), logits_at_labels=fast)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        sync()
         if i >= 2:
             times.append(time.perf_counter() - t)
     step = sum(times) / len(times)
@@ -169,17 +175,19 @@ def gpu_7b(args, fast: bool = True) -> dict:
     # gradient checkpointing's recomputation is not counted (it is overhead, not model work).
     attn = 2 * 4 * config.num_hidden_layers * length * config.hidden_size
     flops = tokens * (4 * n_base + attn)
-    name = torch.cuda.get_device_name()
+    name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    memory = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
     del pite, llm, opt
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     return {
         "gpu": name, "fast": fast, "init_s": round(init_s, 1), "batch": b, "seq_len": length,
         "base_params": n_base, "trainable_params": sum(p.numel() for p in params),
         "step_s": round(step, 3), "tokens_per_s": round(tokens / step, 0),
         "model_tflops_per_s": round(flops / step / 1e12, 1),
         "mfu": round(flops / step / peak, 3) if peak else None,
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_memory_gib": memory, "shape": args.gpu_shape,
     }
 
 
@@ -203,6 +211,8 @@ def main(argv=None) -> int:
     p.add_argument("--text-tokens", type=int, default=250)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--gpu-compare", action="store_true", help="also the step with every speed switch off")
+    p.add_argument("--gpu-device", default="cuda", help="cpu with --gpu-shape tiny: run the GPU step's code here")
+    p.add_argument("--gpu-shape", default="7b", choices=["7b", "tiny"])
     p.add_argument("--fast-vs-slow", action="store_true", help="only the step-time switches, all on vs all off")
     p.add_argument("--fs-hidden", type=int, default=1024)
     p.add_argument("--fs-layers", type=int, default=4)
