@@ -108,6 +108,28 @@ def match_phrase(text: str, phrases: Sequence[Phrase]) -> Optional[int]:
     return min(hits, key=lambda i: (" ".join(phrases[i].text.lower().split()) != needle, len(phrases[i].text), i))
 
 
+def implausible_box(box: np.ndarray, width: int, height: int) -> str:
+    """Why a given box cannot be in source pixels of a width x height video ("" when it can): every coordinate
+    within [0, 1] (a normalised box), or a box that starts in the frame and ends more than 3 frames away (pixels of
+    another size, or a scale). A box merely outside the frame is fit_box's "box outside the frame"."""
+    if max(width, height) > 4 and np.all(box >= 0) and np.all(box <= 1.0):
+        return f"box looks normalised (all coordinates in [0, 1]): give xyxy pixels of the {width}x{height} frame"
+    starts_inside = box[0] < width and box[1] < height
+    if starts_inside and (box[2] > 3 * width or box[3] > 3 * height):
+        return f"box reaches far beyond the {width}x{height} frame (pixels of another size?)"
+    return ""
+
+
+def _no_box_reason(phrase: str, stray: list[str]) -> str:
+    """"no box given", or, when a given box's phrase with the same head word matched no noun phrase (written
+    differently: "the apple" for "A red apple"), what to write instead."""
+    head = phrase.lower().split()[-1:] if phrase.split() else []
+    for text in stray:
+        if text.lower().split()[-1:] == head:
+            return f"given phrase {text!r} is in no noun phrase of the caption (write it as the caption does: {phrase!r})"
+    return "no box given"
+
+
 def parse_given(raw: dict) -> tuple[int, np.ndarray]:
     """(source frame, box xyxy float source px) of a manifest box; ValueError when it is malformed."""
     frame, box = raw.get("frame"), raw.get("box")
@@ -152,6 +174,10 @@ class GivenGrounder(Stage):
             except ValueError:
                 problems.setdefault(index, []).append("malformed box")
                 continue
+            doubt = implausible_box(box, clip.info.width, clip.info.height)
+            if doubt:
+                problems.setdefault(index, []).append(doubt)
+                continue
             try:
                 pos = clip.track_position(frame)
             except KeyError:
@@ -165,10 +191,11 @@ class GivenGrounder(Stage):
                 continue
             found.setdefault(index, []).append((frame, pos, fitted))
 
+        stray = [u.get("phrase") for u in item.unmatched if isinstance(u.get("phrase"), str)]
         for index, phrase in enumerate(item.phrases):
             boxes = found.get(index)
             if not boxes:
-                item.drop_phrase(phrase, problems.get(index, ["no box given"])[0])
+                item.drop_phrase(phrase, problems.get(index, [_no_box_reason(phrase.text, stray)])[0])
                 continue
             frame, pos, box = min(boxes, key=lambda b: b[0])  # earliest frame; ties keep the first given
             notes = [f"{len(boxes)} boxes given: kept the earliest frame ({frame})"] if len(boxes) > 1 else []

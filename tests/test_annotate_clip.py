@@ -197,3 +197,14 @@ def test_viz_draws_an_annotate_clip_output_without_a_key(clip, tmp_path, capsys)
     import cv2
 
     assert cv2.imread(str(tmp_path / "tracks.png")) is not None
+
+
+@pytest.mark.parametrize("phrase, box, reason", [
+    ("a purple diamond", [0.1, 0.1, 0.5, 0.5], "box looks normalised"),
+    ("a purple diamond", [100, 100, 1200, 1200], "box reaches far beyond the 128x128 frame"),
+    ("the diamond", [10, 10, 60, 60], "given phrase 'the diamond' is in no noun phrase of the caption"),
+])
+def test_a_box_that_cannot_be_right_says_why(clip, tmp_path, capsys, phrase, box, reason):
+    rc, _, err = run(capsys, clip["video"], clip["caption"], tmp_path / "out",
+                     [{"phrase": phrase, "frame": 0, "box": box}])
+    assert rc == 1 and reason in err, err
