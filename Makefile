@@ -56,7 +56,7 @@ eval: setup
 	@test -f runs/train/demo/final/pite.json || $(MAKE) train
 	$(PY) -m pipelines.evaluate.bench --checkpoint runs/train/demo/final --out runs/eval/demo $(ARGS)
 
-# The ablation grid (configs/ablation/demo.yaml): 4 variants x 3 seeds on the demo world, about 90 CPU minutes;
+# The ablation grid (configs/ablation/demo.yaml): 4 variants x 3 seeds on the demo world, about 70 CPU minutes;
 # runs/ablation/demo/{results.jsonl,summary.md,ablation.png}. A rerun continues where it stopped.
 .PHONY: ablation
 ablation: setup
