@@ -13,6 +13,7 @@ COMMANDS = {
     "train": ("pipelines.train.run", "train the PiTe model on shards"),
     "infer": ("pipelines.infer", "answer a question about a video"),
     "evaluate": ("pipelines.evaluate.tasks", "temporal grounding, captioning, trajectory and QA metrics"),
+    "head": ("pipelines.head", "start, inspect or stop a loopback Ray head for this machine (token auth on)"),
     "ablate": ("pipelines.ablate.cli", "train and evaluate a grid of variants x seeds, with error bars"),
     "viz": ("pipelines.viz", "draw a sample's tracks on its frames"),
     "convert": ("pipelines.convert", "convert VTimeLLM/LLaVA data into PiTe shards"),

@@ -16,10 +16,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pipelines import head
 
 VENV_BIN = Path(sys.executable).parent  # the interpreter running the tests: .venv/bin under `make test`
 RAY = str(VENV_BIN / "ray")
@@ -43,33 +44,12 @@ def free_ports(n: int) -> list[int]:
 
 def pids_with_marker(value: str) -> list[int]:
     """Processes whose environment holds MARKER=value: a node's daemons, its workers and a job's driver."""
-    needle = f"{MARKER}={value}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            env = Path(entry.path, "environ").read_bytes()
-        except OSError:  # gone, or not ours
-            continue
-        if needle in env.split(b"\0"):
-            found.append(int(entry.name))
-    return found
+    return head.pids_with_marker(value, MARKER)
 
 
 def kill_marked(marker: str, grace_s: float = 3.0, sigs=(signal.SIGTERM, signal.SIGKILL)) -> None:
     """SIGTERM, then SIGKILL what is left."""
-    for sig in sigs:
-        for pid in pids_with_marker(marker):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while pids_with_marker(marker) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not pids_with_marker(marker):
-            return
+    head.kill_marked(marker, MARKER, grace_s, sigs)
 
 
 @dataclass
