@@ -56,11 +56,12 @@ def log(message: str) -> None:
 # --- inputs -----------------------------------------------------------------------------------------------------
 
 
-def ensure_weights(folder: Path, size: str) -> list[str]:
+def ensure_weights(folder: Path, size: str, extra: tuple[str, ...] = ()) -> list[str]:
     """Overrides pointing the recipe at the random weights in `folder`, made by `pite weights random` if absent."""
     if not (folder / "grounding-dino" / "config.json").is_file():
         log(f"writing {size} random weights to {folder} (pite weights random)")
-        cmd = [sys.executable, "-m", "pipelines.cli", "weights", "random", "--size", size, "--out", str(folder)]
+        cmd = [sys.executable, "-m", "pipelines.cli", "weights", "random", "--size", size, "--out", str(folder),
+               *extra]
         subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     sams = sorted(folder.glob("sam_*.pth"))
     track = folder / "cotracker3_offline.pth"
@@ -299,7 +300,7 @@ def report(args, cfg, overrides, subsampled, setup_s, warmup, run, backward, cud
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if cuda else cpu_name(),
         "torch": torch.__version__, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "recipe": str(RECIPE.relative_to(REPO)),
+        "recipe": str(Path(args.recipe).resolve().relative_to(REPO)),
         "overrides": [o for o in overrides if ".weights=" not in o],
         "subsampled": subsampled or "nothing: the production recipe as is",
         "clips": run["clips"], "clip_seconds": args.seconds, "size": f"{args.width}x{args.height}", "fps": args.fps,
@@ -338,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="runs of the track stage per setting in the backward-pass comparison (0: 2 on cuda, 1 on cpu)")
     ap.add_argument("--no-subsample", action="store_true", help="--device cpu: run the recipe uncut")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
+    ap.add_argument("--recipe", default=str(RECIPE), help="annotate config (configs/annotate/cpu.yaml: the laptop one)")
+    ap.add_argument("--gdino", default="base", choices=("base", "tiny"), help="--weights-size real: Grounding DINO")
+    ap.add_argument("--sam-type", default=None, choices=("vit_b", "vit_l", "vit_h"), help="--weights-size real")
     return ap
 
 
@@ -367,12 +371,14 @@ def main(argv: list[str] | None = None) -> int:
     clips_dir = Path(args.clips_dir or REPO / "runs" / "realsize" /
                      f"synth-{args.width}x{args.height}-{frames}f-{args.fps:g}fps-{args.clips}")
     manifest = ensure_clips(clips_dir, args.clips, args.width, args.height, frames, args.fps)
-    weights = ensure_weights(Path(args.weights).resolve(), args.weights_size)
+    extra = ("--gdino", args.gdino, *(["--sam-type", args.sam_type] if args.sam_type else []))
+    weights = ensure_weights(Path(args.weights).resolve(), args.weights_size,
+                             extra if args.weights_size == "real" else ())
     subsampled = dict(CPU_SUBSAMPLE) if not cuda and not args.no_subsample else {}
     devices = [f"{s}.device={args.device}" for s in MODEL_STAGES]
     overrides = weights + ["ground.box_threshold=0", "ground.text_threshold=0", "report_samples=0", *devices,
                            *subsampled, *args.set]
-    cfg = load_config(AnnotateJobConfig, RECIPE, overrides)
+    cfg = load_config(AnnotateJobConfig, args.recipe, overrides)
     batches = manifest_batches(manifest, cfg.batch_size)
     clock, kept = ModelClock(cuda), []
     with clock, tempfile.TemporaryDirectory(prefix="pite-realsize-") as ledger:

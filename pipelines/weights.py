@@ -96,14 +96,20 @@ def bert_vocab(size: str) -> list[str]:
     return vocab
 
 
-def gdino_config(size: str, vocab_size: int):
-    """grounding-dino-base's architecture (Swin-B 384, BERT-base) or FIELD-NOTES' tiny one that runs."""
+GDINO_SWIN = {  # the published Grounding DINO backbones (HF IDEA-Research/grounding-dino-base / -tiny)
+    "base": dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=12, image_size=384),
+    "tiny": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, image_size=224),
+}
+
+
+def gdino_config(size: str, vocab_size: int, variant: str = "base"):
+    """grounding-dino-base's or -tiny's architecture (Swin-B 384 or Swin-T 224, BERT-base) or FIELD-NOTES' tiny
+    one that runs in milliseconds (`size` tiny)."""
     from transformers import BertConfig, GroundingDinoConfig, SwinConfig
 
     if size == "real":
         return GroundingDinoConfig(
-            backbone_config=SwinConfig(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=12,
-                                       image_size=384, out_indices=[2, 3, 4]),
+            backbone_config=SwinConfig(**GDINO_SWIN[variant], out_indices=[2, 3, 4]),
             text_config=BertConfig(vocab_size=vocab_size),  # BertConfig's defaults are BERT-base's
             d_model=256, encoder_layers=6, decoder_layers=6, num_queries=900, max_text_len=256)
     return GroundingDinoConfig(
@@ -115,7 +121,7 @@ def gdino_config(size: str, vocab_size: int):
         encoder_attention_heads=2, decoder_attention_heads=2, num_queries=10, max_text_len=16)
 
 
-def write_grounding_dino(out: Path, size: str, seed: int) -> Path:
+def write_grounding_dino(out: Path, size: str, seed: int, variant: str = "base") -> Path:
     from transformers import BertTokenizerFast, GroundingDinoForObjectDetection, GroundingDinoProcessor
     from transformers.models.grounding_dino.image_processing_grounding_dino import GroundingDinoImageProcessor
 
@@ -130,10 +136,10 @@ def write_grounding_dino(out: Path, size: str, seed: int) -> Path:
         processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size=sizes),
                                            tokenizer=tokenizer)
         _seed(seed)
-        model = GroundingDinoForObjectDetection(gdino_config(size, len(vocab)))
+        model = GroundingDinoForObjectDetection(gdino_config(size, len(vocab), variant))
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        _say(f"grounding-dino ({size}, {_n_params(model)})")
+        _say(f"grounding-dino ({size}{'' if size == 'tiny' else ' ' + variant}, {_n_params(model)})")
         del model
     return final
 
@@ -234,12 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     rnd.add_argument("--out", required=True, help="output folder")
     rnd.add_argument("--seed", type=int, default=0, help="torch seed set before building each model")
     rnd.add_argument("--sam-type", choices=SAM_TYPES, help="SAM size for --size real (default vit_h)")
+    rnd.add_argument("--gdino", choices=tuple(GDINO_SWIN), default="base",
+                     help="Grounding DINO for --size real: base (Swin-B, the GPU recipe) or tiny (Swin-T, cpu.yaml)")
     return ap
 
 
-def write_all(out: Path, size: str, seed: int, sam_type: str) -> list[str]:
+def write_all(out: Path, size: str, seed: int, sam_type: str, gdino: str = "base") -> list[str]:
     """Write every backend's weights under `out`; the overrides that point the recipe at them."""
-    overrides = [f"ground.weights={write_grounding_dino(out, size, seed)}"]
+    overrides = [f"ground.weights={write_grounding_dino(out, size, seed, gdino)}"]
     gc.collect()  # real sizes: let one model go before the next is built
     sam, model_type = write_sam(out, size, sam_type, seed)
     overrides += [f"segment.weights={sam}", f"segment.model_type={model_type}"]
@@ -259,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out).expanduser().resolve()
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        overrides = write_all(out, args.size, args.seed, args.sam_type or "vit_h")
+        overrides = write_all(out, args.size, args.seed, args.sam_type or "vit_h", args.gdino)
     except (ConfigError, OSError) as exc:
         print(f"pite weights: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -301,3 +301,22 @@ def test_auto_memory_hint_follows_the_checkpoint_size(tiny):
     stage = SamSegmenter(sam_cfg(overrides["segment.weights"]))
     assert stage.resources().memory_gb == 1.0
     assert stage.version().startswith("sam auto ")
+
+
+@pytest.mark.slow
+def test_the_laptop_recipe_annotates_a_clip_with_them(tiny, tmp_path, capsys):
+    """configs/annotate/cpu.yaml's plumbing: `pite annotate-clip` with the tiny weights on a generated video."""
+    from annotate.synthetic import encode_mp4
+
+    _, overrides = tiny
+    video = tmp_path / "mine.mp4"
+    frames = np.repeat(textured_frames(n=20, seed=3), 1, axis=0)
+    video.write_bytes(encode_mp4(frames, 10.0))
+    extra = [f"{k}={v}" for k, v in overrides.items()] + ["ground.box_threshold=0", "ground.text_threshold=0"]
+    if "track.weights" not in overrides:  # CoTracker3 is not installed here: the weightless tracker
+        extra.append("track.backend=lk")
+    rc = pite(["annotate-clip", "--config", str(ROOT / "configs" / "annotate" / "cpu.yaml"), "--video", str(video),
+               "--caption", "A red ball rolls past a dog.", "--out", str(tmp_path / "out"), *extra])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert (tmp_path / "out" / "annotate-clip.json").is_file() and "mine:" in out.out
