@@ -18,6 +18,21 @@ def colour(i: int) -> tuple[int, int, int]:
     return PALETTE[i % len(PALETTE)]
 
 
+def contrasting_colours(means: list[Optional[np.ndarray]]) -> list[tuple[int, int, int]]:
+    """One palette colour per object, each the farthest (RGB distance) from that object's own mean colour among
+    the colours not taken yet: red dots vanish on a red apple, cyan ones do not."""
+    free = list(PALETTE)
+    out = []
+    for i, mean in enumerate(means):
+        if mean is None or not free:
+            out.append(colour(i))
+            continue
+        best = max(free, key=lambda c: float(np.sum((np.asarray(c, float) - mean) ** 2)))
+        free.remove(best)
+        out.append(best)
+    return out
+
+
 def draw_frame(
     frame: np.ndarray,
     boxes: Optional[np.ndarray] = None,
@@ -27,16 +42,18 @@ def draw_frame(
     t: Optional[int] = None,
     labels: Optional[list[str]] = None,
     tail: int = 10,
+    colours: Optional[list[tuple[int, int, int]]] = None,
 ) -> np.ndarray:
     """One RGB frame with annotations in pixel coordinates of that frame.
 
     boxes (N, 4) xyxy; masks: per object a bool (h, w) mask or None; tracks (N, K, T, 2) with vis (N, K, T): the
-    point at time t is a dot (hollow when not visible) with a tail of the previous `tail` steps.
+    point at time t is a dot (hollow when not visible) with a tail of the previous `tail` steps, each with a dark
+    edge so that it shows on any background. `colours`: one RGB per object (default: the palette in order).
     """
     img = np.ascontiguousarray(frame.copy())
     n = len(boxes) if boxes is not None else (tracks.shape[0] if tracks is not None else 0)
     for i in range(n):
-        c = colour(i)
+        c = colours[i] if colours is not None and i < len(colours) else colour(i)
         if masks is not None and i < len(masks) and masks[i] is not None:
             contours, _ = cv2.findContours(masks[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(img, contours, -1, c, 1, cv2.LINE_AA)
@@ -55,9 +72,11 @@ def draw_frame(
                     if ok[a] and ok[a + 1]:
                         p0 = tuple(int(round(v - 0.5)) for v in pts[a])
                         p1 = tuple(int(round(v - 0.5)) for v in pts[a + 1])
+                        cv2.line(img, p0, p1, (0, 0, 0), 3, cv2.LINE_AA)
                         cv2.line(img, p0, p1, c, 1, cv2.LINE_AA)
                 p = tuple(int(round(v - 0.5)) for v in tracks[i, k, t])
                 visible = vis is None or bool(vis[i, k, t])
+                cv2.circle(img, p, 4, (0, 0, 0), -1 if visible else 2, cv2.LINE_AA)
                 cv2.circle(img, p, 3, c, -1 if visible else 1, cv2.LINE_AA)
     return img
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from annotate.draw import colour
+from annotate.draw import colour, contrasting_colours
 from annotate.schema import build_sample
 from annotate.synthetic import encode_mp4
 from pipelines import viz
@@ -70,10 +70,13 @@ def test_draw_tracks_puts_the_dot_on_the_point_in_each_frame():
     frames = np.zeros((3, 40, 80, 3), np.uint8)
     traj = np.array([[[[0.25, 0.5], [0.5, 0.5], [0.75, 0.25]]]])  # (1, 1, 3, 2)
     out = viz.draw_tracks(frames, traj, labels=[])
+    # the dot's colour is the palette's farthest from what the object covers (black here)
+    (dot,) = contrasting_colours(viz.object_means(frames, traj * [80, 40], None))
+    assert dot != colour(0) and sum(dot) > 300
     for t, (x, y) in enumerate([(20, 20), (40, 20), (60, 10)]):
         # Pixel centres are at +0.5: the point (x, y) falls in pixel (x - 0.5 rounded) = x - 1 or x.
         patch = out[t][y - 2:y + 1, x - 2:x + 1].reshape(-1, 3)
-        assert (patch == colour(0)).all(axis=1).any(), f"no dot at frame {t}"
+        assert (patch == dot).all(axis=1).any(), f"no dot at frame {t}"
     assert not out[0][:, 50:].any(), "frame 0 has nothing drawn right of its dot"
 
 
@@ -90,7 +93,11 @@ def test_viz_png_from_run_input(run, tmp_path):
     assert img.shape == (H, 4 * W + 6, 3)  # 4 tiles, 4 columns with 2 px gaps: one row
     # First tile is sample 0 (source frame 0): the track's dot sits on the square's centre (4, 24).
     tile = img[:H, :W]
-    assert (np.abs(tile[22:26, 2:6].astype(int) - colour(0)).sum(-1) < 60).any()
+    sample = viz.find_sample(out_dir, "clip.one")
+    frames = viz.decode_at(viz.video_of(out_dir, sample.meta["video_id"]), sample.meta["frame_indices"], max_side=480)
+    pixels = sample.traj.astype(np.float64) * [frames.shape[2], frames.shape[1]]
+    (dot,) = contrasting_colours(viz.object_means(frames, pixels, sample.vis))
+    assert (np.abs(tile[22:26, 2:6].astype(int) - dot).sum(-1) < 60).any()
 
 
 def test_viz_mp4_and_gif_have_every_sample(run, tmp_path):
