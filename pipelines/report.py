@@ -41,6 +41,9 @@ def write_report(out: Path, stats: dict, previews: list[tuple[float, int, str, b
     processed = max(1, stats.get("processed_this_run") or 1)
     quality = [(QUALITY_NAMES.get(k, esc(k)), f"{v:.3f}", stats.get("quality_clips", {}).get(k, ""))
                for k, v in stats.get("quality", {}).items()]
+    trivial = ("<p><b>Grounding was given</b> (ground.backend given): boxes are the ground truth's own, so box IoU "
+               "and grounding recall of 1.0 are trivial here; masks and tracks are measured.</p>"
+               if stats.get("ground_backend") == "given" else "")
     pics = "".join(
         f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}"><figcaption>row {row}: '
         f"{esc(vid)} (lowest object confidence {conf:.2f})</figcaption></figure>"
@@ -49,14 +52,16 @@ def write_report(out: Path, stats: dict, previews: list[tuple[float, int, str, b
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>PiTe annotation report: {esc(out.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:.5em 0 1.5em}}
 td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}figure{{display:inline-block;margin:.4em}}
-img{{max-width:640px;image-rendering:pixelated}}</style></head><body>
+img{{max-width:100%;image-rendering:pixelated}}</style></head><body>
 <h1>Annotation report: {esc(str(out))}</h1>
 <h2>Counts</h2>{_table([(esc(k), esc(str(v))) for k, v in counts], ("", ""))}
 <h2>Rejects by stage</h2>{_table([(esc(k), v) for k, v in stats["rejected_by_stage"].items()], ("stage", "rows"))}
-<h2>Top reject reasons</h2>{_table([(esc(k), v) for k, v in stats["reject_reasons"].items()], ("reason", "rows"))}
+<h2>Top reject reasons</h2>{_table([(esc(k), v, esc(", ".join(stats.get("reject_examples", {}).get(k, []))))
+                                    for k, v in stats["reject_reasons"].items()],
+                                   ("reason", "rows", "first video_ids (rejects/*.parquet has all)"))}
 <h2>Time per stage</h2>{_table([(esc(k), f"{v:.2f}", f"{v / processed:.3f}") for k, v in per_stage],
                                ("stage", "seconds (all workers)", "seconds per clip"))}
-<h2>Quality against ground truth</h2>{_table(quality, ("figure", "mean over clips", "clips"))}
+<h2>Quality against ground truth</h2>{trivial}{_table(quality, ("figure", "mean over clips", "clips"))}
 <h2>Notes</h2><p>Samples written without an extra (quality or picture) that failed; the first 50.</p>
 {_table([(esc(n),) for n in stats.get("notes", [])], ("note",))}
 <h2>Samples</h2><p>The least trusted first (each sample's lowest object confidence). Left: the grounding frame with boxes and mask outlines; middle and right: the tracks at the middle

@@ -33,3 +33,15 @@ def test_inspect_keys_lists_the_samples(tmp_path, capsys):
     assert inspect_main([str(run), "--keys"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "key\tvideo_id\tobjects" and len(lines) == 5
+
+
+def test_report_names_rejected_videos_and_says_when_quality_is_trivial(tmp_path):
+    from pipelines.report import write_report
+
+    stats = {"input_rows": 3, "written": 1, "rejected": 2, "shards": 1, "rejected_by_stage": {"ground": 2},
+             "reject_reasons": {"ground: no phrase grounded": 2},
+             "reject_examples": {"ground: no phrase grounded": ["clip-7", "clip-9"]},
+             "seconds": {"total": 1, "ray_startup": 0, "pipeline": 1, "per_stage": {"ground": 0.5}},
+             "quality": {"box_iou": 1.0}, "quality_clips": {"box_iou": 1}, "ground_backend": "given"}
+    page = write_report(tmp_path, stats, []).read_text()
+    assert "clip-7, clip-9" in page and "Grounding was given" in page and "trivial" in page

@@ -30,7 +30,7 @@ from pipelines.annotate.inputs import input_file, maybe_synthesize, prepare_inpu
 from pipelines.annotate.lock import run_lock
 from pipelines.annotate.outputs import member_column, output_bytes
 from pipelines.annotate.raysetup import build_dataset, data_context, init_ray, operator_output_bytes
-from pipelines.annotate.stats import RunTally, build_stats, counts_from_done, reason_class
+from pipelines.annotate.stats import REASON_VIDEOS, RunTally, build_stats, counts_from_done, reason_class
 from pipelines.config import save_config
 from pipelines.files import write_atomic
 
@@ -184,13 +184,17 @@ def _finish_shard(cfg, out: Path, shard: int, recs: list[dict], tally: RunTally)
         if r["preview"] is not None and len(r["preview"]):
             tally.add_preview(float(r["confidence"]), int(r["row"]), r["video_id"], bytes(r["preview"]),
                               first=int(r["row"]) < cfg.report_samples)
-    for stage, msg in rejects:
+    for stage, msg, video_id in rejects:
         tally.rejects_by_stage[stage] += 1
-        tally.reasons[f"{stage}: {reason_class(msg)}"] += 1
+        reason = f"{stage}: {reason_class(msg)}"
+        tally.reasons[reason] += 1
+        if len(tally.reason_videos[reason]) < REASON_VIDEOS:
+            tally.reason_videos[reason].append(video_id)
 
 
 def write_shard(writer_cls, out: Path, shard: int, recs: list[dict], cfg: AnnotateJobConfig):
-    """One shard's tar, index and rejects from its output rows; returns (samples written, [(stage, reason)])."""
+    """One shard's tar, index and rejects from its output rows; returns (samples written, [(stage, reason,
+    video_id)])."""
     from annotate.schema import Sample
 
     rejects = []
@@ -207,7 +211,7 @@ def write_shard(writer_cls, out: Path, shard: int, recs: list[dict], cfg: Annota
             else:
                 stage, msg = r["stage"] or "unknown", r["error"] or "no sample produced"
             writer.reject(r["video_id"], int(r["row"]), stage, msg)
-            rejects.append((stage, msg))
+            rejects.append((stage, msg, r["video_id"]))
         n = writer.n_samples
     return n, rejects
 

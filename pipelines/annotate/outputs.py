@@ -96,23 +96,32 @@ def sample_members(item, cfg, sample_hash: str) -> dict[str, bytes]:
     return sample.to_members()
 
 
+MIN_TILE = 320  # px: a report tile's least width, so labels and dots can be read
+
+
 def preview_png(item) -> bytes:
-    """The report's picture of a clip: the first grounding frame with its boxes and masks, two samples with tracks."""
+    """The report's picture of a clip: the first grounding frame with its boxes and masks, two samples with tracks;
+    each object in the palette colour farthest from its own, tiles at least MIN_TILE px wide."""
     import cv2
 
-    from annotate.draw import draw_frame, encode_png, grid
+    from annotate.draw import contrasting_colours, draw_frame, encode_png, grid
     from annotate.track import read_off_samples
+    from pipelines.viz import object_means
 
     clip = item.clip
+    traj, vis = read_off_samples(item.tracks, item.track_vis, clip.track_times, clip.sample_times, size=clip.size)
+    traj = traj * (np.array(clip.sample_size, float) / np.array(clip.size, float))  # tracking -> sample pixels
+    colours = contrasting_colours(object_means(np.asarray(clip.sample_frames), traj, vis))
     g0 = item.groundings[0]
     on_frame = [i for i, g in enumerate(item.groundings) if g.track_frame == g0.track_frame]
     labels = [item.phrases[item.groundings[i].phrase_index].text for i in on_frame]
     first = draw_frame(clip.ground_frame(g0.track_frame), boxes=np.stack([item.groundings[i].box for i in on_frame]),
-                       masks=[item.masks[i] for i in on_frame], labels=labels)
-    traj, vis = read_off_samples(item.tracks, item.track_vis, clip.track_times, clip.sample_times, size=clip.size)
-    traj = traj * (np.array(clip.sample_size, float) / np.array(clip.size, float))  # tracking -> sample pixels
+                       masks=[item.masks[i] for i in on_frame], labels=labels, colours=[colours[i] for i in on_frame])
     # At the samples' size, like the other tiles (the grounding frame can be 1333 px wide; grid sizes cells by it).
     tiles = [cv2.resize(first, clip.sample_size, interpolation=cv2.INTER_AREA)]
     for t in (len(clip.sample_times) // 2, len(clip.sample_times) - 1):
-        tiles.append(draw_frame(clip.sample_frames[t], tracks=traj, vis=vis, t=t))
+        tiles.append(draw_frame(clip.sample_frames[t], tracks=traj, vis=vis, t=t, colours=colours))
+    zoom = -(-MIN_TILE // tiles[0].shape[1])  # small clips (the demo's 128 px) enlarged, pixels kept sharp
+    if zoom > 1:
+        tiles = [cv2.resize(t, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST) for t in tiles]
     return encode_png(grid(tiles, cols=3))

@@ -40,6 +40,7 @@ def counts_from_done(out: Path, done: list[int]) -> dict:
 
 
 MAX_PREVIEWS = 64
+REASON_VIDEOS = 5  # video_ids kept per reject reason, for the report
 
 
 class RunTally:
@@ -49,6 +50,7 @@ class RunTally:
         self.written = 0
         self.rejects_by_stage: Counter = Counter()
         self.reasons: Counter = Counter()
+        self.reason_videos: dict[str, list[str]] = defaultdict(list)  # reason -> its first REASON_VIDEOS videos
         self.stage_seconds: Counter = Counter()
         self.quality: dict[str, list[float]] = defaultdict(list)
         self.notes: list[str] = []
@@ -94,6 +96,7 @@ def build_stats(cfg, out: Path, total: int, tally: RunTally, prev: dict, seconds
         "rejected": sum(by_stage.values()),
         "rejected_by_stage": dict(sorted(by_stage.items())),
         "reject_reasons": dict(tally.reasons.most_common(20)),
+        "reject_examples": {k: tally.reason_videos[k] for k, _ in tally.reasons.most_common(20)},
         "shards": len(list((out / "shards").glob("pite-*.tar"))),
         "shards_resumed": prev["shards"],
         "processed_this_run": processed,
@@ -111,6 +114,7 @@ def build_stats(cfg, out: Path, total: int, tally: RunTally, prev: dict, seconds
         "notes": tally.notes[:50],
         "config": to_dict(cfg),
         "config_hash": chash,
+        "ground_backend": cfg.ground.backend,
         "versions": {"python": sys.version.split()[0], "ray": ray.__version__, "numpy": np.__version__,
                      "pyav": av.__version__},
     }
