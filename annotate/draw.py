@@ -19,18 +19,32 @@ def colour(i: int) -> tuple[int, int, int]:
 
 
 def contrasting_colours(means: list[Optional[np.ndarray]]) -> list[tuple[int, int, int]]:
-    """One palette colour per object, each the farthest (RGB distance) from that object's own mean colour among
-    the colours not taken yet: red dots vanish on a red apple, cyan ones do not."""
+    """One palette colour per object, far (RGB distance) from that object's own mean colour and from the colours
+    the objects before it got: red dots vanish on a red apple, cyan ones do not."""
     free = list(PALETTE)
     out = []
     for i, mean in enumerate(means):
         if mean is None or not free:
             out.append(colour(i))
             continue
-        best = max(free, key=lambda c: float(np.sum((np.asarray(c, float) - mean) ** 2)))
+        def score(c) -> float:  # far from the object, and far from the colours already given to others
+            own = float(np.linalg.norm(np.asarray(c, float) - mean))
+            apart = min((float(np.linalg.norm(np.subtract(c, o))) for o in out), default=own)
+            return own + apart
+
+        best = max(free, key=score)
         free.remove(best)
         out.append(best)
     return out
+
+
+def label(img: np.ndarray, text: str, org: tuple[int, int], c: tuple[int, int, int]) -> None:
+    """Text in colour `c` on a dark band (readable on any background), sized to the image, kept inside it."""
+    scale = max(0.35, min(0.8, img.shape[1] / 1000))
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x, y = max(0, org[0]), max(th + 3, org[1])
+    cv2.rectangle(img, (x - 2, y - th - 3), (x + tw + 2, y + base), (20, 20, 20), -1)
+    cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, c, 1, cv2.LINE_AA)
 
 
 def draw_frame(
@@ -61,8 +75,7 @@ def draw_frame(
             x0, y0, x1, y1 = [int(round(v)) for v in boxes[i]]
             cv2.rectangle(img, (x0, y0), (x1 - 1, y1 - 1), c, 1, cv2.LINE_AA)
             if labels is not None and i < len(labels):
-                cv2.putText(img, labels[i][:24], (x0 + 2, max(10, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, c, 1,
-                            cv2.LINE_AA)
+                label(img, labels[i][:24], (x0 + 2, y0 - 4), c)
         if tracks is not None and t is not None:
             for k in range(tracks.shape[1]):
                 lo = max(0, t - tail)
