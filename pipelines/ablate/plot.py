@@ -13,7 +13,7 @@ import numpy as np
 from annotate.draw import encode_png, grid
 
 W, H = 420, 300  # one panel
-LEFT, RIGHT, TOP, BOTTOM = 58, 12, 34, 46
+LEFT, RIGHT, TOP, BOTTOM = 58, 12, 48, 46
 COLOURS = [(68, 119, 170), (238, 102, 119), (34, 136, 51), (204, 187, 68), (102, 204, 238), (170, 51, 119)]  # RGB
 
 
@@ -34,6 +34,8 @@ def panel(figure: str, variants: list[str], stats: dict, lower_is_better: bool) 
         return int(round(TOP + plot_h * (1 - v / top)))
 
     _text(img, f"{figure} ({'lower' if lower_is_better else 'higher'} is better)", (8, 20), 0.5, thickness=1)
+    n = max((len(v) for v in values), default=0)
+    _text(img, f"bar: mean of {n} seeds, whiskers: +-1 sd, dots: each seed", (8, 36), 0.36, (110, 110, 110))
     cv2.line(img, (LEFT, TOP), (LEFT, H - BOTTOM), (0, 0, 0), 1)
     cv2.line(img, (LEFT, H - BOTTOM), (W - RIGHT, H - BOTTOM), (0, 0, 0), 1)
     for frac in (0.0, 0.5, 1.0):
