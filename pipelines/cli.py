@@ -12,7 +12,7 @@ COMMANDS = {
     "inspect": ("pipelines.inspect", "summarise a run from its index; --validate reads every sample"),
     "train": ("pipelines.train.run", "train the PiTe model on shards"),
     "infer": ("pipelines.infer", "answer a question about a video"),
-    "evaluate": ("pipelines.evaluate.tasks", "temporal grounding, captioning, trajectory and QA metrics"),
+    "evaluate": ("pipelines.evaluate.cli", "temporal grounding, captioning, trajectory and QA metrics"),
     "head": ("pipelines.head", "start, inspect or stop a loopback Ray head for this machine (token auth on)"),
     "ablate": ("pipelines.ablate.cli", "train and evaluate a grid of variants x seeds, with error bars"),
     "viz": ("pipelines.viz", "draw a sample's tracks on its frames"),

@@ -21,7 +21,7 @@ import pytest
 
 from pipelines.evaluate import dense
 from pipelines.evaluate.score import read_log, score
-from pipelines.evaluate.tasks import main as evaluate_main
+from pipelines.evaluate.cli import main as evaluate_main
 
 DATA = Path(__file__).parent / "data" / "dvc"
 REFERENCE = {  # x 100, as metric.py reports

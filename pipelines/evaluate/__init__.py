@@ -1,7 +1,10 @@
 """`pite evaluate` and the demo benchmark.
 
-    tasks.py    `pite evaluate grounding|captioning|trajectory|qa` on a checkpoint (`python -m pipelines.evaluate`)
-    metrics.py  the metrics: grounding IoU/recall, dense captioning (CIDEr-D, SODA_c, METEOR), trajectories
+    tasks.py    the tasks on a checkpoint: grounding, captioning, trajectory, qa
+    cli.py      the command line (`pite evaluate`, `python -m pipelines.evaluate`), `score` included
+    dense.py    dense captioning exactly as VTimeLLM (CIDEr, METEOR, SODA_c, Precision, Recall)
+    score.py    re-score a log of answers without a model
+    metrics.py  grounding IoU and recall, trajectory errors, QA exact match
     bench.py    `make eval`: the demo checkpoint beside its baselines on held-out synthetic clips
     heldout.py  the held-out trajectory check run after training, and the held-out clips it needs
 """

@@ -2,6 +2,6 @@
 
 import sys
 
-from pipelines.evaluate.tasks import main
+from pipelines.evaluate.cli import main
 
 sys.exit(main())
