@@ -30,6 +30,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from pipelines.evaluate.metrics import UNAVAILABLE
+
 TIOUS = (0.3, 0.5, 0.7, 0.9)
 PARSERS = ("vtimellm", "project")
 MAX_PROPOSALS = 1000  # densevid_eval keeps a video's first 1000 predictions
@@ -258,7 +260,7 @@ def score_answers(answers: dict[str, str], gts: dict, parse: str = "vtimellm", s
     try:
         lang: Optional[Language] = Language()
     except LanguageUnavailable as exc:
-        lang, why = None, f"unavailable: {exc}"
+        lang, why = None, f"{UNAVAILABLE}: {exc}"
     metrics, per_video = eval_dvc(preds, gts, lang, seed=seed)
     soda_rows: dict = {}
     if lang is not None:

@@ -94,7 +94,7 @@ def score_qa(records: list[dict], items: list[dict], log: str) -> dict:
         if key not in by_id:
             raise ConfigError(f"{log}: record {i}: question {key} is not in --data")
         it = by_id[key]
-        rows.append({**{k: v for k, v in it.items()}, "prediction": answer,
+        rows.append({**it, "prediction": answer,
                      "score": float(M.exact_match(it["question"], answer, it["answer"]))})
     acc = 100.0 * sum(r["score"] for r in rows) / max(1, len(rows))
     return {"task": "qa", "metrics": {"n": len(rows), "accuracy": acc}, "rows": rows}
