@@ -34,10 +34,23 @@ MARKER = "PITE_HEAD"  # in the environment of every process the head starts (inh
 STATE = Path(os.environ.get("PITE_HEAD_STATE", f"/tmp/pite-head-{os.getuid()}/head.json"))
 
 
+def _parent_pids() -> dict[int, int]:
+    parents = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:  # "pid (comm) state ppid ...": comm may hold spaces, so split after its closing parenthesis
+                parents[int(entry.name)] = int(Path(entry.path, "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    return parents
+
+
 def pids_with_marker(value: str, name: str = MARKER) -> list[int]:
-    """Processes whose environment holds name=value: a node's daemons, its workers, a job's driver."""
+    """Processes whose environment holds name=value (a node's daemons, its workers, a job's driver), and every
+    process they started: Ray's dashboard and runtime-env agents overwrite their environment block with their
+    process title, so the marker alone misses them while the raylet, their parent, is alive."""
     needle = f"{name}={value}".encode()
-    found = []
+    found = set()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -46,24 +59,44 @@ def pids_with_marker(value: str, name: str = MARKER) -> list[int]:
         except OSError:  # gone, or not ours
             continue
         if needle in env.split(b"\0"):
-            found.append(int(entry.name))
-    return found
+            found.add(int(entry.name))
+    children: dict[int, list[int]] = {}
+    for pid, parent in _parent_pids().items():
+        children.setdefault(parent, []).append(pid)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found and child != os.getpid():
+                found.add(child)
+                todo.append(child)
+    return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie is dead, waiting for its parent to read its status
 
 
 def kill_marked(value: str, name: str = MARKER, grace_s: float = 3.0,
                 sigs: Sequence[int] = (signal.SIGTERM, signal.SIGKILL)) -> int:
-    """SIGTERM, then SIGKILL what is left (or the `sigs` given); returns how many processes there were."""
-    first = len(pids_with_marker(value, name))
+    """SIGTERM, then SIGKILL what is left (or the `sigs` given); returns how many processes there were. Every
+    process found once stays a target: an agent whose raylet died is re-parented and no longer found by descent."""
+    targets = set(pids_with_marker(value, name))
+    first = len(targets)
     for sig in sigs:
-        for pid in pids_with_marker(value, name):
+        targets |= set(pids_with_marker(value, name))
+        for pid in targets:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + grace_s
-        while pids_with_marker(value, name) and time.monotonic() < deadline:
+        while any(_alive(p) for p in targets) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not pids_with_marker(value, name):
+        if not any(_alive(p) for p in targets):
             break
     return first
 
@@ -110,14 +143,20 @@ def start(cpus: int, gpus: int, port: int, dashboard_port: int, home: Optional[s
            "--dashboard-host", LOOPBACK, "--port", str(port), "--dashboard-port", str(dashboard_port),
            "--ray-client-server-port", str(port + 1), "--num-cpus", str(cpus), "--num-gpus", str(gpus),
            "--temp-dir", str(temp), "--disable-usage-stats"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    if done.returncode != 0:
-        kill_marked(marker)
-        tail = " ".join(done.stderr.split()[-40:])
-        raise SystemExit(f"pite head: ray start failed ({tail})")
     state = {"address": f"{LOOPBACK}:{port}", "dashboard": f"http://{LOOPBACK}:{dashboard_port}", "marker": marker,
              "temp_dir": str(temp), "started": time.time()}
+    # recorded before it starts: whatever happens next, `pite head stop` finds its processes by the marker
+    STATE.parent.mkdir(parents=True, exist_ok=True)
     STATE.write_text(json.dumps(state, indent=1))
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        done = subprocess.CompletedProcess(cmd, 124, "", "ray start timed out after 180 s")
+    if done.returncode != 0:
+        kill_marked(marker)
+        STATE.unlink(missing_ok=True)
+        tail = " ".join(done.stderr.split()[-40:])
+        raise SystemExit(f"pite head: ray start failed ({tail})")
     return state
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_head_starts_on_loopback_with_token_auth_and_stops_only_itself(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(head, "STATE", tmp_path / "state" / "head.json")
-    (tmp_path / "state").mkdir()
+    monkeypatch.setattr(head, "STATE", tmp_path / "state" / "head.json")  # a folder that does not exist yet
     home = tmp_path / "home"  # ray start writes its token under HOME/.ray: not the user's
     home.mkdir()
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
@@ -26,6 +26,10 @@ def test_head_starts_on_loopback_with_token_auth_and_stops_only_itself(tmp_path,
         assert state["address"] == "127.0.0.2:6397" and (home / ".ray" / "auth_token").is_file()
         s = head.status()
         assert s["processes"] > 3 and s["listening"]
+        ours = head.pids_with_marker(state["marker"])
+        # Ray's agents rewrite their environment for their process title: found as the raylet's children
+        names = {Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid in ours}
+        assert {b"ray::DashboardAgent", b"ray::RuntimeEnvAgent"} <= names, names
         # the ports that take the loopback address do; the GCS listens on every interface (Ray 2.60), token-guarded
         addresses = dict(s["listening"])
         assert "127.0.0.2:8297" in addresses
@@ -38,6 +42,8 @@ def test_head_starts_on_loopback_with_token_auth_and_stops_only_itself(tmp_path,
     finally:
         head.stop()
     assert head.pids_with_marker(state["marker"]) == []
+    left = {pid: Path(f"/proc/{pid}/stat").read_text() for pid in ours if Path(f"/proc/{pid}").exists()}
+    assert not {pid: stat for pid, stat in left.items() if stat.rpartition(")")[2].split()[0] != "Z"}, left
     assert bystander.poll() is None  # another process with the same kind of marker is left alone
     bystander.kill()
     assert "stopped the head at 127.0.0.2:6397" in capsys.readouterr().out

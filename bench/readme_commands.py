@@ -1,0 +1,231 @@
+"""Run every command of the README's ```bash blocks, as printed, in a scratch copy of this checkout.
+
+  .venv/bin/python bench/readme_commands.py                 # quick (~4 min): the long make targets run smaller
+  .venv/bin/python bench/readme_commands.py --long          # make annotate / train / eval at their real size too
+  .venv/bin/python bench/readme_commands.py --list          # what would run or be skipped, and why; runs nothing
+
+Prints one JSON object: every command with its README line, the text that ran, rc, seconds and the tail of its
+output, or why it was skipped. Exit 1 when a command that ran failed.
+
+The scratch dir is this checkout's files (tracked and untracked, not ignored; mtimes kept, so `make setup` stays a
+no-op) with `.venv` linked to this one. The commands run in README order, each in `bash -c` from the scratch root,
+so an output of one (runs/annotate/mine) is the input of the next, as for a user.
+
+What a user brings is made first, as stand-ins (`make_fixtures`): my.mp4 and clip.mp4 (generated clips), my/manifest.jsonl
+(a generated clip with its boxes), val_2.json and log.jsonl (a dense-captioning ground truth and log of
+tests/data/dvc), stage2.json and feats/ (two VTimeLLM records with random CLIP features). `KEY` is replaced by the
+first key of the run it names. Commands that cannot run here are skipped with their kind (`SKIP_RULES`): weights,
+cluster, suite, long (run with --long) and hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (pattern on the joined command, kind, why). The first match wins; kinds in QUICK_ONLY_SKIPS run with --long.
+SKIP_RULES = [
+    (r"\bHEAD\b", "cluster", "needs a Ray cluster: HEAD is its address"),
+    (r"^(export PATH=/opt/|ray start\b)", "cluster", "sets up a node of a cluster"),
+    (r"(^|[\s=])/models/|/shared/models/", "weights", "needs downloaded weights (README, Weights)"),
+    (r"\binference\.py\b", "weights", "needs the PiTe release checkpoint under ./checkpoint"),
+    (r"^make test\b", "suite", "is the test suite, which runs this script"),
+    (r"^make ablation\b", "hour", "about an hour on 2 cores (58 min 37 s measured); tests/test_ablate.py runs a "
+                                 "tiny grid through the same code"),
+    (r"--size real\b", "long", "writes 4.6 GB of random weights of the published sizes"),
+    (r"^make (annotate|train|eval)\b", "long", "runs smaller without --long (QUICK_ARGS)"),
+]
+QUICK_ONLY_SKIPS = {"long"}
+
+# Without --long, the long make targets run with ARGS that shrink them; the command is otherwise as printed.
+QUICK_ARGS = {
+    "make annotate": "synth.n=8",
+    "make train": "stages.0.optim.max_steps=2 stages.1.optim.max_steps=2 stages.2.optim.max_steps=2 eval.synth_n=4",
+    "make eval": "--synth-n 4",
+}
+
+
+@dataclass
+class Command:
+    line: int  # 1-based line of the README where it starts
+    text: str  # continuation lines joined
+    ran: str = ""
+    status: str = "pending"  # ok | failed | skipped
+    kind: str = ""
+    why: str = ""
+    rc: int | None = None
+    seconds: float = 0.0
+    tail: list[str] = field(default_factory=list)
+
+
+def extract(readme: str) -> list[Command]:
+    """Commands of the ```bash blocks (indented ones too): `\\` continuations joined, comment lines dropped."""
+    commands, in_bash, pending, start = [], False, "", 0
+    for number, raw in enumerate(readme.splitlines(), 1):
+        line = raw.strip()
+        if line.startswith("```"):
+            in_bash = not in_bash and line[3:].strip() == "bash"
+            continue
+        if not in_bash or (not pending and (not line or line.startswith("#"))):
+            continue
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending += line[:-1].rstrip() + " "
+            continue
+        commands.append(Command(line=start, text=pending + line))
+        pending = ""
+    return commands
+
+
+def classify(cmd: Command, long: bool) -> None:
+    for pattern, kind, why in SKIP_RULES:
+        if re.search(pattern, cmd.text):
+            if kind in QUICK_ONLY_SKIPS and long:
+                return
+            if kind == "long" and cmd.text.split("#")[0].strip() in QUICK_ARGS:
+                return  # runs, shrunk
+            cmd.status, cmd.kind, cmd.why = "skipped", kind, why
+            return
+
+
+def run_text(cmd: Command, long: bool) -> str:
+    """The command as it runs: shrunk make targets get ARGS; KEY becomes a real key."""
+    text = cmd.text
+    bare = text.split("#")[0].strip()
+    if not long and bare in QUICK_ARGS:
+        text = f'{bare} ARGS="{QUICK_ARGS[bare]}"'
+    if re.search(r"\bKEY\b", text):
+        run_dir = re.search(r"pite viz (\S+)", text).group(1)
+        # `pite inspect RUN --keys` prints a header line, then key, video_id, objects per sample
+        text = re.sub(r"\bKEY\b", f"$(.venv/bin/pite inspect {run_dir} --keys | awk 'NR == 2 {{print $1}}')", text)
+    return text
+
+
+def make_scratch(scratch: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    # tar keeps mtimes: a fresh copy of pyproject.toml must not look newer than .venv's setup stamp
+    with tempfile.TemporaryFile() as buf:
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name in filter(None, files):
+                if (ROOT / name).exists():
+                    tar.add(ROOT / name, arcname=name, recursive=False)
+        buf.seek(0)
+        with tarfile.open(fileobj=buf) as tar:
+            tar.extractall(scratch, filter="tar")
+    (scratch / ".venv").symlink_to(ROOT / ".venv")
+    if subprocess.run(["make", "-q", "setup"], cwd=scratch).returncode != 0:
+        raise SystemExit(f"readme_commands: `make setup` in {ROOT} is not up to date; run it there first")
+
+
+def make_fixtures(scratch: Path) -> dict[str, str]:
+    """What a user brings, made in the scratch dir. Returns {name: what it is}."""
+    pite = str(ROOT / ".venv" / "bin" / "pite")
+    gen = scratch / ".fixtures"
+    subprocess.run([pite, "synth", "--n", "2", "--seed", "7", "--width", "640", "--height", "480", "--out",
+                    str(gen / "large")], check=True, capture_output=True)
+    subprocess.run([pite, "synth", "--n", "1", "--seed", "8", "--out", str(gen / "small")], check=True,
+                   capture_output=True)
+    shutil.copy(gen / "large" / "videos" / "synth-000000.mp4", scratch / "my.mp4")
+    shutil.copy(gen / "large" / "videos" / "synth-000001.mp4", scratch / "clip.mp4")
+    # a manifest of one row: each command that annotates it runs the production models on the CPU (~30 s a clip)
+    shutil.copytree(gen / "small", scratch / "my")
+    dvc = scratch / "tests" / "data" / "dvc" / "c2_merge_similar"
+    shutil.copy(dvc / "gt.json", scratch / "val_2.json")
+    shutil.copy(dvc / "log.jsonl", scratch / "log.jsonl")
+    write_vtimellm(scratch)
+    return {"my.mp4, clip.mp4": "generated 640x480 clips (pite synth --seed 7)",
+            "my/manifest.jsonl": "a generated 256x256 clip with its boxes (pite synth --seed 8)",
+            "val_2.json, log.jsonl": "tests/data/dvc/c2_merge_similar",
+            "stage2.json, feats/": "two VTimeLLM stage-2 records, random 100x768 features"}
+
+
+def write_vtimellm(scratch: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    (scratch / "feats").mkdir()
+    records = []
+    for i, text in enumerate(["a man opens a door", "a dog runs across a lawn"]):
+        vid = f"v_{i}"
+        np.save(scratch / "feats" / f"{vid}.npy", rng.normal(size=(100, 768)).astype(np.float16))
+        records.append({"id": vid, "source": "internvid", "conversations": [
+            {"from": "human", "value": "<video>\nWhat happens in the video, and when?"},
+            {"from": "gpt", "value": f"From <s0> to <e0>, {text}."}],
+            "meta": {"duration": 20.0, "token": {"<s0>": 2.0, "<e0>": 9.5}}})
+    (scratch / "stage2.json").write_text(json.dumps(records))
+
+
+def run_one(cmd: Command, scratch: Path, long: bool, timeout: float) -> None:
+    cmd.ran = run_text(cmd, long)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(["bash", "-c", cmd.ran], cwd=scratch, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cmd.rc, out = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        cmd.rc, out = 124, f"{exc.stdout or ''}{exc.stderr or ''}\ntimed out after {timeout:.0f} s"
+        out = out if isinstance(out, str) else out.decode(errors="replace")
+    cmd.seconds = round(time.perf_counter() - t0, 1)
+    cmd.status = "ok" if cmd.rc == 0 else "failed"
+    cmd.tail = [line for line in out.splitlines() if line.strip()][-6:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    ap.add_argument("--long", action="store_true", help="run make annotate/train/eval as printed (~15 min more)")
+    ap.add_argument("--list", action="store_true", help="classify only; run nothing")
+    ap.add_argument("--scratch", default=None, help="scratch dir to use (must not exist; default: a temp dir, "
+                                                    "removed afterwards)")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds one command may take")
+    ap.add_argument("--json", default=None, help="also write the report here")
+    args = ap.parse_args(argv)
+    commands = extract(Path(args.readme).read_text())
+    for cmd in commands:
+        classify(cmd, args.long)
+    report = {"readme": args.readme, "mode": "long" if args.long else "quick"}
+    if not args.list:
+        report.update(run_all(commands, args))
+    report["commands"] = [asdict(c) for c in commands]
+    report["counts"] = {s: sum(c.status == s for c in commands) for s in ("ok", "failed", "skipped", "pending")}
+    text = json.dumps(report, indent=1)
+    if args.json:
+        Path(args.json).write_text(text)
+    print(text)
+    return 1 if report["counts"]["failed"] else 0
+
+
+def run_all(commands: list[Command], args) -> dict:
+    t0 = time.perf_counter()
+    scratch = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="pite-readme-")) / "checkout"
+    scratch.mkdir(parents=True)
+    try:
+        make_scratch(scratch)
+        fixtures = make_fixtures(scratch)
+        for cmd in commands:
+            if cmd.status == "pending":
+                run_one(cmd, scratch, args.long, args.timeout)
+                print(f"readme_commands: {cmd.status} {cmd.seconds:7.1f} s  README:{cmd.line}  {cmd.text[:90]}",
+                      file=sys.stderr, flush=True)
+    finally:
+        if not args.scratch:
+            shutil.rmtree(scratch.parent, ignore_errors=True)
+    return {"scratch": str(scratch), "fixtures": fixtures, "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
