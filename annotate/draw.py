@@ -40,7 +40,7 @@ def contrasting_colours(means: list[Optional[np.ndarray]]) -> list[tuple[int, in
 
 def label(img: np.ndarray, text: str, org: tuple[int, int], c: tuple[int, int, int]) -> None:
     """Text in colour `c` on a dark band (readable on any background), sized to the image, kept inside it."""
-    scale = max(0.35, min(0.8, img.shape[1] / 1000))
+    scale = max(0.42, min(0.8, img.shape[1] / 1000))
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     x, y = max(0, org[0]), max(th + 3, org[1])
     cv2.rectangle(img, (x - 2, y - th - 3), (x + tw + 2, y + base), (20, 20, 20), -1)

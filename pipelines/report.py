@@ -23,9 +23,9 @@ QUALITY_NAMES = {
 
 
 def _table(rows: list[tuple], head: tuple) -> str:
-    th = "".join(f"<th>{h}</th>" for h in head)
+    th = f"<tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>" if any(head) else ""
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{th}</tr>{body}</table>" if rows else "<p>none</p>"
+    return f"<table>{th}{body}</table>" if rows else "<p>none</p>"
 
 
 def write_report(out: Path, stats: dict, previews: list[tuple[float, int, str, bytes]]) -> Path:
@@ -43,7 +43,8 @@ def write_report(out: Path, stats: dict, previews: list[tuple[float, int, str, b
                for k, v in stats.get("quality", {}).items()]
     trivial = ("<p><b>Grounding was given</b> (ground.backend given): boxes are the ground truth's own, so box IoU "
                "and grounding recall of 1.0 are trivial here; masks and tracks are measured.</p>"
-               if stats.get("ground_backend") == "given" else "")
+               if stats.get("ground_backend") == "given" and quality else "")
+    no_truth = "<p>none: no row has ground truth (the manifest's <code>gt</code> column)</p>"
     pics = "".join(
         f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}"><figcaption>row {row}: '
         f"{esc(vid)} (lowest object confidence {conf:.2f})</figcaption></figure>"
@@ -61,7 +62,7 @@ img{{max-width:100%;image-rendering:pixelated}}</style></head><body>
                                    ("reason", "rows", "first video_ids (rejects/*.parquet has all)"))}
 <h2>Time per stage</h2>{_table([(esc(k), f"{v:.2f}", f"{v / processed:.3f}") for k, v in per_stage],
                                ("stage", "seconds (all workers)", "seconds per clip"))}
-<h2>Quality against ground truth</h2>{trivial}{_table(quality, ("figure", "mean over clips", "clips"))}
+<h2>Quality against ground truth</h2>{trivial}{_table(quality, ("figure", "mean over clips", "clips")) if quality else no_truth}
 <h2>Notes</h2><p>Samples written without an extra (quality or picture) that failed; the first 50.</p>
 {_table([(esc(n),) for n in stats.get("notes", [])], ("note",))}
 <h2>Samples</h2><p>The least trusted first (each sample's lowest object confidence). Left: the grounding frame with boxes and mask outlines; middle and right: the tracks at the middle

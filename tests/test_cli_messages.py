@@ -45,3 +45,15 @@ def test_report_names_rejected_videos_and_says_when_quality_is_trivial(tmp_path)
              "quality": {"box_iou": 1.0}, "quality_clips": {"box_iou": 1}, "ground_backend": "given"}
     page = write_report(tmp_path, stats, []).read_text()
     assert "clip-7, clip-9" in page and "Grounding was given" in page and "trivial" in page
+    assert "<th></th>" not in page  # the counts table has no empty header row
+    assert "no row has ground truth" not in page
+    without_truth = write_report(tmp_path, {**stats, "quality": {}, "quality_clips": {}}, []).read_text()
+    assert "no row has ground truth" in without_truth and "Grounding was given" not in without_truth
+
+
+def test_report_tiles_are_drawn_at_a_readable_size_whatever_the_source():
+    from pipelines.annotate.outputs import MAX_TILE, MIN_TILE, tile_scale
+
+    for width in (128, 256, 368, 400, 720, 1296, 1920):
+        assert MIN_TILE <= round(width * tile_scale(width)) <= max(MAX_TILE, 2 * MIN_TILE), width
+    assert tile_scale(128) == 3.0  # whole factors upward: pixels stay square

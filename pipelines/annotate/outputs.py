@@ -97,13 +97,31 @@ def sample_members(item, cfg, sample_hash: str) -> dict[str, bytes]:
 
 
 MIN_TILE = 320  # px: a report tile's least width, so labels and dots can be read
+MAX_TILE = 400  # px: three tiles side by side fit the report's page unscaled, so nothing is drawn and then shrunk
+
+
+def tile_scale(width: int) -> float:
+    """Factor from a frame's width to its tile's: small frames (the demo's 128 px) enlarged by a whole factor, so
+    that pixels stay sharp; large ones (720p) reduced to MAX_TILE before anything is drawn on them."""
+    if width < MIN_TILE:
+        return float(-(-MIN_TILE // width))
+    return min(1.0, MAX_TILE / width)
+
+
+def _resized(img: np.ndarray, f: float, nearest: bool = False) -> np.ndarray:
+    import cv2
+
+    if f == 1.0:
+        return img
+    size = (max(1, round(img.shape[1] * f)), max(1, round(img.shape[0] * f)))
+    method = cv2.INTER_NEAREST if nearest or f > 1 else cv2.INTER_AREA
+    return cv2.resize(img, size, interpolation=method)
 
 
 def preview_png(item) -> bytes:
     """The report's picture of a clip: the first grounding frame with its boxes and masks, two samples with tracks;
-    each object in the palette colour farthest from its own, tiles at least MIN_TILE px wide."""
-    import cv2
-
+    each object in the palette colour farthest from its own. Frames are scaled to their tile first and drawn on at
+    that size, so labels, outlines and dots keep their size in pixels on any source resolution."""
     from annotate.draw import contrasting_colours, draw_frame, encode_png, grid
     from annotate.track import read_off_samples
     from pipelines.viz import object_means
@@ -115,13 +133,13 @@ def preview_png(item) -> bytes:
     g0 = item.groundings[0]
     on_frame = [i for i, g in enumerate(item.groundings) if g.track_frame == g0.track_frame]
     labels = [item.phrases[item.groundings[i].phrase_index].text for i in on_frame]
-    first = draw_frame(clip.ground_frame(g0.track_frame), boxes=np.stack([item.groundings[i].box for i in on_frame]),
-                       masks=[item.masks[i] for i in on_frame], labels=labels, colours=[colours[i] for i in on_frame])
-    # At the samples' size, like the other tiles (the grounding frame can be 1333 px wide; grid sizes cells by it).
-    tiles = [cv2.resize(first, clip.sample_size, interpolation=cv2.INTER_AREA)]
+    frame = clip.ground_frame(g0.track_frame)  # at the grounding size, which can differ from the samples'
+    f = tile_scale(clip.sample_size[0]) * clip.sample_size[0] / frame.shape[1]
+    masks = [None if item.masks[i] is None else _resized(item.masks[i].astype(np.uint8), f, nearest=True) > 0
+             for i in on_frame]
+    tiles = [draw_frame(_resized(frame, f), boxes=np.stack([item.groundings[i].box for i in on_frame]) * f,
+                        masks=masks, labels=labels, colours=[colours[i] for i in on_frame])]
+    f = tile_scale(clip.sample_size[0])
     for t in (len(clip.sample_times) // 2, len(clip.sample_times) - 1):
-        tiles.append(draw_frame(clip.sample_frames[t], tracks=traj, vis=vis, t=t, colours=colours))
-    zoom = -(-MIN_TILE // tiles[0].shape[1])  # small clips (the demo's 128 px) enlarged, pixels kept sharp
-    if zoom > 1:
-        tiles = [cv2.resize(t, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST) for t in tiles]
+        tiles.append(draw_frame(_resized(clip.sample_frames[t], f), tracks=traj * f, vis=vis, t=t, colours=colours))
     return encode_png(grid(tiles, cols=3))
