@@ -8,7 +8,8 @@ stop that ends only this head's processes (`ray stop` ends every Ray node of the
 
 What binds where (Ray 2.60, measured with `ss -ltnp`): the dashboard, the Ray client server and the runtime-env
 agent listen on the loopback address given; the GCS, the raylet (node manager, object manager), the dashboard
-agent and the autoscaler monitor listen on every interface, and no Ray option binds them to one address. Token
+agent (two ports), and one port each of the dashboard and the autoscaler monitor listen on every interface, and no
+Ray option binds them to one address. Token
 authentication stays on, so those ports refuse a client without the token `ray start` writes to
 ~/.ray/auth_token. On a shared network, also firewall them or run inside a network namespace (`unshare -n`).
 Ray replaces 127.0.0.1 and localhost with the machine's network address, so the head uses 127.0.0.2.
