@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from annotate.errors import ConfigError
-from annotate.synthetic import GroundTruth, WorldParams, _bilinear, encode_mp4, make_clip
+from annotate.synthetic import GroundTruth, WorldParams, encode_mp4, make_clip
+from annotate.synthetic.geometry import bilinear
 from pipelines.cli import main as pite
 
 # Small clips keep the tests fast; objects are large for the frame so that they carry enough interior pixels.
@@ -35,13 +36,13 @@ def sample(frames: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 def sprite_colour(gt: GroundTruth, k: int, uv: np.ndarray) -> np.ndarray:
     s = int(gt.sprite_size[k])
-    return _bilinear(np.pad(gt.sprite[k, :s, :s].astype(np.float64), ((1, 1), (1, 1), (0, 0))), uv[:, 0], uv[:, 1])
+    return bilinear(np.pad(gt.sprite[k, :s, :s].astype(np.float64), ((1, 1), (1, 1), (0, 0))), uv[:, 0], uv[:, 1])
 
 
 def solid(gt: GroundTruth, k: int, uv: np.ndarray) -> np.ndarray:
     """Object-local points where the shape is fully opaque (no soft edge blending in the background)."""
     s = int(gt.sprite_size[k])
-    return _bilinear(np.pad(gt.alpha[k, :s, :s].astype(np.float64), 1), uv[:, 0], uv[:, 1]) > 0.999
+    return bilinear(np.pad(gt.alpha[k, :s, :s].astype(np.float64), 1), uv[:, 0], uv[:, 1]) > 0.999
 
 
 @pytest.fixture(scope="module")
