@@ -1,21 +1,25 @@
 """Run every command of the README's ```bash blocks, as printed, in a scratch copy of this checkout.
 
-  .venv/bin/python bench/readme_commands.py                 # quick (~4 min): the long make targets run smaller
-  .venv/bin/python bench/readme_commands.py --long          # make annotate / train / eval at their real size too
-  .venv/bin/python bench/readme_commands.py --list          # what would run or be skipped, and why; runs nothing
+  .venv/bin/python bench/readme_commands.py           # quick (~4 min): the long make targets run smaller
+  .venv/bin/python bench/readme_commands.py --long    # those at full size too, and 4.6 GB of real-size weights
+  .venv/bin/python bench/readme_commands.py --list    # what would run or be skipped, and why; runs nothing
 
 Prints one JSON object: every command with its README line, the text that ran, rc, seconds and the tail of its
 output, or why it was skipped. Exit 1 when a command that ran failed.
 
 The scratch dir is this checkout's files (tracked and untracked, not ignored; mtimes kept, so `make setup` stays a
 no-op) with `.venv` linked to this one. The commands run in README order, each in `bash -c` from the scratch root,
-so an output of one (runs/annotate/mine) is the input of the next, as for a user.
+so an output of one (runs/annotate/mine) is the input of the next, as for a user. `make` and `python -m` run the
+scratch copy's code; `.venv/bin/pite` runs this checkout's (the venv's editable install points here): the same
+files, copied at the start.
 
-What a user brings is made first, as stand-ins (`make_fixtures`): my.mp4 and clip.mp4 (generated clips), my/manifest.jsonl
-(a generated clip with its boxes), val_2.json and log.jsonl (a dense-captioning ground truth and log of
-tests/data/dvc), stage2.json and feats/ (two VTimeLLM records with random CLIP features). `KEY` is replaced by the
-first key of the run it names. Commands that cannot run here are skipped with their kind (`SKIP_RULES`): weights,
-cluster, suite, long (run with --long) and hour.
+What a user brings is made first, as stand-ins (`make_fixtures`): my.mp4 and clip.mp4 (generated clips),
+my/manifest.jsonl (a generated clip with its boxes), val_2.json and log.jsonl (a dense-captioning ground truth and
+log of tests/data/dvc), stage2.json and feats/ (two VTimeLLM records with random CLIP features). `KEY` is replaced
+by the first key of the run it names. Commands that cannot run here are skipped with their kind (`SKIP_RULES`):
+weights, cluster, suite, long (run with --long) and hour; also the production recipe where CoTracker3 is not
+installed, and the `pite head` example where a head already listens on its port. `pite head` keeps its record in
+the scratch dir, and a head the example leaves running is stopped at the end.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -48,6 +54,7 @@ SKIP_RULES = [
     (r"^make (annotate|train|eval)\b", "long", "runs smaller without --long (QUICK_ARGS)"),
 ]
 QUICK_ONLY_SKIPS = {"long"}
+HEAD_ADDRESS = ("127.0.0.2", 6390)  # where the README's `pite head start` puts its head
 
 # Without --long, the long make targets run with ARGS that shrink them; the command is otherwise as printed.
 QUICK_ARGS = {
@@ -96,18 +103,25 @@ def has_cotracker() -> bool:
     return subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", code]).returncode == 0
 
 
-def classify(cmd: Command, long: bool, cotracker: bool = True) -> None:
-    if not cotracker and "configs/annotate/pite143k.yaml" in cmd.text:
-        cmd.status, cmd.kind, cmd.why = "skipped", "weights", "needs CoTracker3 installed (README, Weights)"
-        return
+def classify(cmd: Command, long: bool, cotracker: bool = True, head_port_free: bool = True) -> None:
     for pattern, kind, why in SKIP_RULES:
         if re.search(pattern, cmd.text):
             if kind in QUICK_ONLY_SKIPS and long:
-                return
+                break
             if kind == "long" and cmd.text.split("#")[0].strip() in QUICK_ARGS:
-                return  # runs, shrunk
+                break  # runs, shrunk
             cmd.status, cmd.kind, cmd.why = "skipped", kind, why
             return
+    if not cotracker and "configs/annotate/pite143k.yaml" in cmd.text:
+        cmd.status, cmd.kind, cmd.why = "skipped", "weights", "needs CoTracker3 installed (README, Weights)"
+    elif not head_port_free and ("pite head" in cmd.text or f"{HEAD_ADDRESS[0]}:{HEAD_ADDRESS[1]}" in cmd.text):
+        cmd.status, cmd.kind, cmd.why = "skipped", "cluster", f"a Ray head already listens on {HEAD_ADDRESS[0]}:" \
+                                                              f"{HEAD_ADDRESS[1]} (yours: the example would use it)"
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) != 0
 
 
 def run_text(cmd: Command, long: bool) -> str:
@@ -178,16 +192,19 @@ def write_vtimellm(scratch: Path) -> None:
     (scratch / "stage2.json").write_text(json.dumps(records))
 
 
-def run_one(cmd: Command, scratch: Path, long: bool, timeout: float) -> None:
+def run_one(cmd: Command, scratch: Path, long: bool, timeout: float, env: dict) -> None:
     cmd.ran = run_text(cmd, long)
     t0 = time.perf_counter()
+    # a session of its own: on a timeout the whole group goes (a local Ray, a head), not only bash
+    proc = subprocess.Popen(["bash", "-c", cmd.ran], cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True)
     try:
-        proc = subprocess.run(["bash", "-c", cmd.ran], cwd=scratch, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        cmd.rc, out = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        cmd.rc, out = 124, f"{exc.stdout or ''}{exc.stderr or ''}\ntimed out after {timeout:.0f} s"
-        out = out if isinstance(out, str) else out.decode(errors="replace")
+        out, _ = proc.communicate(timeout=timeout)
+        cmd.rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        cmd.rc, out = 124, f"{out}\ntimed out after {timeout:.0f} s"
     cmd.seconds = round(time.perf_counter() - t0, 1)
     cmd.status = "ok" if cmd.rc == 0 else "failed"
     cmd.tail = [line for line in out.splitlines() if line.strip()][-6:]
@@ -196,7 +213,8 @@ def run_one(cmd: Command, scratch: Path, long: bool, timeout: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--readme", default=str(ROOT / "README.md"))
-    ap.add_argument("--long", action="store_true", help="run make annotate/train/eval as printed (~15 min more)")
+    ap.add_argument("--long", action="store_true", help="run make annotate/train/eval as printed and write 4.6 GB of "
+                                                        "random real-size weights (~10 min more)")
     ap.add_argument("--list", action="store_true", help="classify only; run nothing")
     ap.add_argument("--scratch", default=None, help="scratch dir to use (must not exist; default: a temp dir, "
                                                     "removed afterwards)")
@@ -204,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the report here")
     args = ap.parse_args(argv)
     commands = extract(Path(args.readme).read_text())
-    cotracker = has_cotracker()
+    cotracker, free = has_cotracker(), port_free(*HEAD_ADDRESS)
     for cmd in commands:
-        classify(cmd, args.long, cotracker)
+        classify(cmd, args.long, cotracker, free)
     report = {"readme": args.readme, "mode": "long" if args.long else "quick"}
     if not args.list:
         report.update(run_all(commands, args))
@@ -222,16 +240,22 @@ def main(argv: list[str] | None = None) -> int:
 def run_all(commands: list[Command], args) -> dict:
     t0 = time.perf_counter()
     scratch = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="pite-readme-")) / "checkout"
+    if scratch.exists():
+        raise SystemExit(f"readme_commands: --scratch {scratch}: exists; give a folder that does not")
     scratch.mkdir(parents=True)
+    # `pite head` records its head in the scratch dir, not in the user's /tmp/pite-head-UID (theirs stays untouched)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PITE_HEAD_STATE": str(scratch / ".pite-head" / "head.json")}
     try:
         make_scratch(scratch)
         fixtures = make_fixtures(scratch)
         for cmd in commands:
             if cmd.status == "pending":
-                run_one(cmd, scratch, args.long, args.timeout)
+                run_one(cmd, scratch, args.long, args.timeout, env)
                 print(f"readme_commands: {cmd.status} {cmd.seconds:7.1f} s  README:{cmd.line}  {cmd.text[:90]}",
                       file=sys.stderr, flush=True)
     finally:
+        if Path(env["PITE_HEAD_STATE"]).exists():  # a failed run can leave the README's head running
+            subprocess.run([str(ROOT / ".venv" / "bin" / "pite"), "head", "stop"], env=env, capture_output=True)
         if not args.scratch:
             shutil.rmtree(scratch.parent, ignore_errors=True)
     return {"scratch": str(scratch), "fixtures": fixtures, "wall_s": round(time.perf_counter() - t0, 1)}

@@ -45,7 +45,10 @@ def shoot(page: Path, png: Path, width: int, height: int, browser: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="pite-chromium-") as profile:
         cmd = [browser, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
                f"--screenshot={png.resolve()}", page.resolve().as_uri()]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise SystemExit(f"screenshots: {page}: chromium did not finish in 120 s") from None
     if done.returncode != 0 or not png.is_file():
         raise SystemExit(f"screenshots: {page}: chromium failed ({' '.join(done.stderr.split()[-30:])})")
     w, h = crop_blank_bottom(png)

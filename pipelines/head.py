@@ -9,9 +9,9 @@ stop that ends only this head's processes (`ray stop` ends every Ray node of the
 What binds where (Ray 2.60, measured with `ss -ltnp`): the dashboard, the Ray client server and the runtime-env
 agent listen on the loopback address given; the GCS, the raylet (node manager, object manager), the dashboard
 agent (two ports), and one port each of the dashboard and the autoscaler monitor listen on every interface, and no
-Ray option binds them to one address. Token
-authentication stays on, so those ports refuse a client without the token `ray start` writes to
-~/.ray/auth_token. On a shared network, also firewall them or run inside a network namespace (`unshare -n`).
+Ray option binds them to one address. Token authentication stays on, so those ports refuse a client without the
+token `ray start` writes to ~/.ray/auth_token. On a shared network, also firewall them or run inside a network
+namespace (`unshare -n`).
 Ray replaces 127.0.0.1 and localhost with the machine's network address, so the head uses 127.0.0.2.
 """
 
@@ -35,69 +35,90 @@ MARKER = "PITE_HEAD"  # in the environment of every process the head starts (inh
 STATE = Path(os.environ.get("PITE_HEAD_STATE", f"/tmp/pite-head-{os.getuid()}/head.json"))
 
 
-def _parent_pids() -> dict[int, int]:
-    parents = {}
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time in clock ticks) of a process; None when it is gone."""
+    try:  # "pid (comm) state ppid ...": comm may hold spaces, so split after its closing parenthesis
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return fields[0], int(fields[1]), int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _own_processes() -> dict[int, tuple[str, int, int]]:
+    """pid -> _stat of this user's processes (another user's cannot be signalled, nor is it ours to stop)."""
+    procs = {}
     for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:  # "pid (comm) state ppid ...": comm may hold spaces, so split after its closing parenthesis
-                parents[int(entry.name)] = int(Path(entry.path, "stat").read_text().rpartition(")")[2].split()[1])
-            except (OSError, ValueError, IndexError):
+        try:
+            if not entry.name.isdigit() or entry.stat().st_uid != os.getuid():
                 continue
-    return parents
+        except OSError:
+            continue
+        if (st := _stat(int(entry.name))) is not None:
+            procs[int(entry.name)] = st
+    return procs
+
+
+def _marked(value: str, name: str, procs: dict[int, tuple[str, int, int]]) -> set[int]:
+    needle = f"{name}={value}".encode()
+    spared, pid = set(), os.getpid()
+    while pid > 1 and pid not in spared:  # the caller and its parents, even when a head started them (a job's shell)
+        spared.add(pid)
+        pid = procs[pid][1] if pid in procs else 0
+    found = set()
+    for pid in procs:
+        try:
+            if pid not in spared and needle in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.add(pid)
+        except OSError:  # gone
+            continue
+    children: dict[int, list[int]] = {}
+    for pid, (_, parent, _) in procs.items():
+        children.setdefault(parent, []).append(pid)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found and child not in spared:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def pids_with_marker(value: str, name: str = MARKER) -> list[int]:
     """Processes whose environment holds name=value (a node's daemons, its workers, a job's driver), and every
     process they started: Ray's dashboard and runtime-env agents overwrite their environment block with their
     process title, so the marker alone misses them while the raylet, their parent, is alive."""
-    needle = f"{name}={value}".encode()
-    found = set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            env = Path(entry.path, "environ").read_bytes()
-        except OSError:  # gone, or not ours
-            continue
-        if needle in env.split(b"\0"):
-            found.add(int(entry.name))
-    children: dict[int, list[int]] = {}
-    for pid, parent in _parent_pids().items():
-        children.setdefault(parent, []).append(pid)
-    todo = list(found)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found and child != os.getpid():
-                found.add(child)
-                todo.append(child)
-    return sorted(found)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"  # a zombie is dead, waiting for its parent to read its status
+    return sorted(_marked(value, name, _own_processes()))
 
 
 def kill_marked(value: str, name: str = MARKER, grace_s: float = 3.0,
                 sigs: Sequence[int] = (signal.SIGTERM, signal.SIGKILL)) -> int:
     """SIGTERM, then SIGKILL what is left (or the `sigs` given); returns how many processes there were. Every
-    process found once stays a target: an agent whose raylet died is re-parented and no longer found by descent."""
-    targets = set(pids_with_marker(value, name))
+    process found once stays a target (an agent whose raylet died is re-parented and no longer found by descent),
+    known by its pid and start time, so that a pid the system has since given to another process is left alone."""
+    targets: dict[int, int] = {}
+
+    def scan() -> None:
+        procs = _own_processes()
+        for pid in _marked(value, name, procs):
+            targets.setdefault(pid, procs[pid][2])
+
+    def living() -> list[int]:
+        return [pid for pid, start in targets.items()
+                if (st := _stat(pid)) is not None and st[0] != "Z" and st[2] == start]  # a zombie is dead
+
+    scan()
     first = len(targets)
     for sig in sigs:
-        targets |= set(pids_with_marker(value, name))
-        for pid in targets:
+        for pid in living():
             try:
                 os.kill(pid, sig)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + grace_s
-        while any(_alive(p) for p in targets) and time.monotonic() < deadline:
+        while living() and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not any(_alive(p) for p in targets):
+        scan()  # a process started meanwhile (a worker the raylet was spawning) is a target too
+        if not living():
             break
     return first
 
@@ -123,8 +144,8 @@ def beyond_loopback(rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def start(cpus: int, gpus: int, port: int, dashboard_port: int, home: Optional[str] = None) -> dict:
     if STATE.is_file():
-        raise SystemExit(f"pite head: a head is already recorded in {STATE} ({json.loads(STATE.read_text())['address']}):"
-                         f" `pite head stop` first")
+        address = json.loads(STATE.read_text())["address"]
+        raise SystemExit(f"pite head: a head is already recorded in {STATE} ({address}): `pite head stop` first")
     marker = uuid.uuid4().hex
     temp = Path(f"/tmp/pite-ray-{os.getuid()}-{port}")  # short: Ray's unix socket paths are limited to 107 bytes
     temp.mkdir(parents=True, exist_ok=True)

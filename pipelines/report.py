@@ -45,6 +45,7 @@ def write_report(out: Path, stats: dict, previews: list[tuple[float, int, str, b
                "and grounding recall of 1.0 are trivial here; masks and tracks are measured.</p>"
                if stats.get("ground_backend") == "given" and quality else "")
     no_truth = "<p>none: no row has ground truth (the manifest's <code>gt</code> column)</p>"
+    quality_html = _table(quality, ("figure", "mean over clips", "clips")) if quality else no_truth
     pics = "".join(
         f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}"><figcaption>row {row}: '
         f"{esc(vid)} (lowest object confidence {conf:.2f})</figcaption></figure>"
@@ -62,11 +63,12 @@ img{{max-width:100%;image-rendering:pixelated}}</style></head><body>
                                    ("reason", "rows", "first video_ids (rejects/*.parquet has all)"))}
 <h2>Time per stage</h2>{_table([(esc(k), f"{v:.2f}", f"{v / processed:.3f}") for k, v in per_stage],
                                ("stage", "seconds (all workers)", "seconds per clip"))}
-<h2>Quality against ground truth</h2>{trivial}{_table(quality, ("figure", "mean over clips", "clips")) if quality else no_truth}
+<h2>Quality against ground truth</h2>{trivial}{quality_html}
 <h2>Notes</h2><p>Samples written without an extra (quality or picture) that failed; the first 50.</p>
 {_table([(esc(n),) for n in stats.get("notes", [])], ("note",))}
-<h2>Samples</h2><p>The least trusted first (each sample's lowest object confidence). Left: the grounding frame with boxes and mask outlines; middle and right: the tracks at the middle
-and last sampled frame (filled dot = visible, ring = not visible).</p>{pics or "<p>none</p>"}
+<h2>Samples</h2><p>The least trusted first (each sample's lowest object confidence). Left: the grounding frame with
+boxes and mask outlines; middle and right: the tracks at the middle and last sampled frame (filled dot = visible,
+ring = not visible).</p>{pics or "<p>none</p>"}
 </body></html>"""
     path = out / "report.html"
     write_atomic(path, page)

@@ -621,3 +621,41 @@ def test_the_demo_set_is_made_again_when_the_config_asks_for_another(tmp_path):
     first = (out / json.loads(rows()[0])["video"]).stat().st_mtime_ns
     maybe_synthesize(load_config(AnnotateJobConfig, CONFIG, ['input=""', "synth.n=3", f"synth.out={out}"]))
     assert (out / json.loads(rows()[0])["video"]).stat().st_mtime_ns == first  # the same n: kept as it is
+
+
+def report_tiles(out: Path) -> list[tuple[int, int]]:
+    """(width, height) of each picture in OUT/report.html."""
+    import base64
+    import re
+
+    from PIL import Image
+
+    pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', (out / "report.html").read_text())
+    return [Image.open(io.BytesIO(base64.b64decode(p))).size for p in pngs]
+
+
+def assert_readable_report(out: Path, n: int) -> None:
+    from pipelines.annotate.outputs import MAX_TILE, MIN_TILE
+
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["notes"] == []  # no preview (nor quality figure) failed quietly
+    sizes = report_tiles(out)
+    assert len(sizes) == n
+    for width, _ in sizes:  # three tiles and two 2-px gaps
+        assert MIN_TILE <= (width - 4) / 3 <= MAX_TILE, sizes
+
+
+def test_the_report_draws_every_sample_at_a_readable_size(reference_run):
+    assert_readable_report(reference_run, 2)  # report_samples=2 of FAST; 128-px clips, enlarged by a whole factor
+
+
+@pytest.mark.samples
+@pytest.mark.slow
+def test_the_report_draws_real_footage_at_a_readable_size(ray_session, tmp_path):
+    """../shared/samples: 1296x720 and 854x480 clips, whose grounding frames are larger than their samples."""
+    samples = Path(os.environ.get("PITE_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples"))
+    if not (samples / "manifest.jsonl").is_file():
+        pytest.skip(f"no sample footage at {samples}")
+    out = tmp_path / "run"
+    assert annotate(samples / "manifest.jsonl", out, "report_samples=12") == 0
+    assert_readable_report(out, 5)

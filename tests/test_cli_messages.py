@@ -55,5 +55,5 @@ def test_report_tiles_are_drawn_at_a_readable_size_whatever_the_source():
     from pipelines.annotate.outputs import MAX_TILE, MIN_TILE, tile_scale
 
     for width in (128, 256, 368, 400, 720, 1296, 1920):
-        assert MIN_TILE <= round(width * tile_scale(width)) <= max(MAX_TILE, 2 * MIN_TILE), width
+        assert MIN_TILE <= round(width * tile_scale(width)) <= MAX_TILE, width
     assert tile_scale(128) == 3.0  # whole factors upward: pixels stay square

@@ -1,7 +1,7 @@
 """The synthetic world: clips of textured shapes over a panning textured background, with exact ground truth.
 
-Everything happens in memory (no file layouts: docs/design.md, "Layout"): `make_clip(seed, index, params)` returns the frames,
-a caption, timed events, given boxes and a `GroundTruth`; `encode_mp4` turns frames into H.264 bytes;
+Everything happens in memory (no file layouts: docs/design.md, "Layout"): `make_clip(seed, index, params)` returns
+the frames, a caption, timed events, given boxes and a `GroundTruth`; `encode_mp4` turns frames into H.264 bytes;
 `pipelines.synth` writes them. `GroundTruth` is also the gt-file format (`save` / `load`) that quality metrics read.
 
 How a clip is made, deterministically from its seed:
@@ -16,8 +16,8 @@ How a clip is made, deterministically from its seed:
 Modules: `params` (WorldParams, the vocabulary), `sprites`, `motion`, `geometry` (the affine formulas and the
 renderer), `truth` (GroundTruth), `language` (phrases, caption, events), `world` (make_clip), `encode`.
 
-Coordinates follow docs/design.md ("Frames, time and coordinates"): continuous, pixel (i, j) covers [i, i+1) x [j, j+1). Object-local coordinates are the
-same convention on the object's sprite (an S x S texture + alpha image).
+Coordinates follow docs/design.md ("Frames, time and coordinates"): continuous, pixel (i, j) covers [i, i+1) x
+[j, j+1). Object-local coordinates are the same convention on the object's sprite (an S x S texture + alpha image).
 """
 
 from annotate.synthetic.encode import encode_mp4

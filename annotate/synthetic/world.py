@@ -92,6 +92,37 @@ def _add_crossing(rng, p: WorldParams, motions: list[Motion], roles: list[str], 
     return mover, other
 
 
+def _plan_all(rng, p: WorldParams, sizes: np.ndarray, scale_end: np.ndarray, roles: list[str]):
+    """Each object's Motion and the radius bounding its sprite, planned in turn so later ones keep clear of earlier
+    ones; `roles` is updated where an entry or exit did not fit."""
+    motions, radii = [], []
+    for k in range(len(sizes)):
+        for attempt in range(60):  # rejection sampling: re-draw a plan that breaks its role's promise
+            if attempt == 40:
+                roles[k] = "roam"  # this entry/exit does not fit (tiny or crowded frame): plain wandering instead
+            others = [(mo.centre, 0.6 * (sizes[k] + sizes[j]) * max(1.0, scale_end[k], scale_end[j]))
+                      for j, mo in enumerate(motions)]
+            m = plan_motion(rng, p, sizes[k], scale_end[k], 0.75 * sizes[k] * max(1.0, scale_end[k]), roles[k], others)
+            radius = 0.75 * sizes[k] * m.scale  # bounds the sprite's half-diagonal (shapes leave a clear border)
+            if _valid(roles[k], m, radius, p.width, p.height):
+                break
+        motions.append(m)
+        radii.append(radius)
+    return motions, radii
+
+
+def _stacked_sprites(alpha: list[np.ndarray], rgb: list[np.ndarray], sprite_px: list[int]):
+    """The objects' alpha (N, S, S) and uint8 texture (N, S, S, 3), each in the top-left of the largest size S."""
+    n, S = len(alpha), max(sprite_px)
+    alpha_arr = np.zeros((n, S, S), np.float32)
+    sprite_arr = np.zeros((n, S, S, 3), np.uint8)
+    for k in range(n):
+        s = sprite_px[k]
+        alpha_arr[k, :s, :s] = alpha[k]
+        sprite_arr[k, :s, :s] = np.clip(np.rint(rgb[k]), 0, 255).astype(np.uint8)
+    return alpha_arr, sprite_arr
+
+
 def make_clip(seed: int, index: int = 0, params: WorldParams | None = None) -> SynthClip:
     """Clip `index` of the world seeded `seed`, fully in memory. Same (seed, index, params) -> same clip."""
     p = (params or WorldParams()).validate()
@@ -111,19 +142,7 @@ def make_clip(seed: int, index: int = 0, params: WorldParams | None = None) -> S
     alpha = [sprite_alpha(sh, s) for sh, s in zip(shapes, sprite_px)]
     rgb = [sprite_texture(rng, c, tx, s) for c, tx, s in zip(colours, textures, sprite_px)]
 
-    motions, radii = [], []
-    for k in range(n):
-        for attempt in range(60):  # rejection sampling: re-draw a plan that breaks its role's promise
-            if attempt == 40:
-                roles[k] = "roam"  # this entry/exit does not fit (tiny or crowded frame): plain wandering instead
-            others = [(mo.centre, 0.6 * (sizes[k] + sizes[j]) * max(1.0, scale_end[k], scale_end[j]))
-                      for j, mo in enumerate(motions)]
-            m = plan_motion(rng, p, sizes[k], scale_end[k], 0.75 * sizes[k] * max(1.0, scale_end[k]), roles[k], others)
-            radius = 0.75 * sizes[k] * m.scale  # bounds the sprite's half-diagonal (shapes leave a clear border)
-            if _valid(roles[k], m, radius, W, H):
-                break
-        motions.append(m)
-        radii.append(radius)
+    motions, radii = _plan_all(rng, p, sizes, scale_end, roles)
     crossing = _add_crossing(rng, p, motions, roles, sizes, radii) if rng.random() < p.p_occlusion else None
     z = rng.permutation(n).astype(np.int32)
 
@@ -159,15 +178,9 @@ def make_clip(seed: int, index: int = 0, params: WorldParams | None = None) -> S
               "box": [float(v) for v in boxes[k, o["ground_frame"]]]} for k, o in enumerate(objects)
              if vis_count[k, o["ground_frame"]] > 0]
 
-    S = max(sprite_px)
-    alpha_arr = np.zeros((n, S, S), np.float32)
-    sprite_arr = np.zeros((n, S, S, 3), np.uint8)
-    for k in range(n):
-        s = sprite_px[k]
-        alpha_arr[k, :s, :s] = alpha[k]
-        sprite_arr[k, :s, :s] = np.clip(np.rint(rgb[k]), 0, 255).astype(np.uint8)
+    sprites = _stacked_sprites(alpha, rgb, sprite_px)
     gt = GroundTruth(
-        width=W, height=H, fps=float(p.fps), affine=affine, alpha=alpha_arr, sprite=sprite_arr,
+        width=W, height=H, fps=float(p.fps), affine=affine, alpha=sprites[0], sprite=sprites[1],
         sprite_size=np.array(sprite_px, np.int32), z=z, boxes=boxes, visible=vis_count > 0,
         visible_frac=visible_frac, packed_masks=np.packbits(masks, axis=-1), camera=big_cam - border,
         objects=objects, caption=caption, events=events,

@@ -101,21 +101,27 @@ MAX_TILE = 400  # px: three tiles side by side fit the report's page unscaled, s
 
 
 def tile_scale(width: int) -> float:
-    """Factor from a frame's width to its tile's: small frames (the demo's 128 px) enlarged by a whole factor, so
-    that pixels stay sharp; large ones (720p) reduced to MAX_TILE before anything is drawn on them."""
-    if width < MIN_TILE:
-        return float(-(-MIN_TILE // width))
-    return min(1.0, MAX_TILE / width)
+    """Factor from a frame's width to its tile's, which lands in [MIN_TILE, MAX_TILE]: small frames (the demo's
+    128 px) enlarged by a whole factor where one lands there, so that pixels stay square; others scaled to
+    MAX_TILE before anything is drawn on them."""
+    whole = -(-MIN_TILE // width)
+    if width < MIN_TILE and width * whole <= MAX_TILE:
+        return float(whole)
+    return MAX_TILE / width if width > MAX_TILE or width < MIN_TILE else 1.0
 
 
-def _resized(img: np.ndarray, f: float, nearest: bool = False) -> np.ndarray:
+def _to_size(img: np.ndarray, size: tuple[int, int], mask: bool = False) -> np.ndarray:
+    """img resized to size (w, h): pixels repeated when enlarged, averaged when reduced (a mask then keeps the
+    pixels at least half covered, so thin parts do not vanish as they would when sampled)."""
     import cv2
 
-    if f == 1.0:
+    if (img.shape[1], img.shape[0]) == tuple(size):
         return img
-    size = (max(1, round(img.shape[1] * f)), max(1, round(img.shape[0] * f)))
-    method = cv2.INTER_NEAREST if nearest or f > 1 else cv2.INTER_AREA
-    return cv2.resize(img, size, interpolation=method)
+    enlarge = size[0] > img.shape[1]
+    if mask:
+        return cv2.resize(img.astype(np.float32), size, interpolation=cv2.INTER_NEAREST if enlarge else
+                          cv2.INTER_AREA) >= 0.5
+    return cv2.resize(img, size, interpolation=cv2.INTER_NEAREST if enlarge else cv2.INTER_AREA)
 
 
 def preview_png(item) -> bytes:
@@ -130,16 +136,18 @@ def preview_png(item) -> bytes:
     traj, vis = read_off_samples(item.tracks, item.track_vis, clip.track_times, clip.sample_times, size=clip.size)
     traj = traj * (np.array(clip.sample_size, float) / np.array(clip.size, float))  # tracking -> sample pixels
     colours = contrasting_colours(object_means(np.asarray(clip.sample_frames), traj, vis))
+    f = tile_scale(clip.sample_size[0])
+    tile = (round(clip.sample_size[0] * f), round(clip.sample_size[1] * f))  # (w, h) of every tile
     g0 = item.groundings[0]
     on_frame = [i for i, g in enumerate(item.groundings) if g.track_frame == g0.track_frame]
-    labels = [item.phrases[item.groundings[i].phrase_index].text for i in on_frame]
     frame = clip.ground_frame(g0.track_frame)  # at the grounding size, which can differ from the samples'
-    f = tile_scale(clip.sample_size[0]) * clip.sample_size[0] / frame.shape[1]
-    masks = [None if item.masks[i] is None else _resized(item.masks[i].astype(np.uint8), f, nearest=True) > 0
-             for i in on_frame]
-    tiles = [draw_frame(_resized(frame, f), boxes=np.stack([item.groundings[i].box for i in on_frame]) * f,
-                        masks=masks, labels=labels, colours=[colours[i] for i in on_frame])]
-    f = tile_scale(clip.sample_size[0])
+    to_tile = np.array(tile, float) / (frame.shape[1], frame.shape[0])  # (fx, fy)
+    boxes = np.stack([item.groundings[i].box for i in on_frame]) * np.tile(to_tile, 2)
+    masks = [None if item.masks[i] is None else _to_size(item.masks[i], tile, mask=True) for i in on_frame]
+    tiles = [draw_frame(_to_size(frame, tile), boxes=boxes, masks=masks, colours=[colours[i] for i in on_frame],
+                        labels=[item.phrases[item.groundings[i].phrase_index].text for i in on_frame])]
+    to_tile = np.array(tile, float) / np.array(clip.sample_size, float)
     for t in (len(clip.sample_times) // 2, len(clip.sample_times) - 1):
-        tiles.append(draw_frame(_resized(clip.sample_frames[t], f), tracks=traj * f, vis=vis, t=t, colours=colours))
+        tiles.append(draw_frame(_to_size(clip.sample_frames[t], tile), tracks=traj * to_tile, vis=vis, t=t,
+                                colours=colours))
     return encode_png(grid(tiles, cols=3))
