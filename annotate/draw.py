@@ -38,9 +38,27 @@ def contrasting_colours(means: list[Optional[np.ndarray]]) -> list[tuple[int, in
     return out
 
 
-def label(img: np.ndarray, text: str, org: tuple[int, int], c: tuple[int, int, int]) -> None:
-    """Text in colour `c` on a dark band (readable on any background), sized to the image, kept inside it."""
-    scale = max(0.42, min(0.8, img.shape[1] / 1000))
+def object_means(frames: np.ndarray, pixels: np.ndarray, vis: Optional[np.ndarray]) -> list[Optional[np.ndarray]]:
+    """Each object's mean RGB under its visible points, over the frames (None when never visible)."""
+    h, w = frames.shape[1:3]
+    means = []
+    for i in range(pixels.shape[0]):
+        seen = np.ones(pixels.shape[1:3], bool) if vis is None else np.asarray(vis[i], bool)
+        k, t = np.nonzero(seen)
+        if len(t) == 0:
+            means.append(None)
+            continue
+        x = np.clip(pixels[i, k, t, 0].astype(int), 0, w - 1)
+        y = np.clip(pixels[i, k, t, 1].astype(int), 0, h - 1)
+        means.append(frames[t, y, x].reshape(-1, 3).mean(axis=0))
+    return means
+
+
+def label(img: np.ndarray, text: str, org: tuple[int, int], c: tuple[int, int, int],
+          scale: Optional[float] = None) -> None:
+    """Text in colour `c` on a dark band (readable on any background), sized to the image unless `scale` is given,
+    kept inside it."""
+    scale = scale or max(0.42, min(0.8, img.shape[1] / 1000))
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     x, y = max(0, org[0]), max(th + 3, org[1])
     cv2.rectangle(img, (x - 2, y - th - 3), (x + tw + 2, y + base), (20, 20, 20), -1)

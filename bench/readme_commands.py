@@ -33,7 +33,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (pattern on the joined command, kind, why). The first match wins; kinds in QUICK_ONLY_SKIPS run with --long.
+# (pattern on the joined command, kind, why). The first match wins; kind `long` runs with --long.
 SKIP_RULES = [
     (r"\bHEAD\b", "cluster", "needs a Ray cluster: HEAD is its address"),
     (r"^(export PATH=/opt/|ray start\b)", "cluster", "sets up a node of a cluster"),
@@ -51,9 +50,7 @@ SKIP_RULES = [
     (r"^make ablation\b", "hour", "about an hour on 2 cores (58 min 37 s measured); tests/test_ablate.py runs a "
                                  "tiny grid through the same code"),
     (r"--size real\b", "long", "writes 4.6 GB of random weights of the published sizes"),
-    (r"^make (annotate|train|eval)\b", "long", "runs smaller without --long (QUICK_ARGS)"),
 ]
-QUICK_ONLY_SKIPS = {"long"}
 HEAD_ADDRESS = ("127.0.0.2", 6390)  # where the README's `pite head start` puts its head
 
 # Without --long, the long make targets run with ARGS that shrink them; the command is otherwise as printed.
@@ -106,10 +103,8 @@ def has_cotracker() -> bool:
 def classify(cmd: Command, long: bool, cotracker: bool = True, head_port_free: bool = True) -> None:
     for pattern, kind, why in SKIP_RULES:
         if re.search(pattern, cmd.text):
-            if kind in QUICK_ONLY_SKIPS and long:
+            if kind == "long" and long:
                 break
-            if kind == "long" and cmd.text.split("#")[0].strip() in QUICK_ARGS:
-                break  # runs, shrunk
             cmd.status, cmd.kind, cmd.why = "skipped", kind, why
             return
     if not cotracker and "configs/annotate/pite143k.yaml" in cmd.text:
@@ -140,15 +135,11 @@ def run_text(cmd: Command, long: bool) -> str:
 def make_scratch(scratch: Path) -> None:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
                            capture_output=True).stdout.decode().split("\0")
-    # tar keeps mtimes: a fresh copy of pyproject.toml must not look newer than .venv's setup stamp
-    with tempfile.TemporaryFile() as buf:
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for name in filter(None, files):
-                if (ROOT / name).exists():
-                    tar.add(ROOT / name, arcname=name, recursive=False)
-        buf.seek(0)
-        with tarfile.open(fileobj=buf) as tar:
-            tar.extractall(scratch, filter="tar")
+    for name in filter(None, files):
+        if (ROOT / name).exists():  # listed but deleted in the working tree: not copied
+            (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+            # copy2 keeps mtimes: a fresh copy of pyproject.toml must not look newer than .venv's setup stamp
+            shutil.copy2(ROOT / name, scratch / name, follow_symlinks=False)
     (scratch / ".venv").symlink_to(ROOT / ".venv")
     if subprocess.run(["make", "-q", "setup"], cwd=scratch).returncode != 0:
         raise SystemExit(f"readme_commands: `make setup` in {ROOT} is not up to date; run it there first")

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from annotate.draw import colour, contrasting_colours, draw_frame, encode_png, grid
+from annotate.draw import colour, contrasting_colours, draw_frame, encode_png, grid, label, object_means
 from annotate.errors import PiteError
 from annotate.schema import Sample, sanitize_key
 
@@ -76,33 +76,12 @@ def draw_tracks(frames: np.ndarray, traj: np.ndarray, vis: Optional[np.ndarray] 
     return out
 
 
-def object_means(frames: np.ndarray, pixels: np.ndarray, vis: Optional[np.ndarray]) -> list[Optional[np.ndarray]]:
-    """Each object's mean RGB under its visible points, over the frames (None when never visible)."""
-    h, w = frames.shape[1:3]
-    means = []
-    for i in range(pixels.shape[0]):
-        seen = np.ones(pixels.shape[1:3], bool) if vis is None else np.asarray(vis[i], bool)
-        k, t = np.nonzero(seen)
-        if len(t) == 0:
-            means.append(None)
-            continue
-        x = np.clip(pixels[i, k, t, 0].astype(int), 0, w - 1)
-        y = np.clip(pixels[i, k, t, 1].astype(int), 0, h - 1)
-        means.append(frames[t, y, x].reshape(-1, 3).mean(axis=0))
-    return means
-
-
 def _legend(img: np.ndarray, labels: Sequence[str], colours: Sequence[tuple[int, int, int]]) -> None:
     """The phrases top left, each in its object's colour on a dark band (drawn once, no outline)."""
     scale = max(0.4, min(0.7, img.shape[1] / 700))
     step = int(24 * scale / 0.5)
     for i, text in enumerate(labels):
-        text = str(text)[:40]
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        y = 6 + step * (i + 1) - 6
-        cv2.rectangle(img, (2, y - th - 4), (10 + tw, y + base + 2), (20, 20, 20), -1)
-        cv2.putText(img, text, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colours[i % len(colours)] if colours
-                    else colour(i), 1, cv2.LINE_AA)
+        label(img, str(text)[:40], (6, step * (i + 1)), colours[i % len(colours)] if colours else colour(i), scale)
 
 
 # --- writing ----------------------------------------------------------------------------------------------------

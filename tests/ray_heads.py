@@ -43,7 +43,8 @@ def free_ports(n: int) -> list[int]:
 
 
 def pids_with_marker(value: str) -> list[int]:
-    """Processes whose environment holds MARKER=value: a node's daemons, its workers and a job's driver."""
+    """Processes whose environment holds MARKER=value (a node's daemons, its workers and a job's driver) and the
+    processes they started (head.pids_with_marker)."""
     return head.pids_with_marker(value, MARKER)
 
 

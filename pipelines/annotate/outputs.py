@@ -128,9 +128,8 @@ def preview_png(item) -> bytes:
     """The report's picture of a clip: the first grounding frame with its boxes and masks, two samples with tracks;
     each object in the palette colour farthest from its own. Frames are scaled to their tile first and drawn on at
     that size, so labels, outlines and dots keep their size in pixels on any source resolution."""
-    from annotate.draw import contrasting_colours, draw_frame, encode_png, grid
+    from annotate.draw import contrasting_colours, draw_frame, encode_png, grid, object_means
     from annotate.track import read_off_samples
-    from pipelines.viz import object_means
 
     clip = item.clip
     traj, vis = read_off_samples(item.tracks, item.track_vis, clip.track_times, clip.sample_times, size=clip.size)
