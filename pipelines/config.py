@@ -66,3 +66,32 @@ def config_hash(cfg, exclude: Sequence[str] = ("input", "out", "data", "resume")
 def save_config(cfg, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def parse_cli(parser, argv) -> "argparse.Namespace":
+    """`parser.parse_args` for commands that take settings as key=value: `--input X --out Y` (flags the command does
+    not have) ends in one line that says what to write instead, `input=X out=Y`, rather than argparse's
+    "unrecognized arguments". Exits 2, as argparse does."""
+    import sys
+
+    args, unknown = parser.parse_known_args(argv)
+    flags = [t for t in unknown if t.startswith("--")]
+    if not unknown:
+        return args
+    if not flags:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    print(f"{parser.prog}: {' '.join(flags)}: settings are key=value here, not flags: write "
+          f"{' '.join(flag_as_override(list(argv), f) for f in flags)}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def flag_as_override(argv: list[str], flag: str) -> str:
+    """`--foo-bar V` / `--foo-bar=V` -> `foo_bar=V`; a flag with no value -> `foo_bar=true`."""
+    name, sep, value = flag[2:].partition("=")
+    key = name.replace("-", "_")
+    if sep:
+        return f"{key}={value}"
+    i = argv.index(flag)
+    if i + 1 < len(argv) and not argv[i + 1].startswith("-") and "=" not in argv[i + 1]:
+        return f"{key}={argv[i + 1]}"
+    return f"{key}=true"

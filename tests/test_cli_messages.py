@@ -21,11 +21,12 @@ def test_ctrl_c_in_annotate_is_one_line_that_says_rerun(monkeypatch, tmp_path, c
     assert "0 complete shard(s)" in err and "the same command resumes" in err
 
 
-def test_ctrl_c_in_train_is_one_line_that_says_resume(monkeypatch, tmp_path, capsys):
+def test_ctrl_c_in_train_is_one_line_that_says_the_same_command_continues(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(train_run, "run", _interrupt)
     rc = train_run.main(["--config", "configs/train/demo.yaml", f"out={tmp_path / 'out'}"])
     err = capsys.readouterr().err.strip()
-    assert rc == 130 and len(err.splitlines()) == 1 and "resume=true" in err
+    assert rc == 130 and len(err.splitlines()) == 1
+    assert "the same command continues" in err and "make train" in err and "fresh=true starts over" in err
 
 
 def test_inspect_keys_lists_the_samples(tmp_path, capsys):

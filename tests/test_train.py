@@ -59,7 +59,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, data):
     assert main(["--config", str(path), f"out={cut}", "stop_at=3"]) == 3
     assert (cut / "s2" / "checkpoints" / "step-000003" / "trainable.safetensors").is_file()
     assert len(_losses(cut, "s2")) == 3
-    assert main(["--config", str(path), f"out={cut}", "resume=true"]) == 0
+    assert main(["--config", str(path), f"out={cut}"]) == 0
     a, b = _losses(full, "s2"), _losses(cut, "s2")
     assert [r[0] for r in b] == [1, 2, 3, 4, 5, 6]
     for ra, rb in zip(a, b):
@@ -115,7 +115,6 @@ def test_a_stage_starts_from_the_previous_one_merged_with_its_heads(tmp_path, da
     prev, tok, _ = load_checkpoint(out / "s1")
     assert prev.has_lora
     recipe = StageRecipe(cfg, 1, out, Dist())
-    cfg.resume = True  # keep s2's dir: only the set-up is looked at here
     recipe.setup()
     try:
         reps = K * T

@@ -68,7 +68,7 @@ def runs(tmp_path_factory):
     stopped = _torchrun(tmp, data, tmp / "resumed", "strategy=fsdp", "stop_at=3")
     assert stopped.returncode != 0 and "s2: stopped at step 3" in stopped.stderr, stopped.stderr[-4000:]
     assert (tmp / "resumed" / "s2" / "checkpoints" / "step-000003" / "trainable.safetensors").is_file()
-    resumed = _torchrun(tmp, data, tmp / "resumed", "strategy=fsdp", "resume=true")
+    resumed = _torchrun(tmp, data, tmp / "resumed", "strategy=fsdp")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     done["resumed"] = tmp / "resumed"
     return done

@@ -5,8 +5,8 @@ held-out clips, append one line to results.jsonl.
     OUT/runs/<variant>/seed-<S>/      train.yaml, the trainer's output (stages, final/), eval/ (bench mode)
 
 Training and evaluation run as subprocesses (`python -m pipelines.train`, `python -m pipelines.evaluate.bench`), so
-each run starts from a clean interpreter and its memory goes back when it ends. The trainer always gets
-`resume=true`: a killed grid continues its interrupted run from the newest step checkpoint, and a finished run is
+each run starts from a clean interpreter and its memory goes back when it ends. The trainer continues what its
+`out` holds, so a killed grid continues its interrupted run from the newest step checkpoint, and a finished run is
 skipped because its line is in results.jsonl.
 """
 
@@ -75,7 +75,7 @@ def run_one(cfg: AblationConfig, variant: str, seed: int, say: Callable[[str], N
     config = out / "train.yaml"
     config.write_text(yaml.safe_dump(variant_train_config(cfg, variant), sort_keys=False))
     train_cmd = [sys.executable, "-m", "pipelines.train", "--config", str(config), f"out={out / 'train'}",
-                 f"name={cfg.name}-{variant}-{seed}", f"seed={seed}", "resume=true", "progress=false",
+                 f"name={cfg.name}-{variant}-{seed}", f"seed={seed}", "progress=false",
                  "tensorboard=false", *cfg.overrides, *cfg.variants[variant].overrides]
     say(f"ablate: {variant} seed {seed}: training ({out / 'train.log'})")
     train_s = _call(train_cmd, out / "train.log", f"{variant} seed {seed}: training")

@@ -1,6 +1,6 @@
 """The trainer's typed config: one YAML = the base model, the data, and a list of stages run back to back.
 
-    name / data / out / device / seed / resume / launcher / num_workers   -- the run
+    name / data / out / device / seed / fresh / launcher / num_workers    -- the run
     base:   where the LLM and tokenizer come from (a local dir, or a tiny random LLaMA for the CPU demo)
     model:  model.config.PiteConfig (what the checkpoint stores: heads' shapes, LoRA, template, lambdas)
     loader: the shard stream (batch size, DataLoader workers, shuffle buffer, epoch length)
@@ -125,7 +125,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
     seed: int = 0
-    resume: bool = False  # continue from the newest checkpoint under out/ (finished stages are kept)
+    # The same command continues what `out` holds (finished stages kept, the unfinished one from its newest step
+    # checkpoint); true drops it all and starts over (pipelines/train/resume.py).
+    fresh: bool = False
     launcher: str = "local"  # local: one process, or torchrun's env:// | ray: Ray Train TorchTrainer
     num_workers: int = 1  # ray: training workers (one GPU each when device is cuda)
     cpus_per_worker: int = 1  # ray

@@ -1,7 +1,7 @@
 """One training stage as a torchtune recipe (the run and its launchers: pipelines/train/run.py).
 
 `StageRecipe` is one stage as a torchtune recipe: `setup` builds the model, optimiser, schedule and shard stream
-(or loads them back from the newest checkpoint when `resume=true`), `train` runs the loop, `save` writes the
+(or loads them back from the newest step checkpoint it left), `train` runs the loop, `save` writes the
 stage's checkpoint. The loop is the same in one process, under torchrun and inside a Ray Train worker: only
 `Dist` (pipelines/train/dist.py) differs.
 
@@ -108,14 +108,14 @@ class StageRecipe:
             self.max_steps = self.epochs * self.estimate_epoch_steps()
         self.scheduler = cosine_schedule(self.optimizer, o.warmup_steps, self.max_steps, o.min_lr_ratio)
 
-        ckpt = newest(self.dir) if cfg.resume else None
+        ckpt = newest(self.dir)
         if ckpt is not None:
             meta = load_state(ckpt, model, self.optimizer, self.scheduler, dist.rank, dist.world_size,
                               self.config_hash(), fsdp=self.fsdp)
             self.step, self.stream.position = meta["step"], Position(**meta["position"])
             log.info("%s: resumed at step %d from %s", stage.name, self.step, ckpt)
         elif dist.is_main and self.dir.exists():
-            # A fresh start: drop what an earlier run left here (its checkpoints would mix into a later resume).
+            # No step checkpoint to continue from: what an earlier attempt logged here would mix with this one.
             shutil.rmtree(self.dir)
         dist.barrier()
         self._open_logs()

@@ -27,20 +27,17 @@ import torch
 from omegaconf import OmegaConf
 
 from annotate.errors import PiteError
-from pipelines.config import save_config, to_dict
+from pipelines.config import parse_cli, save_config, to_dict
 from pipelines.train.config import TrainConfig, load_train_config, resolve_out
 from pipelines.train.dist import Dist, close, local_dist, ray_worker_dist
 from pipelines.train.recipe import CHECKPOINT_ENTRIES, StageRecipe, StoppedEarly
+from pipelines.train.resume import (check_out, fresh_start, has_progress, run_finished, stage_done,
+                                    where_it_stands)
 
 log = logging.getLogger("pite.train")
 
 
 # ---- the run --------------------------------------------------------------------------------------------------
-
-
-def stage_done(stage_dir: Path) -> bool:
-    meta = stage_dir / "pite.json"
-    return meta.is_file() and bool(json.loads(meta.read_text()).get("extra", {}).get("complete"))
 
 
 def publish_final(stage_dir: Path, final: Path) -> Path:
@@ -69,22 +66,27 @@ def summarise(history: list[dict]) -> dict:
 
 
 def run(cfg: TrainConfig, dist: Dist) -> dict:
-    """Every stage in order (finished ones are kept when resuming), then OUT/final and the held-out evaluation."""
+    """Every stage in order, then OUT/final and the held-out evaluation. What `out` already holds is continued:
+    finished stages are kept, the unfinished one resumes from its newest step checkpoint, and a finished run is
+    returned as it is (`finished_earlier`); `fresh=true` starts over."""
     out = resolve_out(cfg)
+    check_out(cfg, out)  # every rank reads the same files, so all of them refuse alike (no rank left at a barrier)
+    if not cfg.fresh and run_finished(cfg, out):
+        return finished_summary(out)
     if dist.is_main:
+        if cfg.fresh:
+            fresh_start(cfg)
+        elif has_progress(cfg, out):
+            log.info("resuming %s: %s", out, where_it_stands(cfg, out))
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        if not cfg.resume:
-            shutil.rmtree(out / "tokenizer", ignore_errors=True)  # a tiny base's tokenizer is retrained
     dist.barrier()
     summary = {}
     for index, stage in enumerate(cfg.stages):
         stage_dir = out / stage.name
-        if cfg.resume and stage_done(stage_dir):
+        if stage_done(stage_dir):
             log.info("%s: finished earlier, kept", stage.name)
-            rows = [json.loads(ln) for ln in (stage_dir / "metrics.jsonl").read_text().splitlines() if ln] \
-                if (stage_dir / "metrics.jsonl").is_file() else []
-            summary[stage.name] = summarise(rows)
+            summary[stage.name] = summarise(read_metrics(stage_dir))
             continue
         recipe = StageRecipe(cfg, index, out, dist).setup()
         try:
@@ -106,6 +108,19 @@ def run(cfg: TrainConfig, dist: Dist) -> dict:
     return summary
 
 
+def read_metrics(stage_dir: Path) -> list[dict]:
+    path = stage_dir / "metrics.jsonl"
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln] if path.is_file() else []
+
+
+def finished_summary(out: Path) -> dict:
+    """What a finished run reported (train.json, eval.json), marked as not trained again."""
+    summary = json.loads((out / "train.json").read_text()).get("stages", {})
+    if (out / "eval.json").is_file():
+        summary["eval"] = json.loads((out / "eval.json").read_text())
+    return {**summary, "finished_earlier": True}
+
+
 # ---- launchers ------------------------------------------------------------------------------------------------
 
 
@@ -124,17 +139,10 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def fresh_start(cfg: TrainConfig) -> None:
-    """What a run without `resume` drops before it starts: the stages' dirs, OUT/final and a tiny base's tokenizer."""
-    out = resolve_out(cfg)
-    for name in [s.name for s in cfg.stages] + ["final", "tokenizer"]:
-        shutil.rmtree(out / name, ignore_errors=True)
-
-
 def _ray_train_loop(config: dict) -> None:
     """Ray Train's train_loop_per_worker: the same `run` on this worker's rank and device. Ray calls it again on
-    every worker after a failure: it always resumes (the driver made the fresh start), so a restart continues from
-    the newest step checkpoint."""
+    every worker after a failure: each attempt continues from what is on disk (the driver made any fresh start), so
+    a restart continues from the newest step checkpoint."""
     _setup_logging()
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(config)))
     run(cfg, ray_worker_dist())
@@ -147,9 +155,13 @@ def launch_ray(cfg: TrainConfig) -> dict:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = absolute_paths(cfg)
-    if not cfg.resume:
+    out = resolve_out(cfg)
+    check_out(cfg, out)
+    if not cfg.fresh and run_finished(cfg, out):
+        return finished_summary(out)
+    if cfg.fresh:
         fresh_start(cfg)
-        cfg.resume = True  # from here on, every attempt of the worker group resumes from what is on disk
+        cfg.fresh = False  # from here on, every attempt of the worker group continues from what is on disk
     use_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     if not ray.is_initialized():
         # "" = RAY_ADDRESS (set by `ray job submit`) if any, else a local instance.
@@ -170,7 +182,7 @@ def launch_ray(cfg: TrainConfig) -> dict:
     result = trainer.fit()
     if result.error:
         raise result.error
-    path = Path(cfg.out) / "train.json"
+    path = out / "train.json"
     return json.loads(path.read_text())["stages"] if path.is_file() else {}
 
 
@@ -182,9 +194,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="pite train", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="YAML in configs/train/")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. data=runs/annotate/demo out=runs/train/x "
-                                                 "stages.0.optim.max_steps=5 device=cpu resume=true")
-    args = p.parse_args(argv)
+                                                 "stages.0.optim.max_steps=5 device=cpu fresh=true")
+    args = parse_cli(p, argv)
     _setup_logging()
+    cfg = None
     try:
         cfg = load_train_config(args.config, args.overrides)
         if cfg.name == "train":
@@ -206,12 +219,28 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"pite train: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print("pite train: interrupted; the same command with resume=true continues from the newest "
-              "checkpoints/step-N/ (save_every) of the unfinished stage", file=sys.stderr)
+        print(f"pite train: {interrupted(cfg)}", file=sys.stderr)
         return 130
+    print_summary(summary, resolve_out(cfg))
+    return 0
+
+
+def interrupted(cfg: Optional[TrainConfig]) -> str:
+    """The one line a Ctrl-C ends with: what is kept, and that the same command continues from it."""
+    if cfg is None:
+        return "interrupted before it started: nothing was written"
     out = resolve_out(cfg)
+    where = where_it_stands(cfg, out) if out.is_dir() else "nothing written yet"
+    return (f"interrupted; {where}; the same command continues from there (`make train` likewise), fresh=true "
+            f"starts over")
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    if summary.get("finished_earlier"):
+        print(f"pite train: {out} holds a finished run: nothing to do (fresh=true trains it again, or choose "
+              f"another out=); its figures:")
     for name, s in summary.items():
-        if name != "eval" and s:
+        if name not in ("eval", "finished_earlier") and s:
             print(f"{name}: {s['steps']} steps in {s['seconds']:.0f} s, loss {s['first']['loss']:.3f} -> "
                   f"{s['last']['loss']:.3f} (lm {s['last']['lm_loss']:.3f}, loc {s['last']['loc_loss']:.3f}, "
                   f"traj {s['last']['traj_loss']:.3f})")
@@ -220,5 +249,3 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"held-out trajectory L1 {e['traj_l1']:.4f} vs constant {e['traj_l1_baseline']:.4f} "
               f"(ratio {e['ratio_to_baseline']:.2f}) and clip-mean oracle {e['traj_l1_clip_mean']:.4f}")
     print(f"outputs: {out}/ (final/, <stage>/metrics.jsonl, <stage>/tb/, train.json)")
-    return 0
-
