@@ -153,13 +153,18 @@ class ClipEncoder:
         return f"clip {self.name} image_embeds (transformers {transformers.__version__}, crop={self.crop})"
 
 
+def clip_weights_problem(weights) -> str:
+    if weights and (Path(weights) / "config.json").is_file():
+        return ""
+    return (f"features.weights: no CLIP model dir at {weights!r} (config.json missing); set features.weights to a "
+            "local copy of openai/clip-vit-large-patch14 (hf download openai/clip-vit-large-patch14 --local-dir DIR)")
+
+
 def load_clip(weights, dtype: str = "float32"):
     """CLIPVisionModelWithProjection + CLIPImageProcessor from a local dir (never the network)."""
-    if not weights or not (Path(weights) / "config.json").is_file():
-        raise ConfigError(
-            f"features.weights: no CLIP model dir at {weights!r} (config.json missing); set features.weights to a "
-            "local copy of openai/clip-vit-large-patch14 (hf download openai/clip-vit-large-patch14 --local-dir DIR)"
-        )
+    missing = clip_weights_problem(weights)
+    if missing:
+        raise ConfigError(missing)
     if dtype not in DTYPES:
         raise ConfigError(f"features.dtype: unknown {dtype!r} (expected {' | '.join(DTYPES)})")
     import torch
@@ -248,6 +253,12 @@ class FeatureStage(Stage):
     def setup(self) -> None:
         if self.encoder is None:
             self.encoder = load_frame_encoder(self.cfg.features)
+
+    def problems(self) -> list[str]:
+        if self.encoder is not None or self.cfg.features.backend != "clip":
+            return []
+        missing = clip_weights_problem(self.cfg.features.weights)
+        return [missing] if missing else []
 
     def version(self) -> str:
         return self.encoder.version() if self.encoder is not None else self.cfg.features.backend

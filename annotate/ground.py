@@ -66,13 +66,21 @@ def cxcywh_to_xyxy(boxes, width: float, height: float) -> np.ndarray:
 
 def _finish(stage: str, item: ClipItem, same_object_iou: float = 0.8) -> None:
     """Phrases that name one object share it (`mark_same_objects`); a clip whose phrases all got dropped has no
-    object to annotate: reject it, naming the reasons."""
+    object to annotate: reject it, naming the reasons, and first the given box whose phrase matched none."""
     if item.groundings:
         mark_same_objects(item.groundings, same_object_iou)
         return
-    reasons = sorted(Counter(re.sub(r" \(.*\)$", "", d["reason"]) for d in item.dropped).items())
+    reasons = sorted(Counter(re.sub(r" \(.*\)$", "", d["reason"]) for d in item.dropped
+                             if not d["reason"].startswith("given phrase")).items())
     summary = ", ".join(f"{n} x {r}" for r, n in reasons)
-    item.reject(stage, f"no phrase grounded ({summary})" if summary else "no phrase grounded")
+    stray = [u for u in item.unmatched if isinstance(u.get("phrase"), str)]
+    if not stray:
+        item.reject(stage, f"no phrase grounded ({summary})" if summary else "no phrase grounded")
+        return
+    more = f"; {len(stray) - 1} more given phrase(s) matched none" if len(stray) > 1 else ""
+    detail = "; ".join(x for x in (unmatched_hint(stray[0]["phrase"], item.phrases) + more, summary) if x)
+    item.reject(stage, f"no phrase grounded: given phrase {stray[0]['phrase']!r} is in no noun phrase of the "
+                       f"caption ({detail})")
 
 
 def mark_same_objects(groundings: list, threshold: float) -> None:
@@ -118,6 +126,19 @@ def implausible_box(box: np.ndarray, width: int, height: int) -> str:
     if starts_inside and (box[2] > 3 * width or box[3] > 3 * height):
         return f"box reaches far beyond the {width}x{height} frame (pixels of another size?)"
     return ""
+
+
+def unmatched_hint(text: str, phrases: Sequence[Phrase]) -> str:
+    """What to do about a given phrase that no noun phrase contains: the phrase with its head word, else the
+    caption's phrases to pick from."""
+    head = text.lower().split()[-1:]
+    for p in phrases:
+        if p.text.lower().split()[-1:] == head:
+            return f"write it as the caption does: {p.text!r}"
+    if not phrases:
+        return "the caption has no noun phrase"
+    listed = ", ".join(repr(p.text) for p in phrases[:6]) + (", ..." if len(phrases) > 6 else "")
+    return f"the caption's noun phrases: {listed}"
 
 
 def _no_box_reason(phrase: str, stray: list[str]) -> str:
@@ -167,7 +188,8 @@ class GivenGrounder(Stage):
                 continue
             index = match_phrase(text, item.phrases)
             if index is None:
-                item.unmatched.append({**raw, "reason": "no noun phrase of the caption contains it"})
+                hint = unmatched_hint(text, item.phrases)
+                item.unmatched.append({**raw, "reason": f"no noun phrase of the caption contains it ({hint})"})
                 continue
             try:
                 frame, box = parse_given(raw)

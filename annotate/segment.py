@@ -41,9 +41,10 @@ from annotate.segment_sam import (  # noqa: F401  (load_sam, select_best_masks, 
     load_sam,
     preprocess_frame,
     sam_host_memory_gb,
+    sam_weights_problem,
     select_best_masks,
 )
-from annotate.stage import Resources, Stage, one_line
+from annotate.stage import Resources, Stage, import_problem, one_line
 
 # torch and segment_anything are imported where SAM needs them: the GrabCut path runs without loading them.
 
@@ -257,6 +258,13 @@ class SamSegmenter(BoxSegmenter):
         # The encoder's precision changes the masks a little, so the provenance says which one made them.
         precision = f", encoder {str(self.dtype).replace('torch.', '')}" if self.dtype is not None else ""
         return f"sam {self.kind} (segment-anything {pkg}{precision})"
+
+    def problems(self) -> list[str]:
+        if self.model is not None:  # injected: nothing to load
+            return []
+        found = import_problem("segment_anything", "segment.backend=sam", "pip install segment-anything")
+        missing = sam_weights_problem(self.cfg.segment.model_type, self.cfg.segment.weights)
+        return found + ([missing] if missing else [])
 
     def _check_config(self) -> None:
         sc = self.cfg.segment

@@ -101,12 +101,9 @@ def load_sam(model_type: str, weights: Optional[str]):
     if model_type not in SAM_MODEL_TYPES + (SAM_AUTO,):
         expected = " | ".join(SAM_MODEL_TYPES + (SAM_AUTO,))
         raise ConfigError(f"segment.model_type: {model_type!r} is not a SAM model (expected {expected})")
-    if not weights or not Path(weights).is_file():
-        name = "sam_vit_*.pth" if model_type == SAM_AUTO else f"sam_{model_type}_*.pth"
-        raise ConfigError(
-            f"segment.weights: SAM checkpoint not found ({weights!r}); set segment.weights to a local "
-            f"{name} from github.com/facebookresearch/segment-anything#model-checkpoints"
-        )
+    missing = sam_weights_problem(model_type, weights)
+    if missing:
+        raise ConfigError(missing)
     import torch
 
     segment_anything = import_segment_anything()
@@ -148,6 +145,15 @@ def _sam_to_fit(state, weights: str):
     except ValueError as exc:
         raise ConfigError(f"segment.weights: cannot read a SAM architecture off {weights} "
                           f"for segment.model_type=auto ({last_line(str(exc))[:200]})") from exc
+
+
+def sam_weights_problem(model_type: str, weights: Optional[str]) -> str:
+    """"" when `weights` is a file, else the line that says what to set."""
+    if weights and Path(weights).is_file():
+        return ""
+    name = "sam_vit_*.pth" if model_type == SAM_AUTO else f"sam_{model_type}_*.pth"
+    return (f"segment.weights: SAM checkpoint not found ({weights!r}); set segment.weights to a local "
+            f"{name} from github.com/facebookresearch/segment-anything#model-checkpoints")
 
 
 def sam_host_memory_gb(model_type: str, weights: Optional[str]) -> float:

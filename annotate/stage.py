@@ -22,6 +22,18 @@ class Resources:
     memory_gb: float = 1.0
 
 
+def import_problem(module: str, needed_for: str, fix: str) -> list[str]:
+    """[] when `module` imports, else one line: what needs it, why it failed and how to install it."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - a broken install fails in many ways; each is reported as one line
+        reason = "not installed" if isinstance(exc, ModuleNotFoundError) else one_line(exc)[:160]
+        return [f"{needed_for} needs the `{module.split('.')[0]}` package ({reason}): {fix}"]
+    return []
+
+
 def one_line(exc: BaseException) -> str:
     """A reject reason fit for a parquet cell: our own errors as they are, others prefixed by their type."""
     text = " ".join(str(exc).split()) or type(exc).__name__
@@ -40,6 +52,11 @@ class Stage:
 
     def setup(self) -> None:
         """Load models / weights. Called once per worker before the first batch."""
+
+    def problems(self) -> list[str]:
+        """What would stop `setup` here, found without loading a model: a package that does not import, a weights
+        path that is not there. One line each, naming the config key; the job lists them all before Ray starts."""
+        return []
 
     def version(self) -> str:
         """Backend name and version for the sample's provenance."""

@@ -28,7 +28,7 @@ import numpy as np
 from annotate.config import AnnotateConfig, TrackConfig
 from annotate.device import DTYPES, enable_tf32, resolve_device, resolve_dtype
 from annotate.errors import ConfigError, StageError
-from annotate.stage import Resources
+from annotate.stage import Resources, import_problem
 from annotate.track import TrackStage
 
 # CoTracker3 offline's submodules that run under autocast below float32 (module docstring).
@@ -55,6 +55,9 @@ class CoTrackerTracker(TrackStage):
         self.predictor = predictor
         self.device = None  # torch device string, set in setup
         self.autocast_dtype = None  # torch dtype of the autocast parts; None = all float32
+
+    def problems(self) -> list[str]:
+        return [] if self.predictor is not None else cotracker_problems(self.cfg.track)
 
     def resources(self) -> Resources:
         device = self.cfg.track.device
@@ -165,19 +168,26 @@ def _check_parts(model, dtype: str) -> None:
                           f"CoTracker3 offline's {', '.join(AUTOCAST_PARTS)}); set track.dtype=float32")
 
 
+def cotracker_problems(cfg: TrackConfig) -> list[str]:
+    """The package and the checkpoint, one line each (what `make cotracker` or track.weights= fixes)."""
+    found = import_problem("cotracker.predictor", "track.backend=cotracker",
+                           "`make cotracker COTRACKER_SRC=DIR` installs it from DIR, a checkout of "
+                           "facebookresearch/co-tracker (CC-BY-NC 4.0, not on PyPI); or set track.backend=lk")
+    if not cfg.weights:
+        found.append("track.weights: set it to a CoTracker3 checkpoint (scaled_offline.pth) for "
+                     "track.backend=cotracker")
+    elif not os.path.isfile(cfg.weights):
+        found.append(f"track.weights: {cfg.weights} is not a file (expected a CoTracker3 checkpoint, "
+                     "scaled_offline.pth)")
+    return found
+
+
 def load_cotracker(cfg: TrackConfig, device: str):
     """CoTracker3 offline predictor from `track.weights`, on `device`; one-line ConfigError if unavailable."""
-    try:
-        from cotracker.predictor import CoTrackerPredictor
-    except ImportError as exc:
-        raise ConfigError("track.backend=cotracker needs the `cotracker` package: install it from a checkout of "
-                          "facebookresearch/co-tracker with `pip install -e .` (CC-BY-NC 4.0), or set "
-                          "track.backend=lk") from exc
-    if not cfg.weights:
-        raise ConfigError("track.weights: set it to a CoTracker3 checkpoint (scaled_offline.pth) for "
-                          "track.backend=cotracker")
-    if not os.path.isfile(cfg.weights):
-        raise ConfigError(f"track.weights: {cfg.weights} is not a file (expected a CoTracker3 checkpoint, "
-                          "scaled_offline.pth)")
+    found = cotracker_problems(cfg)
+    if found:
+        raise ConfigError(found[0])
+    from cotracker.predictor import CoTrackerPredictor
+
     predictor = CoTrackerPredictor(checkpoint=cfg.weights)  # defaults: CoTracker3 offline, window_len=60
     return predictor.to(device).eval()

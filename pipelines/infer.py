@@ -217,6 +217,9 @@ def load_predictor(args) -> Predictor:
     if not args.checkpoint:
         raise ConfigError("--checkpoint: a PiTe checkpoint dir (pite.json), or the release layout via --model_base "
                           "and --stage1/2/3")
+    if not (Path(args.checkpoint) / "pite.json").is_file():
+        raise ConfigError(f"--checkpoint: {args.checkpoint} holds no PiTe checkpoint (pite.json); `make train` makes "
+                          f"the demo's at runs/train/demo/final, `pite train --config ...` writes OUT/final")
     return Predictor.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, clip_path=args.clip_path)
 
 

@@ -215,10 +215,11 @@ def _validate(row: int, raw: dict | str, base: Path) -> ManifestRow:
     if isinstance(raw, str):
         return ManifestRow(row=row, error=raw)
     item = ManifestRow(row=row, video_id=str(raw.get("video_id") or ""))
+    missing = [key for key in REQUIRED if raw.get(key) is None]
+    if missing:
+        item.error = missing_columns(missing, raw)
+        return item
     for key in REQUIRED:
-        if raw.get(key) is None:
-            item.error = f"missing required column {key!r}"
-            return item
         if not isinstance(raw[key], str):
             item.error = f"column {key!r} must be a string, got {type(raw[key]).__name__}"
             return item
@@ -251,6 +252,15 @@ def _validate(row: int, raw: dict | str, base: Path) -> ManifestRow:
     except (ValueError, TypeError) as exc:
         item.error = str(exc)
     return item
+
+
+def missing_columns(missing: list[str], raw: dict) -> str:
+    """All the required columns a row lacks in one message, with the columns it has (a misnamed `id` or `path`
+    is then seen at once)."""
+    names = ", ".join(repr(k) for k in missing)
+    found = ", ".join(repr(k) for k in raw if raw[k] is not None) or "none"
+    plural = "s" if len(missing) > 1 else ""
+    return f"missing required column{plural} {names} (the row has {found}; required: {', '.join(REQUIRED)})"
 
 
 def _frame_index(value) -> int:

@@ -58,9 +58,11 @@ img{{max-width:100%;image-rendering:pixelated}}</style></head><body>
 <h1>Annotation report: {esc(str(out))}</h1>
 <h2>Counts</h2>{_table([(esc(k), esc(str(v))) for k, v in counts], ("", ""))}
 <h2>Rejects by stage</h2>{_table([(esc(k), v) for k, v in stats["rejected_by_stage"].items()], ("stage", "rows"))}
-<h2>Top reject reasons</h2>{_table([(esc(k), v, esc(", ".join(stats.get("reject_examples", {}).get(k, []))))
+<h2>Top reject reasons</h2>{_table([(esc(k), v, esc(", ".join(stats.get("reject_examples", {}).get(k, []))),
+                                     esc(stats.get("reject_first_message", {}).get(k, "")))
                                     for k, v in stats["reject_reasons"].items()],
-                                   ("reason", "rows", "first video_ids (rejects/*.parquet has all)"))}
+                                   ("reason", "rows", "first video_ids (rejects/*.parquet has all)",
+                                    "first message in full"))}
 <h2>Time per stage</h2>{_table([(esc(k), f"{v:.2f}", f"{v / processed:.3f}") for k, v in per_stage],
                                ("stage", "seconds (all workers)", "seconds per clip"))}
 <h2>Quality against ground truth</h2>{trivial}{quality_html}

@@ -106,7 +106,8 @@ def test_given_matching_scaling_and_drops():
         "two pillows": "frame 5 not decoded for tracking",
     }
     assert item.unmatched == [{"phrase": "a cat", "frame": 0, "box": [0, 0, 10, 10],
-                               "reason": "no noun phrase of the caption contains it"}]
+                               "reason": "no noun phrase of the caption contains it (the caption's noun phrases: "
+                                         "'A red ball', 'a dog', 'the sofa', 'a lamp', 'a cup', 'two pillows')"}]
     # spans of the drops point back into the caption
     for d in item.dropped:
         assert caption[slice(*d["char_span"])] == d["phrase"]
@@ -133,6 +134,22 @@ def test_given_malformed(bad):
     make_grounder(AnnotateConfig()).process([item])
     assert dropped(item) == {"A dog": "malformed box"}
     assert item.error == ("ground", "no phrase grounded (1 x malformed box)")
+
+
+def test_a_given_phrase_that_matches_no_noun_phrase_is_named_with_what_to_write():
+    """The box is named in the reject, with the caption's phrases to pick from or the one with its head word."""
+    item = make_item("A kitten rests on the couch.", ["A kitten", "the couch"], given_clip(),
+                     [{"phrase": "a fluffy cat", "frame": 0, "box": [0, 0, 10, 10]}])
+    make_grounder(AnnotateConfig()).process([item])
+    assert item.error == ("ground", "no phrase grounded: given phrase 'a fluffy cat' is in no noun phrase of the "
+                                    "caption (the caption's noun phrases: 'A kitten', 'the couch'; 2 x no box given)")
+    item = make_item("A red apple on a table.", ["A red apple", "a table"], given_clip(),
+                     [{"phrase": "the apple", "frame": 0, "box": [0, 0, 10, 10]},
+                      {"phrase": "a chair", "frame": 0, "box": [0, 0, 10, 10]}])
+    make_grounder(AnnotateConfig()).process([item])
+    assert item.error == ("ground", "no phrase grounded: given phrase 'the apple' is in no noun phrase of the "
+                                    "caption (write it as the caption does: 'A red apple'; 1 more given phrase(s) "
+                                    "matched none; 1 x no box given)")
 
 
 def test_given_no_boxes_and_no_clip():

@@ -18,7 +18,7 @@ from annotate.errors import PiteError
 from pipelines.annotate.config import AnnotateJobConfig, resolve_out
 from pipelines.annotate.driver import run
 from pipelines.annotate.stats import run_failure, summary_line
-from pipelines.config import load_config
+from pipelines.config import load_config, parse_cli
 
 
 def interrupted(cfg) -> str:
@@ -37,7 +37,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--config", required=True, help="YAML in configs/annotate/")
     p.add_argument("overrides", nargs="*",
                    help="key=value, e.g. input=manifest.jsonl out=runs/x ground.box_threshold=0.3")
-    args = p.parse_args(argv)
+    args = parse_cli(p, argv)
     cfg = None
     try:
         cfg = load_config(AnnotateJobConfig, args.config, args.overrides)
@@ -45,7 +45,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             cfg.name = cfg.name if cfg.name != "annotate" else Path(args.config).stem
         stats = run(cfg)
     except PiteError as exc:
-        print(f"pite annotate: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # a preflight lists each problem on a line of its own
+            print(f"pite annotate: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pite annotate: {interrupted(cfg)}", file=sys.stderr)

@@ -42,15 +42,16 @@ def run(cfg: AnnotateJobConfig) -> dict:
     cluster of `ray job submit` (RAY_ADDRESS) or `cfg.ray_address`, else starts a local Ray of its own, which it
     shuts down at the end.
     """
-    from annotate.pipeline import build_stages
+    from annotate.pipeline import checked_stages
 
     out = resolve_out(cfg)
     check_settings(cfg)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out: {out} is a file, not a folder; choose another out=")
-    # Built here without setup (no weights loaded): an unknown backend or a bad stage key fails before anything is
-    # written to out=, so the corrected command can use the same out=.
-    stages = build_stages(cfg)
+    # Built here without setup (no weights loaded), each asked what it lacks: an unknown backend, a bad stage key, a
+    # package that does not import or a weights path that is not there fails, all at once, before Ray starts and
+    # before anything is written to out=, so the corrected command can use the same out=.
+    stages = checked_stages(cfg)
     maybe_synthesize(cfg)
     out.mkdir(parents=True, exist_ok=True)
     with run_lock(out):
@@ -71,6 +72,9 @@ def _run_locked(cfg: AnnotateJobConfig, out: Path, stages: list) -> dict:
     shutil.rmtree(ledger, ignore_errors=True)  # deaths of an earlier (killed) run are not this run's poison rows
     done = set(list_done_shards(out))
     pending = [s for s in shards if s not in done]
+    if done:
+        print(f"annotate: resumed: {len(done)} shard(s) kept ({sum(counts[s] for s in done)} rows), "
+              f"{len(pending)} to do", flush=True)
     lost = [s for s in pending if not input_file(out, s).is_file()]
     if lost:
         raise ConfigError(f"out: {input_file(out, lost[0])} is missing, so shard {lost[0]} cannot be redone; delete "
@@ -190,6 +194,7 @@ def _finish_shard(cfg, out: Path, shard: int, recs: list[dict], tally: RunTally)
         tally.reasons[reason] += 1
         if len(tally.reason_videos[reason]) < REASON_VIDEOS:
             tally.reason_videos[reason].append(video_id)
+        tally.reason_first.setdefault(reason, f"{video_id}: {msg}")
 
 
 def write_shard(writer_cls, out: Path, shard: int, recs: list[dict], cfg: AnnotateJobConfig):

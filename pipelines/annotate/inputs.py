@@ -26,7 +26,8 @@ def prepare_input(cfg: AnnotateJobConfig, out: Path) -> tuple[list[int], dict[in
     """Split the manifest into per-shard input files (once); returns all shard ids, rows per shard, config hash, rows.
 
     On resume (OUT/run.json exists) nothing is re-read: the manifest's fingerprint and the config hash must match
-    those of the run being resumed, or it is a ConfigError that names what differs.
+    those of the run being resumed, or it is a ConfigError that names what differs. An earlier attempt that
+    finished no shard holds nothing to keep: it is split again, whatever its config was.
     """
     from pipelines.manifest import expand_inputs, fingerprint
     from pipelines.shards import list_done_shards, list_partial_shards
@@ -34,6 +35,11 @@ def prepare_input(cfg: AnnotateJobConfig, out: Path) -> tuple[list[int], dict[in
     fp = fingerprint(expand_inputs(cfg.input))
     run_file = out / "run.json"
     chash = config_hash(cfg, exclude=NOT_HASHED)
+    if run_file.exists() and not list_done_shards(out):
+        import shutil
+
+        run_file.unlink()
+        shutil.rmtree(out / "input", ignore_errors=True)  # partial shard files go in the driver's remove_partial
     if run_file.exists():
         return _resume(cfg, out, run_file, fp, chash)
     if list_done_shards(out) or list_partial_shards(out):
@@ -149,9 +155,11 @@ def maybe_synthesize(cfg: AnnotateJobConfig) -> None:
     manifest = Path(cfg.synth.out) / "manifest.jsonl"
     if not cfg.input:
         cfg.input = str(manifest)
+    if Path(cfg.input) != manifest:
+        return  # the user's own input: never synthesise for it (a mistyped path is "not found" at once)
     if Path(cfg.input).exists():
         made = Path(cfg.synth.out) / "synth.json"  # what the clips there were made with
-        if Path(cfg.input) != manifest or not made.is_file():
+        if not made.is_file():
             return
         old = json.loads(made.read_text())
         if (old.get("n"), old.get("seed")) == (cfg.synth.n, cfg.synth.seed):

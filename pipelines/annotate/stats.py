@@ -51,6 +51,7 @@ class RunTally:
         self.rejects_by_stage: Counter = Counter()
         self.reasons: Counter = Counter()
         self.reason_videos: dict[str, list[str]] = defaultdict(list)  # reason -> its first REASON_VIDEOS videos
+        self.reason_first: dict[str, str] = {}  # reason -> its first message in full ("<video_id>: <message>")
         self.stage_seconds: Counter = Counter()
         self.quality: dict[str, list[float]] = defaultdict(list)
         self.notes: list[str] = []
@@ -97,6 +98,7 @@ def build_stats(cfg, out: Path, total: int, tally: RunTally, prev: dict, seconds
         "rejected_by_stage": dict(sorted(by_stage.items())),
         "reject_reasons": dict(tally.reasons.most_common(20)),
         "reject_examples": {k: tally.reason_videos[k] for k, _ in tally.reasons.most_common(20)},
+        "reject_first_message": {k: tally.reason_first.get(k, "") for k, _ in tally.reasons.most_common(20)},
         "shards": len(list((out / "shards").glob("pite-*.tar"))),
         "shards_resumed": prev["shards"],
         "processed_this_run": processed,
@@ -141,5 +143,14 @@ def summary_line(stats: dict, out: Path) -> str:
     vps = stats.get("videos_per_second")
     return (f"annotate: {stats['written']} samples, {stats['rejected']} rejects ({rej}) from {stats['input_rows']} rows"
             f" in {stats['seconds']['total']:.1f} s" + (f" ({vps:.2f} videos/s)" if vps else "")
-            + (f"; quality vs ground truth: {quality}" if quality else "") + f"\n  outputs: {out}/ (report.html, "
-            f"stats.json, shards/, index/, rejects/)")
+            + (f"; quality vs ground truth: {quality}" if quality else "") + reject_lines(stats)
+            + f"\n  outputs: {out}/ (report.html, stats.json, shards/, index/, rejects/)")
+
+
+def reject_lines(stats: dict, most: int = 3) -> str:
+    """The most common reject reasons of this run, each with its first message in full (the detail the grouped
+    reason leaves out: which phrase, which file)."""
+    first = stats.get("reject_first_message") or {}
+    lines = [f"\n  rejects: {n} x {reason}" + (f"; first: {first[reason]}" if first.get(reason) else "")
+             for reason, n in list((stats.get("reject_reasons") or {}).items())[:most]]
+    return "".join(lines)
