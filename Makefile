@@ -27,8 +27,11 @@ test: setup cotracker
 COTRACKER_SRC ?= ../shared/third_party/co-tracker
 .PHONY: cotracker
 cotracker: setup
-	@if [ -d "$(COTRACKER_SRC)" ] && ! $(PY) -c "import cotracker" 2>/dev/null; then \
-		$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$(COTRACKER_SRC)"; fi
+	@if $(PY) -c "import cotracker" 2>/dev/null; then :; \
+	elif [ -d "$(COTRACKER_SRC)" ]; then \
+		$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$(COTRACKER_SRC)"; \
+	else echo "make cotracker: no checkout at $(COTRACKER_SRC): clone facebookresearch/co-tracker and give" \
+		"COTRACKER_SRC=DIR (the real-tracker tests skip without it)"; fi
 
 # Generate the synthetic demo set (256 clips) if missing, annotate it on a local Ray, print where the outputs are.
 annotate: setup

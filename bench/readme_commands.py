@@ -5,7 +5,8 @@
   .venv/bin/python bench/readme_commands.py --list    # what would run or be skipped, and why; runs nothing
 
 Prints one JSON object: every command with its README line, the text that ran, rc, seconds and the tail of its
-output, or why it was skipped. Exit 1 when a command that ran failed.
+output, or why it was skipped; and every claim the README makes about what a command prints or writes (`QUOTES`,
+`SIZES`), checked against what it did. Exit 1 when a command that ran failed or a claim did not hold.
 
 The scratch dir is this checkout's files (tracked and untracked, not ignored; mtimes kept, so `make setup` stays a
 no-op) with `.venv` linked to this one. The commands run in README order, each in `bash -c` from the scratch root,
@@ -53,6 +54,21 @@ SKIP_RULES = [
 ]
 HEAD_ADDRESS = ("127.0.0.2", 6390)  # where the README's `pite head start` puts its head
 
+# What the README quotes of a command's output: (the start of that README command, the quote). The quote must
+# stand in the README (line breaks there count as spaces) and in what the command printed when it ran.
+QUOTES = [
+    (".venv/bin/pite annotate-clip --video my.mp4", "dropped 'a sofa': no box given"),
+]
+# Sizes the README gives for what a command writes: (the start of the command, a pattern of the README whose group
+# is the size in MB, the folder it measures, whether it holds only with CoTracker3 installed (True), without (False)
+# or either (None)). A size holds within a factor of 1.5.
+SIZES = [
+    (".venv/bin/pite weights random --size tiny", r"--size tiny [^\n]*~(\d+) MB \(CoTracker3's is full size\)",
+     "runs/weights/tiny", True),
+    (".venv/bin/pite weights random --size tiny", r"Without CoTracker3 installed the tiny weights are ~(\d+) MB",
+     "runs/weights/tiny", False),
+]
+
 # Without --long, the long make targets run with ARGS that shrink them; the command is otherwise as printed.
 QUICK_ARGS = {
     "make annotate": "synth.n=8",
@@ -72,6 +88,7 @@ class Command:
     rc: int | None = None
     seconds: float = 0.0
     tail: list[str] = field(default_factory=list)
+    output: str = field(default="", repr=False)  # all it printed, for the claims; not in the JSON report
 
 
 def extract(readme: str) -> list[Command]:
@@ -199,6 +216,46 @@ def run_one(cmd: Command, scratch: Path, long: bool, timeout: float, env: dict) 
     cmd.seconds = round(time.perf_counter() - t0, 1)
     cmd.status = "ok" if cmd.rc == 0 else "failed"
     cmd.tail = [line for line in out.splitlines() if line.strip()][-6:]
+    cmd.output = out
+
+
+def quoted_command(commands: list[Command], start: str) -> Command | None:
+    return next((c for c in commands if c.text.startswith(start)), None)
+
+
+def check_claims(commands: list[Command], readme: str, scratch: Path | None, cotracker: bool) -> list[dict]:
+    """Each QUOTES and SIZES claim: ok | failed (with what was seen) | pending (nothing ran) | skipped (its command
+    was skipped, or the claim is for the other CoTracker3 case)."""
+    flat = " ".join(readme.split())
+    claims = []
+    for start, quote in QUOTES:
+        cmd = quoted_command(commands, start)
+        claim = {"command": start, "quote": quote}
+        if cmd is None or " ".join(quote.split()) not in flat:
+            claim.update(status="failed", seen="the command or the quote is not in the README")
+        elif cmd.status in ("skipped", "pending"):
+            claim.update(status=cmd.status)
+        else:
+            found = " ".join(quote.split()) in " ".join(cmd.output.split())
+            claim.update(status="ok" if found else "failed", seen="" if found else cmd.tail)
+        claims.append(claim)
+    for start, pattern, folder, with_cotracker in SIZES:
+        claims.append(check_size(commands, readme, scratch, cotracker, start, pattern, folder, with_cotracker))
+    return claims
+
+
+def check_size(commands, readme, scratch, cotracker, start, pattern, folder, with_cotracker) -> dict:
+    import re as regex
+
+    cmd, match = quoted_command(commands, start), regex.search(pattern, readme)
+    claim = {"command": start, "size_in_readme": None if match is None else f"{match.group(1)} MB", "path": folder}
+    if cmd is None or match is None:
+        return {**claim, "status": "failed", "seen": "the command or the size is not in the README"}
+    if cmd.status in ("skipped", "pending") or scratch is None or (with_cotracker not in (None, cotracker)):
+        return {**claim, "status": cmd.status if cmd.status != "ok" else "skipped"}
+    size = sum(p.stat().st_size for p in (scratch / folder).rglob("*") if p.is_file()) / 2**20
+    ok = 1 / 1.5 <= size / float(match.group(1)) <= 1.5
+    return {**claim, "status": "ok" if ok else "failed", "seen": f"{size:.1f} MB"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,13 +276,17 @@ def main(argv: list[str] | None = None) -> int:
     report = {"readme": args.readme, "mode": "long" if args.long else "quick"}
     if not args.list:
         report.update(run_all(commands, args))
-    report["commands"] = [asdict(c) for c in commands]
+    scratch = Path(report["scratch"]) if report.get("scratch") and Path(report["scratch"]).exists() else None
+    report["claims"] = check_claims(commands, Path(args.readme).read_text(), scratch, cotracker)
+    report["commands"] = [{k: v for k, v in asdict(c).items() if k != "output"} for c in commands]
     report["counts"] = {s: sum(c.status == s for c in commands) for s in ("ok", "failed", "skipped", "pending")}
+    report["claims_failed"] = sum(c["status"] == "failed" for c in report["claims"])
     text = json.dumps(report, indent=1)
     if args.json:
         Path(args.json).write_text(text)
     print(text)
-    return 1 if report["counts"]["failed"] else 0
+    # --list only reports the claims (a README of another project has none of ours); a run must keep them
+    return 1 if report["counts"]["failed"] or (report["claims_failed"] and not args.list) else 0
 
 
 def run_all(commands: list[Command], args) -> dict:

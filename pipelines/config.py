@@ -74,6 +74,7 @@ def parse_cli(parser, argv) -> "argparse.Namespace":
     "unrecognized arguments". Exits 2, as argparse does."""
     import sys
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, unknown = parser.parse_known_args(argv)
     flags = [t for t in unknown if t.startswith("--")]
     if not unknown:
@@ -81,7 +82,7 @@ def parse_cli(parser, argv) -> "argparse.Namespace":
     if not flags:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     print(f"{parser.prog}: {' '.join(flags)}: settings are key=value here, not flags: write "
-          f"{' '.join(flag_as_override(list(argv), f) for f in flags)}", file=sys.stderr)
+          f"{' '.join(flag_as_override(argv, f) for f in flags)}", file=sys.stderr)
     raise SystemExit(2)
 
 

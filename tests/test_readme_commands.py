@@ -34,6 +34,8 @@ def test_every_readme_command_is_run_or_skipped_for_a_reason():
     assert len(pending) >= 15
     for must in ("make annotate", "make train", "make eval", "pite infer", "pite head start", "pite viz"):
         assert any(must in text for text in pending), must
+    # every quote and size the README claims for a command stands in the README beside that command
+    assert report["claims"] and all(c["status"] == "pending" for c in report["claims"]), report["claims"]
 
 
 def test_fenced_blocks_are_parsed_as_a_shell_reads_them(tmp_path):
@@ -54,6 +56,9 @@ def test_the_readme_commands_run_as_printed(tmp_path):
     rc, report, stderr = _report("--scratch", str(scratch), "--timeout", "600", timeout=1500)
     failed = [(c["line"], c["ran"], c["tail"]) for c in report["commands"] if c["status"] == "failed"]
     assert rc == 0 and not failed, failed
+    # what the README says a command prints or writes is what it printed or wrote
+    assert all(c["status"] in ("ok", "skipped") for c in report["claims"]), report["claims"]
+    assert sum(c["status"] == "ok" for c in report["claims"]) >= 2, report["claims"]
     assert report["counts"]["pending"] == 0 and report["counts"]["ok"] >= 15
     # what the commands promise is there
     paths = ["runs/clip/cat/viz", "runs/viz/tracks.mp4", "runs/infer/answer.png", "runs/infer/answer.json",

@@ -19,6 +19,7 @@ from pipelines.ablate.config import load_ablation_config, resolve_out, select
 from pipelines.ablate.grid import run_grid
 from pipelines.ablate.plot import draw
 from pipelines.ablate.stats import LOWER_IS_BETTER, write_summary
+from pipelines.config import parse_cli
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -28,7 +29,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
     p.add_argument("--summary-only", action="store_true", help="no training: summarise results.jsonl again")
     p.add_argument("overrides", nargs="*", help="key=value of the ablation config, e.g. out=runs/ablation/x")
-    args = p.parse_args(argv)
+    args = parse_cli(p, argv)
     try:
         cfg = select(load_ablation_config(args.config, args.overrides), args.variants, args.seeds)
         out = resolve_out(cfg)
