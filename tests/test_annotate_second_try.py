@@ -58,6 +58,11 @@ def test_missing_packages_and_weights_are_listed_at_once_then_the_corrected_comm
     with monkeypatch.context() as mp:  # as if neither package were installed
         mp.setitem(sys.modules, "cotracker.predictor", None)
         mp.setitem(sys.modules, "segment_anything", None)
+        # the README's production-recipe command where only CoTracker3 is missing: one line
+        assert annotate(manifest, out, "track.backend=cotracker", f"track.weights={manifest}") == 2
+        one = capsys.readouterr().err.strip().splitlines()
+        assert len(one) == 1 and one[0].startswith("pite annotate: track.backend=cotracker needs the `cotracker` "
+                                                   "package (not installed): `make cotracker COTRACKER_SRC=DIR`"), one
         t0 = time.perf_counter()
         assert annotate(manifest, out, *MISSING) == 2
         seconds = time.perf_counter() - t0
@@ -128,3 +133,15 @@ def test_infer_on_a_missing_checkpoint_says_what_makes_one(tmp_path, capsys):
     rc = infer_main(["--checkpoint", str(tmp_path / "final"), "--video", "v.mp4", "--query", "What happens?"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "`make train` makes the demo's" in err
+
+
+def test_the_readme_manifest_example_reads_as_a_manifest(tmp_path):
+    from pipelines.manifest import iter_manifest
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("```jsonl\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "manifest.jsonl").write_text(block)
+    rows = list(iter_manifest(str(tmp_path / "manifest.jsonl")))
+    assert [r.error for r in rows] == [None, None, None]
+    assert [len(r.boxes or []) for r in rows] == [1, 2, 0] and rows[2].start == 2.0
+    assert all(r.video.startswith(str(tmp_path / "videos")) for r in rows)  # relative to the manifest's folder
