@@ -9,6 +9,7 @@ no pyarrow dataset ever sees them) and renames them on commit, the index last, s
 from __future__ import annotations
 
 import io
+import json
 import math
 import numbers
 import os
@@ -23,7 +24,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from annotate.errors import SchemaError
-from annotate.schema import Sample, validate_sample
+from annotate.schema import MEMBERS, Sample, sanitize_key, validate_sample
 
 SUBDIRS = {"tar": ("shards", ".tar"), "index": ("index", ".parquet"), "rejects": ("rejects", ".parquet")}
 _FINAL_NAME = re.compile(r"pite-(\d{6,})\.(?:tar|parquet)")
@@ -198,17 +199,30 @@ class ShardWriter:
         self._check_open()
         if self.validate:
             validate_sample(sample, num_frames=self.num_frames, num_points=self.num_points)
-        key = sample.key
+        return self._append(sample.key, sample.meta, sample.to_members(), quality)
+
+    def add_members(self, members: Mapping[str, bytes],
+                    quality: Optional[Mapping[str, Optional[float]]] = None) -> str:
+        """Append a sample given as its member bytes, written as they are (the annotation job's actors built and
+        validated them); only the `json` member is read, for the index row. Same errors as `add`."""
+        self._check_open()
+        try:
+            meta = json.loads(members["json"])
+        except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SchemaError(f"sample: json member missing or unreadable ({exc})") from exc
+        if not isinstance(meta, dict) or set(members) != set(MEMBERS):
+            raise SchemaError(f"sample: expected members {list(MEMBERS)} with a json object, got {sorted(members)}")
+        return self._append(sanitize_key(meta.get("video_id")), meta, {m: members[m] for m in MEMBERS}, quality)
+
+    def _append(self, key: str, meta: Mapping, members: Mapping[str, bytes],
+                quality: Optional[Mapping[str, Optional[float]]]) -> str:
         if key in self._keys:
-            vid = sample.meta["video_id"]
-            raise SchemaError(f"sample {key!r}: key already in shard {self.name} (video_id {vid!r})")
+            raise SchemaError(f"sample {key!r}: key already in shard {self.name} (video_id {meta['video_id']!r})")
         quality = dict(quality or {})
         unknown = sorted(set(quality) - set(self.quality_columns))
         if unknown:
             declared = self.quality_columns
             raise SchemaError(f"sample {key!r}: quality {unknown} not among the declared columns {declared}")
-        members = sample.to_members()
-        meta = sample.meta
         row = {
             "key": key,
             "video_id": meta["video_id"],

@@ -309,10 +309,10 @@ def test_kill_and_resume_gives_the_uninterrupted_result(reference_run, good_mani
     log = open(tmp_path / "killed.log", "wb")
     job = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
-    seen = lambda cmds: [c for c in cmds if "raylet" in c] and [c for c in cmds if "MapWorker" in c]  # noqa: E731
+    seen = lambda cmds: [c for c in cmds if "raylet" in c] and [c for c in cmds if "ClipChain" in c]  # noqa: E731
     alive: list[str] = []
-    # Probe the processes while waiting, not after the first shard: the /proc scan takes long enough for the
-    # other shards to finish before the kill (seen once on a clean-clone CI run).
+    # Probe the processes (the raylet, the ClipChain actors) while waiting, not after the first shard: the /proc
+    # scan takes long enough for the other shards to finish before the kill (seen once on a clean-clone CI run).
     while not list((out / "shards").glob("pite-*.tar")) and job.poll() is None and time.time() < deadline:
         if not seen(alive):
             alive = processes_with(marker)
@@ -541,17 +541,38 @@ def test_outputs_open_with_webdataset_ray_data_and_pyarrow(ray_session, referenc
     assert first["json"]["video_id"] == index.column("video_id")[0].as_py()
 
 
-@pytest.mark.slow
-def test_input_rows_reach_the_actors_in_small_blocks(ray_session, reference_run):
-    """Rows stream batch by batch (a smooth progress bar), not in one block per shard."""
-    from pipelines.annotate import data_context, read_input_files
-    import ray
+class Echo:
+    """A stand-in chain for the pool: each call returns its rows."""
 
-    files = [{"path": str(reference_run / "input" / f"pite-{s:06d}.parquet")} for s in range(3)]
-    with data_context():
-        ds = ray.data.from_items(files, override_num_blocks=3).map_batches(
-            read_input_files, batch_size=1, num_cpus=0, batch_format="pyarrow").materialize()
-    assert ds.count() == N_GOOD and ds.num_blocks() == N_GOOD  # one row per block, not one shard per block
+    def run(self, batch: dict) -> dict:
+        return {"row": list(batch["row"])}
+
+    def ready(self) -> bool:
+        return True
+
+
+def test_the_pool_reads_the_input_only_as_far_as_its_calls_in_flight(ray_session):
+    """Explicit backpressure: batches are pulled as calls finish, never more than workers x depth ahead of the
+    results the driver has taken, whatever the length of the input."""
+    from pipelines.annotate import ChainPool
+
+    pulled = []
+
+    def batches():
+        for i in range(40):
+            pulled.append(i)
+            yield {"row": [i]}
+
+    pool = ChainPool(Echo, (), workers=2, num_cpus=0.5, num_gpus=0, memory_bytes=None, depth=2)
+    taken, ahead = [], []
+    try:
+        for result in pool.map(batches(), lambda exc: None):
+            taken += result["row"]
+            ahead.append(len(pulled) - len(taken))
+    finally:
+        pool.close()
+    assert sorted(taken) == list(range(40))
+    assert max(ahead) <= 2 * 2, ahead
 
 
 # --- 6. video2dataset shards as input --------------------------------------------------------------------------

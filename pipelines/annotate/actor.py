@@ -23,11 +23,11 @@ import numpy as np
 from annotate.stage import one_line
 from pipelines.annotate.faults import inject_faults, parse_faults
 from pipelines.annotate.ledger import AttemptLedger
-from pipelines.annotate.outputs import outputs
+from pipelines.annotate.outputs import PreviewGate, outputs
 
 
 class ClipChain:
-    """A Ray Data actor (a callable class of `map_batches`): manifest rows in, one output row per input row out."""
+    """The pool's actor: manifest rows in, one output row per input row out (also callable on a batch)."""
 
     def __init__(self, cfg, ledger_dir: str, sample_hash: str, decode_threads: int = 1):
         from annotate.pipeline import STAGE_NAMES, build_stage
@@ -42,6 +42,15 @@ class ClipChain:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
         self.ledger = AttemptLedger(ledger_dir)
         self.faults = parse_faults(cfg.fault_injection, STAGE_NAMES)
+        self.previews = PreviewGate()
+
+    def run(self, batch: dict) -> dict:
+        """The pool's call (pipelines/annotate/pool.py): a batch of manifest rows, as columns."""
+        return self(batch)
+
+    def ready(self) -> bool:
+        """The pool's probe after a restart: answers once the models are loaded again."""
+        return True
 
     def __call__(self, batch: dict) -> dict:
         items = items_from_rows(batch, self.cfg.seed)
@@ -62,7 +71,7 @@ class ClipChain:
             self.ledger.clear(mark)
         # Attempts per row: this one plus every worker death with the row in flight (stats count the retries).
         attempts = {it.row: 1 + len(deaths.get(it.row, ())) for it in items}
-        return outputs(items, self.cfg, self.sample_hash, attempts)
+        return outputs(items, self.cfg, self.sample_hash, attempts, self.previews)
 
     def _convict(self, item, died: list[tuple[str, bool]]) -> None:
         alone = [stage for stage, was_alone in died if was_alone]

@@ -1,12 +1,13 @@
-"""The job's driver: prepare the input, check the plan against the cluster, stream rows, write shards and stats.
+"""The job's driver: prepare the input, check the plan against the cluster, feed the actors, write shards and stats.
 
-Rows come back in order, so the driver writes each shard (tar + index + rejects, renamed together) as soon as its
-last row arrives and holds at most a shard or two. Resume: shards whose three files exist are kept after checking
-that the manifest and the config hash match OUT/run.json; the attempt ledger starts empty on every run.
+The driver reads each shard's input file as the actors need it and keeps a few calls in flight per actor
+(`pool.ChainPool`); finished shards go to a writer thread (`writer.ShardSink`), so it holds only the rows of shards
+not yet complete. Resume: shards whose three files exist are kept after checking that the manifest and the config
+hash match OUT/run.json; the attempt ledger starts empty on every run.
 
-Console: the job sets RAY_BACKEND_LOG_LEVEL=fatal unless it is set (Ray's C++ core would print an ERROR line per
-actor that Ray Data starts, ray-project/ray#53727; set it to `info` for Ray's full C++ logs). A local Ray started
-by the job is shut down before the closing summary is printed.
+Console: the job sets RAY_BACKEND_LOG_LEVEL=fatal unless it is set (Ray's C++ core prints an ERROR line per actor
+restart, ray-project/ray#53727; set it to `info` for Ray's full C++ logs). A local Ray started by the job is shut
+down before the closing summary is printed.
 """
 
 from __future__ import annotations
@@ -19,28 +20,29 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 
 from annotate.errors import ConfigError, PiteError
-from annotate.schema import MEMBERS
 from annotate.stage import one_line
 from pipelines.annotate.config import (QUALITY_COLUMNS, AnnotateJobConfig, check_settings, resolve_out,
                                        stage_config_hash)
 from pipelines.annotate.inputs import input_file, maybe_synthesize, prepare_input
 from pipelines.annotate.lock import run_lock
-from pipelines.annotate.outputs import member_column, output_bytes
-from pipelines.annotate.raysetup import build_dataset, data_context, init_ray, operator_output_bytes
-from pipelines.annotate.stats import REASON_VIDEOS, RunTally, build_stats, counts_from_done, reason_class
+from pipelines.annotate.plan import GIB
+from pipelines.annotate.pool import ChainPool, read_batches, rows_of
+from pipelines.annotate.raysetup import init_ray
+from pipelines.annotate.stats import RunTally, build_stats, counts_from_done
+from pipelines.annotate.writer import ShardSink
 from pipelines.config import save_config
 from pipelines.files import write_atomic
 
 
-def run(cfg: AnnotateJobConfig) -> dict:
+def run(cfg: AnnotateJobConfig, chain_cls=None) -> dict:
     """Annotate `cfg.input` into `resolve_out(cfg)`; returns the stats (also written to OUT/stats.json).
 
     Uses the Ray that is already initialised in this process if any (a notebook, a test), else connects to the
     cluster of `ray job submit` (RAY_ADDRESS) or `cfg.ray_address`, else starts a local Ray of its own, which it
-    shuts down at the end.
+    shuts down at the end. `chain_cls` replaces the clip-chain actor (bench/scale.py measures the job's own
+    machinery with one that replays a prebuilt sample); no config reaches it.
     """
     from annotate.pipeline import checked_stages
 
@@ -55,10 +57,10 @@ def run(cfg: AnnotateJobConfig) -> dict:
     maybe_synthesize(cfg)
     out.mkdir(parents=True, exist_ok=True)
     with run_lock(out):
-        return _run_locked(cfg, out, stages)
+        return _run_locked(cfg, out, stages, chain_cls)
 
 
-def _run_locked(cfg: AnnotateJobConfig, out: Path, stages: list) -> dict:
+def _run_locked(cfg: AnnotateJobConfig, out: Path, stages: list, chain_cls=None) -> dict:
     import ray
 
     from pipelines.annotate.plan import actor_plan, cluster_nodes, preflight
@@ -93,7 +95,7 @@ def _run_locked(cfg: AnnotateJobConfig, out: Path, stages: list) -> dict:
         t_run = time.perf_counter()
         if pending:
             preflight(cfg, plan, cluster_nodes())
-            _stream(cfg, out, pending, counts, plan, str(ledger), sample_hash, tally, t_run)
+            _stream(cfg, out, pending, counts, plan, str(ledger), sample_hash, tally, t_run, chain_cls)
         seconds = {"total": time.perf_counter() - t_start, "ray_startup": ray_startup,
                    "pipeline": time.perf_counter() - t_run}
         stats = build_stats(cfg, out, total, tally, counts_from_done(out, sorted(done)), seconds, chash,
@@ -113,51 +115,42 @@ def _run_locked(cfg: AnnotateJobConfig, out: Path, stages: list) -> dict:
     return stats
 
 
-def _stream(cfg, out: Path, pending, counts, plan, ledger: str, sample_hash: str, tally: RunTally, t_run) -> None:
-    with data_context():
-        ds = build_dataset(cfg, out, pending, plan, ledger, sample_hash)
-        tally.bytes_in = sum(input_file(out, s).stat().st_size for s in pending)
-        bar = _progress(cfg, sum(counts[s] for s in pending))
-        # Rows arrive in order, so at most a shard or two is buffered. Keyed by row: a row that Ray hands over
-        # twice (a retried task) is kept once.
-        buffers: dict[int, dict[int, dict]] = defaultdict(dict)
-        finished: set[int] = set()
-        for rec in _rows(ds):
-            if tally.first_output is None:
-                tally.first_output = time.perf_counter() - t_run
-            row = int(rec["row"])
-            shard = row // cfg.rows_per_shard
-            if shard in finished or row in buffers[shard]:
-                continue
-            buffers[shard][row] = rec
-            tally.bytes_out += output_bytes(rec)
-            bar.update(1)
-            if len(buffers[shard]) < counts[shard]:
-                continue
-            finished.add(shard)
-            _finish_shard(cfg, out, shard, [r for _, r in sorted(buffers.pop(shard).items())], tally)
+def _stream(cfg, out: Path, pending, counts, plan, ledger: str, sample_hash: str, tally: RunTally, t_run,
+            chain_cls=None) -> None:
+    from pipelines.annotate.actor import ClipChain
+
+    pool = ChainPool(chain_cls or ClipChain, (cfg, ledger, sample_hash, plan.decode_threads), plan.workers,
+                     plan.num_cpus, plan.num_gpus, int(plan.memory_gb * GIB) or None)
+    sink = ShardSink(out, cfg, QUALITY_COLUMNS, tally.add_written)
+    bar = _progress(cfg, sum(counts[s] for s in pending))
+    # Keyed by row: a row handed over twice (a retried call) is kept once. Only shards not yet complete are held.
+    buffers: dict[int, dict[int, dict]] = defaultdict(dict)
+    finished: set[int] = set()
+    batches = read_batches(((s, input_file(out, s)) for s in pending), cfg.batch_size, tally.count_input)
+    try:
+        for columns in pool.map(batches, actor_start_failure):
+            for rec in rows_of(columns):
+                if tally.first_output is None:
+                    tally.first_output = time.perf_counter() - t_run
+                row = int(rec["row"])
+                shard = row // cfg.rows_per_shard
+                if shard in finished or row in buffers[shard]:
+                    continue
+                buffers[shard][row] = rec
+                tally.take_row(rec, cfg.report_samples)
+                bar.update(1)
+                if len(buffers[shard]) == counts[shard]:
+                    finished.add(shard)
+                    sink.put(shard, [r for _, r in sorted(buffers.pop(shard).items())])
+        sink.close()
+    finally:
+        pool.close()
         bar.close()
-        measured = operator_output_bytes(ds)
-    # Ray Data's own measure where it gives one: the reader's blocks go to the actors, the actors' to the driver.
-    reader = sum(v for k, v in measured.items() if "read_input_files" in k)
-    actor = sum(v for k, v in measured.items() if "ClipChain" in k)
-    if reader and actor:
-        tally.bytes_in, tally.bytes_out, tally.bytes_source = reader, actor, "ray data operator stats"
+        tally.driver_wait, tally.driver_write, tally.driver_write_blocked = pool.waited, sink.busy, sink.blocked
     missing = sorted(s for s, b in buffers.items() if b)
     if missing:
         raise PiteError(f"rows missing from shards {missing} after the run: the job is incomplete; re-run the same "
                         f"command to redo them")
-
-
-def _rows(ds):
-    """The dataset's rows; an actor that cannot start (weights, device) ends the job with one line, not Ray's trace."""
-    try:
-        yield from ds.iter_rows()
-    except Exception as exc:  # noqa: BLE001 - re-raised as one line when it is an actor's start-up failure
-        reason = actor_start_failure(exc)
-        if reason is None:
-            raise
-        raise PiteError(f"an annotation actor could not start: {reason}") from None
 
 
 def actor_start_failure(exc: BaseException):
@@ -169,60 +162,10 @@ def actor_start_failure(exc: BaseException):
     return lines[-1] if lines else one_line(exc)[:300]
 
 
-def _finish_shard(cfg, out: Path, shard: int, recs: list[dict], tally: RunTally) -> None:
-    from pipelines.shards import ShardWriter
-
-    written, rejects = write_shard(ShardWriter, out, shard, recs, cfg)
-    tally.written += written
-    for r in recs:
-        tally.retried += int(r["attempts"]) > 1
-        for k, v in json.loads(r["timings"]).items():
-            tally.stage_seconds[k] += v
-        if r["note"]:
-            tally.notes.append(f"row {int(r['row'])} ({r['video_id']}): {r['note']}")
-        if not r["ok"] or not r["m_json"]:
-            continue
-        for k, v in json.loads(r["quality"]).items():
-            if v is not None and np.isfinite(v):
-                tally.quality[k].append(v)
-        if r["preview"] is not None and len(r["preview"]):
-            tally.add_preview(float(r["confidence"]), int(r["row"]), r["video_id"], bytes(r["preview"]),
-                              first=int(r["row"]) < cfg.report_samples)
-    for stage, msg, video_id in rejects:
-        tally.rejects_by_stage[stage] += 1
-        reason = f"{stage}: {reason_class(msg)}"
-        tally.reasons[reason] += 1
-        if len(tally.reason_videos[reason]) < REASON_VIDEOS:
-            tally.reason_videos[reason].append(video_id)
-        tally.reason_first.setdefault(reason, f"{video_id}: {msg}")
-
-
-def write_shard(writer_cls, out: Path, shard: int, recs: list[dict], cfg: AnnotateJobConfig):
-    """One shard's tar, index and rejects from its output rows; returns (samples written, [(stage, reason,
-    video_id)])."""
-    from annotate.schema import Sample
-
-    rejects = []
-    with writer_cls(out, shard, quality_columns=QUALITY_COLUMNS, num_frames=cfg.num_frames,
-                    num_points=cfg.num_points) as writer:
-        for r in recs:
-            if r["ok"] and r["m_json"]:
-                members = {m: bytes(r[member_column(m)]) for m in MEMBERS}
-                try:
-                    writer.add(Sample.from_members(members), quality=json.loads(r["quality"]))
-                    continue
-                except PiteError as exc:
-                    stage, msg = "write", one_line(exc)
-            else:
-                stage, msg = r["stage"] or "unknown", r["error"] or "no sample produced"
-            writer.reject(r["video_id"], int(r["row"]), stage, msg)
-            rejects.append((stage, msg, r["video_id"]))
-        n = writer.n_samples
-    return n, rejects
-
-
 def _progress(cfg: AnnotateJobConfig, total: int):
     from tqdm import tqdm
 
+    # In a job log (stderr not a terminal: `ray job submit`, a file) one line a minute, not ten a second.
+    interval = 0.1 if sys.stderr.isatty() else 60.0
     return tqdm(total=total, desc="annotate", unit="clip", disable=not cfg.progress, dynamic_ncols=True,
-                file=sys.stderr)
+                file=sys.stderr, mininterval=interval, maxinterval=max(10.0, interval))

@@ -140,14 +140,6 @@ def _split_manifest(cfg, out: Path) -> tuple[dict[int, int], int, ManifestCheck]
     return counts, total, check
 
 
-def read_input_files(batch):
-    """A reader task: per-shard input files (paths) -> their rows, as one Arrow table."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    return pa.concat_tables([pq.read_table(p) for p in batch.column("path").to_pylist()])
-
-
 def maybe_synthesize(cfg: AnnotateJobConfig) -> None:
     """Generate the synthetic demo set into synth.out when the config asks for it and it is missing or another."""
     if cfg.synth.n <= 0:

@@ -13,9 +13,33 @@ import numpy as np
 from annotate.schema import MEMBERS
 from annotate.stage import one_line
 
-# A sample whose least trusted object is below this gets a preview for the report even past report_samples.
+# A sample whose least trusted object is below this gets a preview for the report even past report_samples, when it
+# is among the least trusted this actor has seen (the driver keeps the run's MAX_PREVIEWS least trusted).
 LOW_CONFIDENCE_PREVIEW = 0.5
-LOW_CONFIDENCE_PREVIEWS = 2  # such previews per actor call (each is a PNG of three frames)
+MAX_PREVIEWS = 64
+
+
+class PreviewGate:
+    """Which rows past report_samples an actor draws a preview for: those below LOW_CONFIDENCE_PREVIEW that are
+    among the `keep` least trusted it has seen. About keep * ln(rows / keep) pictures an actor over a run (~500 at
+    100k rows), where a fixed share of the rows would send hundreds of thousands that the driver throws away."""
+
+    def __init__(self, keep: int = MAX_PREVIEWS):
+        self.keep = keep
+        self.worst: list[float] = []  # max-heap (negated) of the `keep` lowest confidences seen
+
+    def admits(self, confidence: float) -> bool:
+        import heapq
+
+        if confidence >= LOW_CONFIDENCE_PREVIEW:
+            return False
+        if len(self.worst) < self.keep:
+            heapq.heappush(self.worst, -confidence)
+            return True
+        if confidence < -self.worst[0]:
+            heapq.heapreplace(self.worst, -confidence)
+            return True
+        return False
 
 
 def member_column(member: str) -> str:
@@ -28,14 +52,15 @@ def object_array(values: list) -> np.ndarray:
     return arr
 
 
-def outputs(items, cfg, sample_hash: str, attempts: dict[int, int] | None = None) -> dict:
+def outputs(items, cfg, sample_hash: str, attempts: dict[int, int] | None = None,
+            gate: PreviewGate | None = None) -> dict:
     """Serialise each item as sample members (or a reject) + its index figures, timings and preview.
 
     Every item leaves as one output row: a failure while building its sample makes it a reject, and a failure of
     the extras (quality against ground truth, preview picture) only drops that extra, noted in `note`.
     """
     cols: dict[str, list] = defaultdict(list)
-    low_left = LOW_CONFIDENCE_PREVIEWS  # per call: the driver keeps only the least trusted few of the whole run
+    gate = gate or PreviewGate()
     for it in items:
         members, quality, preview, note = {}, {}, b"", ""
         if it.ok:
@@ -52,9 +77,7 @@ def outputs(items, cfg, sample_hash: str, attempts: dict[int, int] | None = None
             except Exception as exc:  # noqa: BLE001 - ground truth only feeds the report
                 note = f"quality: {one_line(exc)}"
         low = lowest_confidence(it)
-        flagged = low < LOW_CONFIDENCE_PREVIEW and low_left > 0
-        if it.ok and (it.row < cfg.report_samples or flagged):
-            low_left -= int(flagged and it.row >= cfg.report_samples)
+        if it.ok and (it.row < cfg.report_samples or gate.admits(low)):
             try:
                 preview = preview_png(it)
             except Exception as exc:  # noqa: BLE001 - a picture for the report, not part of the sample

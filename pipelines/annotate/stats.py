@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import sys
 from collections import Counter, defaultdict
@@ -10,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.annotate.config import QUALITY_COLUMNS
+from pipelines.annotate.outputs import MAX_PREVIEWS
 from pipelines.config import to_dict
 
 
@@ -23,28 +26,58 @@ def reason_class(msg: str) -> str:
 
 
 def counts_from_done(out: Path, done: list[int]) -> dict:
-    """Counts of shards kept from an earlier (interrupted) run, so stats cover the whole manifest."""
+    """Counts of shards kept from an earlier (interrupted) run, so stats cover the whole manifest: rows from the
+    index's footer, reject stages and quality figures from their own columns (never whole files)."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    written, rejected, by_stage, quality = 0, 0, Counter(), defaultdict(list)
+    written, by_stage, quality = 0, Counter(), QualitySums()
     for s in done:
-        idx = pq.read_table(out / "index" / f"pite-{s:06d}.parquet")
-        written += idx.num_rows
-        for col in QUALITY_COLUMNS:
-            if col in idx.column_names:
-                quality[col] += [v for v in idx.column(col).to_pylist() if v is not None]
-        rj = pq.read_table(out / "rejects" / f"pite-{s:06d}.parquet").to_pylist()
-        rejected += len(rj)
-        by_stage.update(r["stage"] for r in rj)
-    return {"written": written, "rejected": rejected, "by_stage": by_stage, "quality": quality, "shards": len(done)}
+        index = out / "index" / f"pite-{s:06d}.parquet"
+        meta = pq.read_metadata(index)
+        written += meta.num_rows
+        columns = [c for c in QUALITY_COLUMNS if c in meta.schema.names]
+        if columns and meta.num_rows:
+            table = pq.read_table(index, columns=columns)
+            for col in columns:
+                values = table.column(col).drop_null()
+                if len(values):
+                    quality.add_many(col, pc.sum(values).as_py(), len(values))
+        stages = pq.read_table(out / "rejects" / f"pite-{s:06d}.parquet", columns=["stage"]).column("stage")
+        by_stage.update(stages.to_pylist())
+    return {"written": written, "rejected": sum(by_stage.values()), "by_stage": by_stage, "quality": quality,
+            "shards": len(done)}
 
 
-MAX_PREVIEWS = 64
+MAX_NOTES = 50  # notes kept for stats.json; the rest are counted
 REASON_VIDEOS = 5  # video_ids kept per reject reason, for the report
 
 
+class QualitySums:
+    """Running sum and count per quality figure: the run's means without a list per row."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add_many(self, key: str, total: float, n: int) -> None:
+        self.sums[key] += total
+        self.counts[key] += n
+
+    def merge(self, other: "QualitySums") -> "QualitySums":
+        merged = QualitySums()
+        for q in (self, other):
+            for k in q.counts:
+                merged.add_many(k, q.sums[k], q.counts[k])
+        return merged
+
+    def means(self) -> dict[str, float]:
+        return {k: round(self.sums[k] / n, 4) for k, n in sorted(self.counts.items()) if n}
+
+
 class RunTally:
-    """What the driver counts while shards come in."""
+    """What the driver counts while rows come in (main thread) and shards are written (the writer thread): running
+    sums and bounded samples only, so its memory does not grow with the rows."""
 
     def __init__(self):
         self.written = 0
@@ -53,17 +86,56 @@ class RunTally:
         self.reason_videos: dict[str, list[str]] = defaultdict(list)  # reason -> its first REASON_VIDEOS videos
         self.reason_first: dict[str, str] = {}  # reason -> its first message in full ("<video_id>: <message>")
         self.stage_seconds: Counter = Counter()
-        self.quality: dict[str, list[float]] = defaultdict(list)
-        self.notes: list[str] = []
+        self.quality = QualitySums()
+        self.notes: list[str] = []  # the first MAX_NOTES
+        self.notes_total = 0
         # (confidence, row, video_id, png): the first report_samples rows and the least trusted samples, at most
         # MAX_PREVIEWS kept (the lowest confidence first), so memory stays bounded on a corpus-sized run.
         self.previews: list[tuple[float, int, str, bytes]] = []
         self.first_previews: list[tuple[float, int, str, bytes]] = []
-        self.bytes_in = 0  # row metadata read by the reader tasks and handed to the actors
+        self.bytes_in = 0  # row metadata read from the input files and handed to the actors
         self.bytes_out = 0  # what the actors returned: sample members, previews, figures
-        self.bytes_source = "payload count"  # who measured them: Ray Data's operator stats, or our own count
         self.retried = 0  # rows that were in flight when a worker process died, and ran again
         self.first_output = None  # seconds until the first row came back: actor start-up and model loading
+        self.driver_wait = 0.0  # seconds the driver waited for the actors
+        self.driver_write = 0.0  # seconds the writer thread spent writing shards
+        self.driver_write_blocked = 0.0  # seconds the driver waited for the writer (it was the bottleneck)
+
+    def count_input(self, table) -> None:
+        self.bytes_in += table.nbytes
+
+    def take_row(self, rec: dict, report_samples: int) -> None:
+        """One output row as it arrives: its timings, figures, note and preview."""
+        from pipelines.annotate.outputs import output_bytes
+
+        self.bytes_out += output_bytes(rec)
+        self.retried += int(rec["attempts"]) > 1
+        for k, v in json.loads(rec["timings"]).items():
+            self.stage_seconds[k] += v
+        if rec["note"]:
+            self.notes_total += 1
+            if len(self.notes) < MAX_NOTES:
+                self.notes.append(f"row {int(rec['row'])} ({rec['video_id']}): {rec['note']}")
+        if not rec["ok"] or not len(rec["m_json"]):
+            return
+        for k, v in json.loads(rec["quality"]).items():
+            if v is not None and math.isfinite(v):
+                self.quality.add_many(k, v, 1)
+        if rec["preview"] is not None and len(rec["preview"]):
+            self.add_preview(float(rec["confidence"]), int(rec["row"]), rec["video_id"], bytes(rec["preview"]),
+                             first=int(rec["row"]) < report_samples)
+        rec["preview"] = b""  # drawn into the report; the shard does not need it
+
+    def add_written(self, written: int, rejects: list[tuple[str, str, str]]) -> None:
+        """A shard the writer committed: its samples and its rejects (stage, message, video_id)."""
+        self.written += written
+        for stage, msg, video_id in rejects:
+            self.rejects_by_stage[stage] += 1
+            reason = f"{stage}: {reason_class(msg)}"
+            self.reasons[reason] += 1
+            if len(self.reason_videos[reason]) < REASON_VIDEOS:
+                self.reason_videos[reason].append(video_id)
+            self.reason_first.setdefault(reason, f"{video_id}: {msg}")
 
     def add_preview(self, confidence: float, row: int, video_id: str, png: bytes, first: bool = False) -> None:
         """`first`: one of the first report_samples rows, always kept; the others compete on low confidence."""
@@ -86,9 +158,7 @@ def build_stats(cfg, out: Path, total: int, tally: RunTally, prev: dict, seconds
 
     by_stage = Counter(tally.rejects_by_stage)
     by_stage.update(prev["by_stage"])
-    quality = {k: list(v) for k, v in tally.quality.items()}
-    for k, v in prev["quality"].items():
-        quality.setdefault(k, []).extend(v)
+    quality = tally.quality.merge(prev["quality"])
     processed = tally.processed
     run_s = seconds["pipeline"]
     return {
@@ -105,15 +175,18 @@ def build_stats(cfg, out: Path, total: int, tally: RunTally, prev: dict, seconds
         "rows_retried_after_a_worker_death": tally.retried,
         "seconds": {**{k: round(v, 3) for k, v in seconds.items()},
                     "first_output": None if tally.first_output is None else round(tally.first_output, 3),
+                    "driver_wait": round(tally.driver_wait, 3), "driver_write": round(tally.driver_write, 3),
+                    "driver_write_blocked": round(tally.driver_write_blocked, 3),
                     "per_stage": {k: round(v, 3) for k, v in sorted(tally.stage_seconds.items())}},
         "videos_per_second": round(processed / run_s, 3) if run_s > 0 and processed else None,
-        "object_store": {"bytes_in": tally.bytes_in, "bytes_out": tally.bytes_out, "measured_by": tally.bytes_source,
+        "object_store": {"bytes_in": tally.bytes_in, "bytes_out": tally.bytes_out, "measured_by": "payload count",
                          "bytes_per_clip": round((tally.bytes_in + tally.bytes_out) / processed) if processed else None},
         "plan": None if plan is None else {"actors": plan.workers, "cpus_per_actor": plan.num_cpus,
                                            "gpus_per_actor": plan.num_gpus, "memory_gb_per_actor": plan.memory_gb},
-        "quality": {k: round(float(np.mean(v)), 4) for k, v in sorted(quality.items()) if v},
-        "quality_clips": {k: len(v) for k, v in sorted(quality.items())},
-        "notes": tally.notes[:50],
+        "quality": quality.means(),
+        "quality_clips": dict(sorted(quality.counts.items())),
+        "notes": tally.notes,
+        "notes_total": tally.notes_total,
         "config": to_dict(cfg),
         "config_hash": chash,
         "ground_backend": cfg.ground.backend,
