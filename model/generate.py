@@ -27,6 +27,14 @@ class Generation:
     token_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each token in `text`
 
 
+def cache_of(out) -> dict:
+    """The KV cache of an LLM output, under the keyword this transformers takes it back: `cache` since 5.2x,
+    `past_key_values` in earlier 5.x releases (5.17 among them), whose outputs carry that name instead."""
+    if hasattr(out, "cache"):
+        return {"cache": out.cache}
+    return {"past_key_values": out.past_key_values}
+
+
 class _Decoding:
     """One batch's decoding state: the KV cache's last output, the mask, the time pointer's reading context."""
 
@@ -61,7 +69,7 @@ class _Decoding:
         llm = self.model.llm
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.b, 1)], dim=1)
         self.out = llm(inputs_embeds=llm.get_input_embeddings()(token[:, None]), attention_mask=self.mask,
-                       position_ids=position_ids_from_mask(self.mask)[:, -1:], cache=self.out.cache,
+                       position_ids=position_ids_from_mask(self.mask)[:, -1:], **cache_of(self.out),
                        use_cache=True, output_hidden_states=True, return_dict=True)
         state = self.out.hidden_states[-1][:, -1]
         if self.context is not None:

@@ -8,7 +8,7 @@ import sys
 COMMANDS = {
     "synth": ("pipelines.synth", "write synthetic clips with exact ground truth and a manifest"),
     "annotate-clip": ("pipelines.annotate_clip", "annotate one clip without Ray and write its sample"),
-    "annotate": ("pipelines.annotate", "annotate a manifest into PiTe shards with Ray Data"),
+    "annotate": ("pipelines.annotate", "annotate a manifest into PiTe shards on Ray"),
     "inspect": ("pipelines.inspect", "summarise a run from its index; --validate reads every sample"),
     "train": ("pipelines.train.run", "train the PiTe model on shards"),
     "infer": ("pipelines.infer", "answer a question about a video"),

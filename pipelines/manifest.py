@@ -1,9 +1,13 @@
 """Read an input manifest (docs/design.md, "Input manifest") row by row, never dying on a bad row.
 
 Sources: JSONL, CSV or Parquet files, or video WebDataset shards as video2dataset writes them
-(`DIR/{00000..00099}.tar`: members `mp4` + `txt` + `json`). Every source row comes out as a `ManifestRow` with its
+(`DIR/{00000..00099}.tar`: members `mp4` + `txt` + `json`; the `.parquet` video2dataset writes beside each tar is
+read instead of the tar's headers when it is there). Every source row comes out as a `ManifestRow` with its
 manifest position; a row that cannot be parsed or breaks the contract carries `error` and becomes a reject
-(stage "manifest") rather than stopping the job. Rows stream: memory does not grow with the manifest.
+(stage "manifest") rather than stopping the job. Rows stream, and no row costs a system call: relative paths are
+joined to the manifest's folder, resolved once per file. `iter_raw` can start inside a file (a split that
+continues); `iter_manifest` adds the duplicate check, whose memory grows with the rows (the annotation job's split
+keeps 8 bytes a row instead, pipelines/annotate/split.py).
 """
 
 from __future__ import annotations
@@ -96,30 +100,42 @@ def fingerprint(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def duplicate_error(video_id: str, first_row: int) -> str:
+    return f"duplicate video_id {video_id!r} (first at row {first_row})"
+
+
 def iter_manifest(spec: str) -> Iterator[ManifestRow]:
     """All rows of the input in manifest order, numbered from 0, duplicates rejected (the first one wins)."""
-    paths = expand_inputs(spec)
     seen: dict[str, int] = {}
-    row = 0
-    for path in paths:
-        for raw in _iter_source(path):
-            item = _validate(row, raw, path.parent)
-            if item.error is None:
-                if item.video_id in seen:
-                    item.error = f"duplicate video_id {item.video_id!r} (first at row {seen[item.video_id]})"
-                else:
-                    seen[item.video_id] = row
-            yield item
-            row += 1
+    for row, (_, base, raw) in enumerate(iter_raw(expand_inputs(spec))):
+        item = validate_row(row, raw, base)
+        if item.error is None:
+            if item.video_id in seen:
+                item.error = duplicate_error(item.video_id, seen[item.video_id])
+            else:
+                seen[item.video_id] = row
+        yield item
 
 
-def _iter_source(path: Path) -> Iterator[dict | str]:
-    """Raw rows: a dict, or a string saying why the row could not be read at all."""
+def iter_raw(paths: list[Path], start_file: int = 0, skip: int = 0) -> Iterator[tuple[int, str, dict | str]]:
+    """(file index, the file's folder as an absolute path, raw row) from file `start_file` on, its first `skip`
+    rows passed over (cheaply where the format allows: a JSONL line is not parsed)."""
+    for i in range(start_file, len(paths)):
+        base = str(paths[i].parent.resolve())  # once per file: rows join to it without a system call
+        for raw in _iter_source(paths[i], skip if i == start_file else 0):
+            yield i, base, raw
+
+
+def _iter_source(path: Path, skip: int = 0) -> Iterator[dict | str]:
+    """Raw rows: a dict, or a string saying why the row could not be read at all; the first `skip` passed over."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
         with open(path, encoding="utf-8", errors="replace") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
+                    continue
+                if skip:
+                    skip -= 1
                     continue
                 try:
                     obj = json.loads(line)
@@ -129,17 +145,44 @@ def _iter_source(path: Path) -> Iterator[dict | str]:
                 yield obj if isinstance(obj, dict) else f"{path.name} line {lineno}: expected a JSON object"
     elif suffix == ".csv":
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
-            for rec in csv.DictReader(f):
-                yield {k: _csv_value(k, v) for k, v in rec.items() if k is not None}
+            for n, rec in enumerate(csv.DictReader(f)):
+                if n >= skip:
+                    yield {k: _csv_value(k, v) for k, v in rec.items() if k is not None}
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            yield from batch.to_pylist()
+        yield from _iter_parquet(path, skip)
     elif suffix == ".tar":
-        yield from _iter_wds(path)
+        sidecar = path.with_suffix(".parquet")
+        rows = _iter_wds_sidecar(path, sidecar) if sidecar.is_file() else _iter_wds(path)
+        for n, raw in enumerate(rows):
+            if n >= skip:
+                yield raw
     else:
         raise ConfigError(f"input: {path} has an unknown format (expected .jsonl, .csv, .parquet or .tar)")
+
+
+def _iter_parquet(path: Path, skip: int = 0) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        yield from batch.slice(skip).to_pylist()
+        skip = 0
+
+
+def _iter_wds_sidecar(path: Path, sidecar: Path) -> Iterator[dict | str]:
+    """A video2dataset tar's rows from the `.parquet` it writes beside it (one row per attempted sample, `status`
+    success for those in the tar, the json member's fields as columns): no tar header is read. The video member is
+    `<key>.mp4`, video2dataset's default encoding; the decode stage rejects a row whose member is not there."""
+    tar = str(path.resolve())
+    for raw in _iter_parquet(sidecar):
+        if raw.get("status", "success") != "success" or raw.get("key") is None:
+            continue
+        key = str(raw["key"])
+        row = {k: raw[k] for k in ("start", "end", "events", "boxes", "gt") if raw.get(k) is not None}
+        row.update(video_id=key, video=tar, tar_member=f"{key}.mp4", caption=raw.get("caption"))
+        yield row
 
 
 def _csv_value(key: str, value: Optional[str]):
@@ -149,12 +192,13 @@ def _csv_value(key: str, value: Optional[str]):
         try:
             return json.loads(value)
         except json.JSONDecodeError:
-            return value  # _validate says it is not a list
+            return value  # validate_row says it is not a list
     return value
 
 
 def _iter_wds(path: Path) -> Iterator[dict | str]:
-    """video2dataset shards: members grouped by key (the name before the first dot), in tar order.
+    """video2dataset shards without their parquet: members grouped by key (the name before the first dot), in tar
+    order.
 
     A tar that breaks off (a truncated download) gives the samples before the break, then one row saying where it
     broke: the rest of that shard cannot be read, and the job goes on with the next one.
@@ -167,6 +211,7 @@ def _iter_wds(path: Path) -> Iterator[dict | str]:
     with tar:
         group: dict[str, Any] = {}
         key = None
+        resolved = str(path.resolve())  # once per tar, not per sample
         members = iter(tar)
         while True:
             try:
@@ -178,7 +223,7 @@ def _iter_wds(path: Path) -> Iterator[dict | str]:
                 base = os.path.basename(member.name)
                 k, _, ext = base.partition(".")
                 if key is not None and k != key:
-                    yield _wds_row(path, key, group)
+                    yield _wds_row(path, resolved, key, group)
                     group = {}
                 key = k
                 ext = ext.lower()
@@ -191,10 +236,10 @@ def _iter_wds(path: Path) -> Iterator[dict | str]:
                 yield f"{path.name}: unreadable {where} ({exc}); the rest of this tar is skipped"
                 return
         if key is not None:
-            yield _wds_row(path, key, group)
+            yield _wds_row(path, resolved, key, group)
 
 
-def _wds_row(path: Path, key: str, group: dict) -> dict | str:
+def _wds_row(path: Path, resolved: str, key: str, group: dict) -> dict | str:
     meta: dict = {}
     if "json" in group:
         try:
@@ -206,12 +251,14 @@ def _wds_row(path: Path, key: str, group: dict) -> dict | str:
     if "__video__" not in group:
         return f"{path.name} sample {key}: no video member ({'/'.join(VIDEO_EXTS)})"
     row = {k: meta[k] for k in ("start", "end", "events", "boxes", "gt") if k in meta}
-    row.update(video_id=key, video=str(path.resolve()), tar_member=group["__video__"],
+    row.update(video_id=key, video=resolved, tar_member=group["__video__"],
                caption=group.get("txt", meta.get("caption")))
     return row
 
 
-def _validate(row: int, raw: dict | str, base: Path) -> ManifestRow:
+def validate_row(row: int, raw: dict | str, base: str) -> ManifestRow:
+    """A raw row as a ManifestRow numbered `row`; relative paths joined to `base` (absolute) without a system
+    call; what breaks the contract in `error`."""
     if isinstance(raw, str):
         return ManifestRow(row=row, error=raw)
     item = ManifestRow(row=row, video_id=str(raw.get("video_id") or ""))
@@ -229,7 +276,7 @@ def _validate(row: int, raw: dict | str, base: Path) -> ManifestRow:
     item.caption = raw["caption"]
     video = raw["video"]
     item.tar_member = raw.get("tar_member")
-    item.video = video if item.tar_member or os.path.isabs(video) else str((base / video).resolve())
+    item.video = video if item.tar_member or os.path.isabs(video) else os.path.normpath(os.path.join(base, video))
     try:
         for key in ("start", "end"):
             value = raw.get(key)
@@ -248,7 +295,7 @@ def _validate(row: int, raw: dict | str, base: Path) -> ManifestRow:
                     raise ValueError("boxes: box must be [x0, y0, x1, y1]")
         gt = raw.get("gt")
         if gt is not None:
-            item.gt = gt if os.path.isabs(gt) else str((base / gt).resolve())
+            item.gt = gt if os.path.isabs(gt) else os.path.normpath(os.path.join(base, gt))
     except (ValueError, TypeError) as exc:
         item.error = str(exc)
     return item

@@ -424,7 +424,7 @@ def test_a_death_with_batch_mates_makes_suspects_and_only_a_death_alone_convicts
     died([0, 1], "segment")  # both in flight: neither is proven guilty, even with max_attempts=1
     out = group(batch)
     assert out["ok"].tolist() == [True, True] and all(len(j) for j in out["m_json"])
-    assert len(list(ledger_dir.glob("*.json"))) == 1  # the dead worker's mark stays; the live runs cleared theirs
+    assert len(list(ledger_dir.rglob("*.json"))) == 1  # the dead worker's mark stays; the live runs cleared theirs
     died([1], "track")  # then row 1 killed its worker while running alone
     out = group(batch)
     assert out["ok"].tolist() == [True, False]

@@ -145,3 +145,10 @@ def test_the_readme_manifest_example_reads_as_a_manifest(tmp_path):
     assert [r.error for r in rows] == [None, None, None]
     assert [len(r.boxes or []) for r in rows] == [1, 2, 0] and rows[2].start == 2.0
     assert all(r.video.startswith(str(tmp_path / "videos")) for r in rows)  # relative to the manifest's folder
+
+
+def test_a_bucket_url_is_refused_in_one_line_before_anything_runs(tmp_path, capsys):
+    assert annotate_main(["--config", str(CONFIG), "input=s3://bucket/manifest.jsonl", f"out={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "input: s3:// URLs are not read or written by the job" in err
+    assert not (tmp_path / "o").exists()

@@ -290,3 +290,20 @@ def test_generate_stops_at_the_stop_token(world):
     (cut,) = model.generate(prompt, video_features=torch.zeros(T, D), max_new_tokens=5, stop_token_ids=[stop])
     first = free.token_ids.index(stop)
     assert cut.token_ids == free.token_ids[:first] and cut.trajectories.shape[0] == first
+
+
+def test_the_kv_cache_is_handed_back_under_the_name_this_transformers_uses():
+    """transformers 5.2x names the cache `cache`; earlier 5.x releases (5.17) `past_key_values`, in and out."""
+    from dataclasses import dataclass
+
+    from model.generate import cache_of
+
+    @dataclass
+    class Old:  # an earlier 5.x output
+        past_key_values: object
+
+    @dataclass
+    class New:
+        cache: object
+
+    assert cache_of(Old("kv")) == {"past_key_values": "kv"} and cache_of(New("kv")) == {"cache": "kv"}

@@ -15,7 +15,7 @@ from pipelines.train.run import main, run
 from pipelines.train.config import load_train_config
 from pipelines.train.data import model_inputs
 from pipelines.train.dist import Dist
-from tests.train_helpers import D, K, T, make_run
+from tests.train_helpers import D, K, T, make_run, tiny_train_config
 
 STAGES = [
     {"name": "s1", "labels": {"stage": 1}, "lora": False,
@@ -32,14 +32,7 @@ def data(tmp_path_factory):
 
 
 def _config(tmp_path, data, stages, name="cfg.yaml", **top):
-    cfg = {
-        "data": str(data), "device": "cpu", "progress": False, "tensorboard": False, "seed": 0,
-        "base": {"tiny": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                          "intermediate_size": 32, "vocab_size": 300, "max_position_embeddings": 256}},
-        "model": {"feat_dim": D, "n_points": K, "n_frames": T, "lora": {"r": 4, "alpha": 8, "dropout": 0.1}},
-        "loader": {"batch_size": 2, "num_workers": 1, "shuffle_buffer": 4, "epoch_batches": 5},
-        "stages": stages, **top,
-    }
+    cfg = tiny_train_config(data, stages, **top)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
     return path

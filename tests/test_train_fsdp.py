@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from model.checkpoint import load_checkpoint
-from tests.train_helpers import D, K, T, make_run
+from tests.train_helpers import K, T, make_run, tiny_train_config
 
 pytestmark = pytest.mark.slow
 
@@ -34,14 +34,7 @@ def _port() -> int:
 
 
 def _torchrun(tmp_path: Path, data: Path, out: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cfg = {
-        "data": str(data), "device": "cpu", "progress": False, "tensorboard": False, "seed": 0, "save_every": 3,
-        "base": {"tiny": {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-                          "intermediate_size": 32, "vocab_size": 300, "max_position_embeddings": 256}},
-        "model": {"feat_dim": D, "n_points": K, "n_frames": T, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-        "loader": {"batch_size": 2, "num_workers": 1, "shuffle_buffer": 4, "epoch_batches": 5},
-        "stages": STAGES,
-    }
+    cfg = tiny_train_config(data, STAGES, layers=2, lora_dropout=0.0, save_every=3)
     path = tmp_path / "fsdp.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

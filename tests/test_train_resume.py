@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipelines.train.run import main
-from tests.train_helpers import D, K, T, make_run
+from tests.train_helpers import make_run, tiny_train_config
 
 STAGES = [
     {"name": "s1", "labels": {"stage": 1}, "lora": False,
@@ -24,15 +24,7 @@ STAGES = [
 def config(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
     data = make_run(tmp / "run", n_shards=4, per_shard=4)
-    cfg = {
-        "data": str(data), "device": "cpu", "progress": False, "tensorboard": False, "seed": 0,
-        "save_every": 1, "keep_checkpoints": 10,
-        "base": {"tiny": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                          "intermediate_size": 32, "vocab_size": 300, "max_position_embeddings": 256}},
-        "model": {"feat_dim": D, "n_points": K, "n_frames": T, "lora": {"r": 4, "alpha": 8, "dropout": 0.1}},
-        "loader": {"batch_size": 2, "num_workers": 1, "shuffle_buffer": 4, "epoch_batches": 5},
-        "stages": STAGES,
-    }
+    cfg = tiny_train_config(data, STAGES, save_every=1, keep_checkpoints=10)
     path = tmp / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

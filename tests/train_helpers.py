@@ -70,3 +70,16 @@ def corrupt_member(root: Path, shard: int, key: str, suffix: str = "traj.npy") -
 def captions(n: int = 64) -> list[str]:
     return [make_sample(i).meta["caption"] for i in range(min(n, 16))] + \
         [f"the {c} {s} moves" for c in COLOURS for s in SHAPES]
+
+
+def tiny_train_config(data: Path, stages: list[dict], layers: int = 1, lora_dropout: float = 0.1, **top) -> dict:
+    """A train config of a tiny random LLaMA on `data` (a make_run dir), CPU, no progress bar or TensorBoard."""
+    return {
+        "data": str(data), "device": "cpu", "progress": False, "tensorboard": False, "seed": 0,
+        "base": {"tiny": {"hidden_size": 16, "num_hidden_layers": layers, "num_attention_heads": 2,
+                          "intermediate_size": 32, "vocab_size": 300, "max_position_embeddings": 256}},
+        "model": {"feat_dim": D, "n_points": K, "n_frames": T,
+                  "lora": {"r": 4, "alpha": 8, "dropout": lora_dropout}},
+        "loader": {"batch_size": 2, "num_workers": 1, "shuffle_buffer": 4, "epoch_batches": 5},
+        "stages": stages, **top,
+    }

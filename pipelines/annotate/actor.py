@@ -40,7 +40,8 @@ class ClipChain:
         threads = max(1, int(decode_threads))
         # One thread decodes in the caller: the embedded CPU path (a 1-CPU actor) stays a plain loop.
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
-        self.ledger = AttemptLedger(ledger_dir)
+        self.ledger = AttemptLedger(ledger_dir, rows_per_dir=cfg.rows_per_shard,
+                                    look_back=-(-cfg.batch_size // cfg.rows_per_shard))
         self.faults = parse_faults(cfg.fault_injection, STAGE_NAMES)
         self.previews = PreviewGate()
 

@@ -5,6 +5,7 @@ See docs/design.md, "Execution on a cluster", for how the execution keys map ont
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -84,3 +85,10 @@ def check_settings(cfg: AnnotateJobConfig) -> None:
     if cfg.gpus_per_actor > 1 and cfg.gpus_per_actor != int(cfg.gpus_per_actor):
         raise ConfigError(f"gpus_per_actor: a fraction must be below 1 (Ray shares one GPU), got {cfg.gpus_per_actor}")
     parse_faults(cfg.fault_injection, STAGE_NAMES)
+    for key in ("input", "out"):
+        scheme = re.match(r"^([a-z][a-z0-9+.-]*)://", str(getattr(cfg, key)))
+        if scheme:
+            # Said plainly rather than read as a relative path named "s3:": the job opens both as local paths.
+            raise ConfigError(f"{key}: {scheme.group(1)}:// URLs are not read or written by the job; use a path on "
+                              f"storage every node mounts (NFS, Lustre), and copy to or from the bucket around the "
+                              f"run (`out` needs renames that are atomic: not a FUSE bucket mount)")

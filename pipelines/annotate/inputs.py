@@ -1,7 +1,7 @@
 """The job's input side: the synthetic demo set when asked for, and the manifest split into per-shard input files.
 
 A shard is a fixed range of input rows (docs/design.md, "Run layout"); its rows are written once to
-OUT/input/pite-NNNNNN.parquet, which the readers hand to the actors as row metadata.
+OUT/input/pite-NNNNNN.parquet (pipelines/annotate/split.py), which the driver reads as the actors need them.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ def prepare_input(cfg: AnnotateJobConfig, out: Path) -> tuple[list[int], dict[in
     """Split the manifest into per-shard input files (once); returns all shard ids, rows per shard, config hash, rows.
 
     On resume (OUT/run.json exists) nothing is re-read: the manifest's fingerprint and the config hash must match
-    those of the run being resumed, or it is a ConfigError that names what differs. An earlier attempt that
-    finished no shard holds nothing to keep: it is split again, whatever its config was.
+    those of the run being resumed, or it is a ConfigError that names what differs. An earlier attempt of another
+    manifest or config that finished no shard holds nothing to keep: it is split again. A split that was cut off
+    continues where it was (pipelines/annotate/split.py).
     """
     from pipelines.manifest import expand_inputs, fingerprint
     from pipelines.shards import list_done_shards, list_partial_shards
@@ -35,7 +36,7 @@ def prepare_input(cfg: AnnotateJobConfig, out: Path) -> tuple[list[int], dict[in
     fp = fingerprint(expand_inputs(cfg.input))
     run_file = out / "run.json"
     chash = config_hash(cfg, exclude=NOT_HASHED)
-    if run_file.exists() and not list_done_shards(out):
+    if run_file.exists() and not list_done_shards(out) and not _same_run(run_file, fp, chash):
         import shutil
 
         run_file.unlink()
@@ -45,7 +46,9 @@ def prepare_input(cfg: AnnotateJobConfig, out: Path) -> tuple[list[int], dict[in
     if list_done_shards(out) or list_partial_shards(out):
         raise ConfigError(f"out: {out} holds shards but no run.json, so they cannot be checked against this "
                           f"manifest and config; choose another out= or delete it")
-    counts, total, check = _split_manifest(cfg, out)
+    from pipelines.annotate.split import IDS, STATE, split_manifest
+
+    counts, total, check = split_manifest(cfg, out, fp)
     print(f"annotate: input {check.line()}", flush=True)  # stdout: stderr is for what went wrong
     if total and check.usable == 0:  # nothing could become a sample: refuse before Ray starts, leave out= clean
         import shutil
@@ -56,7 +59,17 @@ def prepare_input(cfg: AnnotateJobConfig, out: Path) -> tuple[list[int], dict[in
     write_atomic(run_file, json.dumps({"manifest": fp, "config_hash": chash, "rows": total,
                                        "rows_per_shard": cfg.rows_per_shard,
                                        "rows_per_shard_file": {str(k): v for k, v in counts.items()}}, indent=1))
+    for name in (STATE, IDS):  # the split is done: what let it continue is not needed any more
+        (out / "input" / name).unlink(missing_ok=True)
     return sorted(counts), counts, chash, total
+
+
+def _same_run(run_file: Path, fp: str, chash: str) -> bool:
+    try:
+        prev = json.loads(run_file.read_text())
+    except ValueError:
+        return False
+    return prev.get("manifest") == fp and prev.get("config_hash") == chash
 
 
 def _resume(cfg, out: Path, run_file: Path, fp, chash: str):
@@ -76,68 +89,6 @@ def _resume(cfg, out: Path, run_file: Path, fp, chash: str):
     if prev.get("rows_per_shard") != cfg.rows_per_shard:  # also in the hash; said plainly here
         raise ConfigError(f"out: {out} was split with rows_per_shard={prev.get('rows_per_shard')}")
     return sorted(counts), counts, chash, rows
-
-
-class ManifestCheck:
-    """What reading the manifest found, before Ray starts: rows, rows already rejects (by reason), videos missing."""
-
-    def __init__(self):
-        self.rows = 0
-        self.errors: dict[str, int] = {}  # reason (without row details) -> rows
-        self.missing = 0  # rows whose video file does not exist
-        self.first_missing = ""
-
-    def add(self, r) -> None:
-        self.rows += 1
-        if r.error:
-            reason = r.error.split(" (first at row")[0].split(" {")[0]
-            reason = "duplicate video_id" if reason.startswith("duplicate video_id") else reason
-            self.errors[reason] = self.errors.get(reason, 0) + 1
-        elif not r.tar_member and not os.path.exists(r.video):
-            self.missing += 1
-            self.first_missing = self.first_missing or r.video
-
-    @property
-    def usable(self) -> int:
-        return self.rows - sum(self.errors.values()) - self.missing
-
-    def line(self) -> str:
-        parts = [f"{self.rows} rows, {self.usable} to annotate"]
-        if self.missing:
-            parts.append(f"{self.missing} videos not found (first: {self.first_missing}; paths are relative to the "
-                         f"manifest's folder)")
-        parts += [f"{n} x {reason}" for reason, n in sorted(self.errors.items(), key=lambda kv: -kv[1])]
-        return "; ".join(parts)
-
-
-def _split_manifest(cfg, out: Path) -> tuple[dict[int, int], int, ManifestCheck]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipelines.manifest import RECORD_SCHEMA_FIELDS, iter_manifest
-
-    schema = pa.schema([(n, getattr(pa, t)()) for n, t in RECORD_SCHEMA_FIELDS])
-    (out / "input").mkdir(parents=True, exist_ok=True)
-    counts: dict[int, int] = {}
-    buf: list[dict] = []
-    total = 0
-    check = ManifestCheck()
-
-    def flush(shard: int) -> None:
-        pq.write_table(pa.Table.from_pylist(buf, schema=schema), input_file(out, shard))
-        counts[shard] = len(buf)
-        buf.clear()
-
-    for r in iter_manifest(cfg.input):
-        shard = r.row // cfg.rows_per_shard
-        if buf and buf[-1]["row"] // cfg.rows_per_shard != shard:
-            flush(shard - 1)
-        buf.append(r.to_record())
-        check.add(r)
-        total += 1
-    if buf:
-        flush(buf[-1]["row"] // cfg.rows_per_shard)
-    return counts, total, check
 
 
 def maybe_synthesize(cfg: AnnotateJobConfig) -> None:

@@ -15,18 +15,29 @@ class AttemptLedger:
     count how often each row was in flight at a death, and in which stage.
 
     Files, not a Ray actor: they outlive the worker and need no extra process; OUT is shared storage on a cluster.
+    A mark is filed under its first row's block of `rows_per_dir` rows (the job's shard), and a call reads only the
+    blocks its rows can have been filed under (`look_back` blocks before its first: a chunk of up to batch_size
+    rows may start in an earlier block), so its cost follows the rows in flight and the deaths among them, not the
+    run's length.
     """
 
-    def __init__(self, root: str, group: int = 0):
+    def __init__(self, root: str, group: int = 0, rows_per_dir: int = 1 << 62, look_back: int = 1):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.group = group
+        self.group, self.rows_per_dir, self.look_back = group, rows_per_dir, look_back
+
+    def _dir(self, block: int) -> Path:
+        return self.root / f"b{block}"
 
     def deaths(self, rows: list[int]) -> dict[int, list[tuple[str, bool]]]:
         """row -> one (stage, alone) per earlier death with the row in flight; alone: it was the only row."""
         wanted = set(rows)
         found: dict[int, list[tuple[str, bool]]] = {r: [] for r in rows}
-        for path in self.root.glob(f"g{self.group}-*.json"):
+        if not rows:
+            return found
+        first, last = min(rows) // self.rows_per_dir, max(rows) // self.rows_per_dir
+        blocks = range(max(0, first - self.look_back), last + 1)
+        for path in (p for b in blocks for p in self._dir(b).glob(f"g{self.group}-*.json")):
             try:
                 mark = json.loads(path.read_text())
             except (OSError, ValueError):
@@ -38,7 +49,9 @@ class AttemptLedger:
         return found
 
     def start(self, rows: list[int]) -> Path:
-        mark = self.root / f"g{self.group}-{uuid.uuid4().hex}.json"
+        folder = self._dir(min(rows) // self.rows_per_dir)
+        folder.mkdir(exist_ok=True)
+        mark = folder / f"g{self.group}-{uuid.uuid4().hex}.json"
         self.at(mark, rows, "")
         return mark
 

@@ -1,7 +1,7 @@
 """The job's execution plan (what one actor needs, how many actors) and the preflight against the cluster.
 
-Ray Data starts every actor of a pool up front and waits for them without end, so a plan the cluster can never
-hold would hang. `preflight` compares the plan with what the cluster's nodes have before any work and refuses what
+An actor that the cluster cannot place waits for room without end, so a plan the cluster can never hold would
+hang. `preflight` compares the plan with what the cluster's nodes have before any work and refuses what
 can never be scheduled with a one-line ConfigError that names the config keys (docs/design.md, "Preflight").
 """
 

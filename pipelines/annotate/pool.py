@@ -1,13 +1,13 @@
 """The job's executor: a fixed pool of clip-chain actors that the driver feeds itself, a few calls ahead of each.
 
-Why not Ray Data's `map_batches` (which ran the job before): it keeps statistics for every block for the dataset's
-life, and with one row per block (what spreads a shard over the actors) that is about 1 KB a row on the head node,
-11 GB at 10M rows; and its 0-CPU readers may queue the whole input ahead of the actors. Here the driver reads each
-shard's input file when the actors need it, keeps at most `depth` calls in flight per actor (explicit
-backpressure: the input is never more than workers x depth x batch_size rows ahead), and holds nothing per row
-once the row is written. What Ray Data gave is kept: an actor that dies (a crash, a lost node) is restarted by Ray
-and its calls retried (`max_restarts`, `max_task_retries`), where the attempt ledger (OUT/.attempts) tells the retry
-which rows were in flight; an actor that cannot start ends the job with one line.
+Why not Ray Data's `map_batches`: it keeps statistics for every block for the dataset's life, and with one row per
+block (what spreads a shard over the actors) that is about 1 KB a row on the head node, 11 GB at 10M rows; and its
+0-CPU readers may queue the whole input ahead of the actors. Here the driver reads each shard's input file when
+the actors need it, keeps at most `depth` calls in flight per actor (explicit backpressure: the input is never
+more than workers x depth x batch_size rows ahead), and holds nothing per row once the row is written. An actor
+that dies (a crash, a lost node) is restarted by Ray, and its batches go to whichever actor is free, where the
+attempt ledger (OUT/.attempts) tells the retry which rows were in flight; an actor that cannot start ends the job
+with one line.
 """
 
 from __future__ import annotations
