@@ -12,7 +12,8 @@ Prints one JSON object:
   driver_rows_per_s          rows committed per second of the annotation run (first to last shard)
   driver_rss_mb_at           the driver process's RSS at 100k, 500k and 1M rows committed (those reached)
   driver_bytes_per_row       slope of the driver's RSS over the second half of the run (least squares)
-  split_rows_per_s           the input pass alone: `jsonl` (relative video paths) and `tar` (video2dataset shards)
+  split_rows_per_s           the input pass alone: `jsonl` (relative video paths), `tar` (video2dataset shards,
+                             headers walked) and `tar_with_parquet` (the same with video2dataset's .parquet beside)
   resume_first_sample_s      after a kill at half the rows: from the rerun's start to its first new shard
   seconds                    wall time of each part
 A committed tar is truncated to 0 bytes by the bench as soon as its shard is complete (its index and rejects stay,
@@ -101,10 +102,18 @@ def write_manifest(folder: Path, rows: int) -> Path:
     return path
 
 
-def write_tars(folder: Path, tars: int, per_tar: int) -> str:
-    """video2dataset-like shards: per sample an mp4, a txt and a json member."""
+def write_tars(folder: Path, tars: int, per_tar: int, sidecar: bool = False) -> str:
+    """video2dataset-like shards: per sample an mp4, a txt and a json member; with `sidecar`, the .parquet
+    video2dataset writes beside each tar (key, caption, status)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     folder.mkdir(parents=True, exist_ok=True)
     for t in range(tars):
+        if sidecar:
+            keys = [f"{t:05d}{i:04d}" for i in range(per_tar)]
+            pq.write_table(pa.table({"key": keys, "caption": ["A red ball rolls."] * per_tar,
+                                     "status": ["success"] * per_tar}), folder / f"{t:05d}.parquet")
         with tarfile.open(folder / f"{t:05d}.tar", "w") as tar:
             for i in range(per_tar):
                 key = f"{t:05d}{i:04d}"
@@ -228,9 +237,11 @@ def measure(root: Path, rows: int, work: Path, resume: bool, split_only: bool = 
     t0 = time.perf_counter()
     manifest = write_manifest(work / "in", rows)
     tars = write_tars(work / "tars", 20, 1000)
+    with_parquet = write_tars(work / "tars-parquet", 20, 1000, sidecar=True)
     report = {"rows": rows, "code": str(root)}
     report["split_rows_per_s"] = {"jsonl": split_rate(str(manifest), work / "split-jsonl", root),
-                                  "tar": split_rate(tars, work / "split-tar", root)}
+                                  "tar": split_rate(tars, work / "split-tar", root),
+                                  "tar_with_parquet": split_rate(with_parquet, work / "split-tar-parquet", root)}
     if split_only:
         return report
     samples = work / "rss.jsonl"
