@@ -93,6 +93,10 @@ def fingerprint(paths: list[Path]) -> str:
         if p.suffix == ".tar":
             st = p.stat()
             h.update(f"{st.st_size}:{int(st.st_mtime)}".encode())
+            sidecar = p.with_suffix(".parquet")  # the rows come from it when it is there
+            if sidecar.exists():
+                st = sidecar.stat()
+                h.update(f"parquet:{st.st_size}:{int(st.st_mtime)}".encode())
         else:
             with open(p, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -110,7 +110,8 @@ def test_a_mistyped_input_is_not_found_at_once_without_making_the_demo_set(tmp_p
 
 
 @pytest.mark.parametrize("command, argv, fix", [
-    (annotate_main, ["--config", str(CONFIG), "--input", "my.jsonl", "--out", "runs/x"], "write input=my.jsonl out=runs/x"),
+    (annotate_main, ["--config", str(CONFIG), "--input", "my.jsonl", "--out", "runs/x"],
+     "write input=my.jsonl out=runs/x"),
     (annotate_clip_main, ["--video", "v.mp4", "--caption", "A cat.", "--out", "o", "--seed", "3"], "write seed=3"),
 ])
 def test_flags_that_are_settings_get_their_key_value_form(command, argv, fix, capsys):

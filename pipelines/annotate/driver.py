@@ -144,6 +144,7 @@ def _stream(cfg, out: Path, pending, counts, plan, ledger: str, sample_hash: str
                     sink.put(shard, [r for _, r in sorted(buffers.pop(shard).items())])
         sink.close()
     finally:
+        sink.close(quiet=True)  # on an error or Ctrl-C: the shards already finished are still written, whole
         pool.close()
         bar.close()
         tally.driver_wait, tally.driver_write, tally.driver_write_blocked = pool.waited, sink.busy, sink.blocked

@@ -79,10 +79,11 @@ class ChainPool:
             timeout = None if got_any else max(1.0, ACTOR_START_TIMEOUT_S - (t0 - started))
             ref = state.next_done(timeout)
             self.waited += time.perf_counter() - t0
-            if ref is None:  # woken to send a probe again, or no actor has answered since the start
+            if ref is None:  # woken to send a probe again, or nothing has come back for too long
                 if not got_any and time.perf_counter() - started >= ACTOR_START_TIMEOUT_S:
                     raise PiteError(f"no annotation actor returned a result within {ACTOR_START_TIMEOUT_S} s of "
                                     f"the start (models still loading, or actors that cannot be placed)")
+                state.check_stranded()
                 continue
             result = state.take(ref, on_start_failure)
             if result is not None:
@@ -113,6 +114,7 @@ class _Flight:
         self.alive = len(actors)
         self.retried = 0
         self.exhausted = False
+        self.stranded_since: Optional[float] = None  # work waits and no call is in flight: every actor is down
 
     def dispatch(self) -> bool:
         """Hand out batches while actors are free; False when nothing is left in flight or to hand out."""
@@ -135,10 +137,26 @@ class _Flight:
     def next_done(self, timeout: Optional[float]):
         import ray
 
-        if self.later:  # wake up in time to send the probes that wait
+        if self.later or (self.again and not self.calls):  # wake up to re-probe, and to notice a stranded run
             timeout = PROBE_AGAIN_S if timeout is None else min(timeout, PROBE_AGAIN_S)
-        done, _ = ray.wait(list(self.calls) + list(self.probes), num_returns=1, timeout=timeout)
+        refs = list(self.calls) + list(self.probes)
+        if not refs:  # only re-probes wait: sleep until the first is due (ray.wait([]) would return at once)
+            time.sleep(max(0.0, min(w for w, _ in self.later) - time.monotonic()) if self.later else PROBE_AGAIN_S)
+            return None
+        done, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         return done[0] if done else None
+
+    def check_stranded(self) -> None:
+        """Work waits, no call is in flight and no actor has come back for ACTOR_START_TIMEOUT_S (its node gone and
+        no room elsewhere): an error that says so, not a wait without end."""
+        if not (self.again and not self.calls):
+            self.stranded_since = None
+            return
+        now = time.monotonic()
+        self.stranded_since = self.stranded_since or now
+        if now - self.stranded_since >= ACTOR_START_TIMEOUT_S:
+            raise PiteError(f"every annotation actor died and none came back within {ACTOR_START_TIMEOUT_S} s "
+                            f"(their node lost and no room for them elsewhere?); the same command resumes")
 
     def take(self, ref, on_start_failure) -> Optional[dict]:
         """The result of a finished call (None for a probe or a call whose actor died)."""

@@ -229,25 +229,40 @@ def mark_duplicates(folder: Path, counts: dict, rows_per_shard: int, check: Mani
     marks: dict[int, list[tuple[int, int]]] = {}
     for dup, first in zip(order[later].tolist(), first_of.tolist()):
         marks.setdefault(dup // rows_per_shard, []).append((dup, first))
+    ids = ShardIds(path_of, rows_per_shard)
     found = 0
     for shard, pairs in sorted(marks.items()):
         table = pq.read_table(path_of(shard))
         rows = table.to_pylist()
         for dup, first in pairs:
             rec = rows[dup - shard * rows_per_shard]
-            if rec["error"] is None and _video_id(path_of, first, rows_per_shard) == rec["video_id"]:
+            if rec["error"] is None and ids.of(first) == rec["video_id"]:  # equal ids, not a hash collision
                 rec["error"] = duplicate_error(rec["video_id"], first)
                 check.add_error(rec["error"])
                 found += 1
-        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path_of(shard))
+        # Whole or not at all: a kill mid-write must not leave a shard's input file torn.
+        tmp = path_of(shard).with_name(f".{path_of(shard).name}.tmp")
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), tmp)
+        os.replace(tmp, path_of(shard))
     return found
 
 
-def _video_id(path_of, row: int, rows_per_shard: int) -> str:
-    import pyarrow.parquet as pq
+class ShardIds:
+    """video_id of a row, reading each shard's id column once (the first rows of many duplicates share shards)."""
 
-    table = pq.read_table(path_of(row // rows_per_shard), columns=["row", "video_id"])
-    return table.column("video_id")[row - (row // rows_per_shard) * rows_per_shard].as_py()
+    def __init__(self, path_of, rows_per_shard: int):
+        self.path_of, self.rows_per_shard = path_of, rows_per_shard
+        self.cache: dict[int, list] = {}
+
+    def of(self, row: int) -> str:
+        import pyarrow.parquet as pq
+
+        shard = row // self.rows_per_shard
+        if shard not in self.cache:
+            if len(self.cache) > 1024:  # bounded: duplicates come sorted by hash, so shards recur at random
+                self.cache.clear()
+            self.cache[shard] = pq.read_table(self.path_of(shard), columns=["video_id"]).column(0).to_pylist()
+        return self.cache[shard][row - shard * self.rows_per_shard]
 
 
 def _load_state(folder: Path, fingerprint: str, rows_per_shard: int) -> dict:

@@ -118,17 +118,19 @@ class RunTally:
                 self.notes.append(f"row {int(rec['row'])} ({rec['video_id']}): {rec['note']}")
         if not rec["ok"] or not len(rec["m_json"]):
             return
-        for k, v in json.loads(rec["quality"]).items():
-            if v is not None and math.isfinite(v):
-                self.quality.add_many(k, v, 1)
         if rec["preview"] is not None and len(rec["preview"]):
             self.add_preview(float(rec["confidence"]), int(rec["row"]), rec["video_id"], bytes(rec["preview"]),
                              first=int(rec["row"]) < report_samples)
         rec["preview"] = b""  # drawn into the report; the shard does not need it
 
-    def add_written(self, written: int, rejects: list[tuple[str, str, str]]) -> None:
-        """A shard the writer committed: its samples and its rejects (stage, message, video_id)."""
+    def add_written(self, written: int, rejects: list[tuple[str, str, str]], figures: list[dict]) -> None:
+        """A shard the writer committed: its samples, its rejects (stage, message, video_id) and the quality
+        figures of the samples it holds."""
         self.written += written
+        for quality in figures:
+            for k, v in quality.items():
+                if v is not None and math.isfinite(v):
+                    self.quality.add_many(k, v, 1)
         for stage, msg, video_id in rejects:
             self.rejects_by_stage[stage] += 1
             reason = f"{stage}: {reason_class(msg)}"

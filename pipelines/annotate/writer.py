@@ -22,17 +22,21 @@ from pipelines.annotate.outputs import member_column
 QUEUE = 2  # shards waiting for the writer; the driver holds at most this many finished shards beyond the writer's
 
 
-def write_shard(writer_cls, out: Path, shard: int, recs: list[dict], cfg, quality_columns) -> tuple[int, list]:
+def write_shard(writer_cls, out: Path, shard: int, recs: list[dict], cfg,
+                quality_columns) -> tuple[int, list, list]:
     """One shard's tar, index and rejects from its output rows; returns (samples written, [(stage, reason,
-    video_id)]) where a sample the shard cannot hold (its key twice) became a reject."""
-    rejects = []
+    video_id)], [quality figures of each sample written]) where a sample the shard cannot hold (its key twice)
+    became a reject."""
+    rejects, figures = [], []
     with writer_cls(out, shard, quality_columns=quality_columns, num_frames=cfg.num_frames,
                     num_points=cfg.num_points) as writer:
         for r in recs:
             if r["ok"] and len(r["m_json"]):
                 members = {m: bytes(r[member_column(m)]) for m in MEMBERS}
+                quality = json.loads(r["quality"])
                 try:
-                    writer.add_members(members, quality=json.loads(r["quality"]))
+                    writer.add_members(members, quality=quality)
+                    figures.append(quality)
                     continue
                 except PiteError as exc:
                     stage, msg = "write", one_line(exc)
@@ -41,7 +45,7 @@ def write_shard(writer_cls, out: Path, shard: int, recs: list[dict], cfg, qualit
             writer.reject(r["video_id"], int(r["row"]), stage, msg)
             rejects.append((stage, msg, r["video_id"]))
         n = writer.n_samples
-    return n, rejects
+    return n, rejects, figures
 
 
 class ShardSink:
@@ -52,7 +56,7 @@ class ShardSink:
         from pipelines.shards import ShardWriter
 
         self.out, self.cfg, self.quality_columns = out, cfg, quality_columns
-        self.on_written = on_written  # (samples written, rejects) -> None, called in the writer thread
+        self.on_written = on_written  # (samples written, rejects, figures) -> None, called in the writer thread
         self.writer_cls = ShardWriter
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUE)
         self.error: BaseException | None = None
@@ -68,10 +72,14 @@ class ShardSink:
         self.queue.put((shard, recs))
         self.blocked += time.perf_counter() - t0
 
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        self._raise()
+    def close(self, quiet: bool = False) -> None:
+        """Write what is queued, then stop the thread; `quiet` (the run is ending on another error): do not raise
+        the writer's own error over it. The shards it wrote are whole; one it failed on stays absent."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        if not quiet:
+            self._raise()
 
     def _raise(self) -> None:
         if self.error is not None:
@@ -86,9 +94,9 @@ class ShardSink:
                 continue  # drain, so the driver never blocks on a full queue behind a dead writer
             t0 = time.perf_counter()
             try:
-                n, rejects = write_shard(self.writer_cls, self.out, job[0], job[1], self.cfg, self.quality_columns)
                 with self.lock:
-                    self.on_written(n, rejects)
+                    self.on_written(*write_shard(self.writer_cls, self.out, job[0], job[1], self.cfg,
+                                                 self.quality_columns))
             except BaseException as exc:  # noqa: BLE001 - handed to the driver, which ends the run with it
                 self.error = exc
             self.busy += time.perf_counter() - t0

@@ -97,12 +97,13 @@ def check_out(cfg: TrainConfig, out: Path) -> None:
 
 
 def fresh_start(cfg: TrainConfig) -> None:
-    """What `fresh=true` drops before the run starts: the stages' dirs, OUT/final, train.json and a tiny base's
-    tokenizer (retrained from the data)."""
+    """What `fresh=true` drops before the run starts: the stages' dirs, OUT/final, train.json, eval.json, the old
+    config.yaml (the Ray launcher's workers check against it) and a tiny base's tokenizer (retrained from the data)."""
     out = resolve_out(cfg)
     for name in [s.name for s in cfg.stages] + ["final", "tokenizer"]:
         shutil.rmtree(out / name, ignore_errors=True)
-    (out / "train.json").unlink(missing_ok=True)
+    for name in ("train.json", "eval.json", "config.yaml"):
+        (out / name).unlink(missing_ok=True)
 
 
 def where_it_stands(cfg: TrainConfig, out: Path) -> str:

@@ -72,6 +72,12 @@ def run(cfg: TrainConfig, dist: Dist) -> dict:
     out = resolve_out(cfg)
     check_out(cfg, out)  # every rank reads the same files, so all of them refuse alike (no rank left at a barrier)
     if not cfg.fresh and run_finished(cfg, out):
+        if cfg.eval.data and not (out / "eval.json").is_file():  # trained, but its evaluation never finished
+            if dist.is_main:
+                from pipelines.evaluate.heldout import evaluate_run
+
+                evaluate_run(cfg, out, device=dist.device)
+            dist.barrier()
         return finished_summary(out)
     if dist.is_main:
         if cfg.fresh:
@@ -157,7 +163,7 @@ def launch_ray(cfg: TrainConfig) -> dict:
     cfg = absolute_paths(cfg)
     out = resolve_out(cfg)
     check_out(cfg, out)
-    if not cfg.fresh and run_finished(cfg, out):
+    if not cfg.fresh and run_finished(cfg, out) and (not cfg.eval.data or (out / "eval.json").is_file()):
         return finished_summary(out)
     if cfg.fresh:
         fresh_start(cfg)
