@@ -387,7 +387,7 @@ def test_cotracker_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "cotracker", None)
     monkeypatch.setitem(sys.modules, "cotracker.predictor", None)
     stage = make_tracker(_cotracker_cfg("ckpt.pth"))
-    with pytest.raises(ConfigError, match=r"pip install -e \.") as info:
+    with pytest.raises(ConfigError, match=r"make cotracker COTRACKER_SRC=DIR") as info:
         stage.setup()
     assert "track.backend" in str(info.value) and "\n" not in str(info.value)
 
