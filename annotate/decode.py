@@ -21,6 +21,7 @@ DURATION_SLACK_S = 1e-3
 
 class DecodeStage(Stage):
     name = "decode"
+    threaded = True  # PyAV releases the GIL while it decodes
 
     def __init__(self, cfg: AnnotateConfig):
         super().__init__(cfg)

@@ -101,8 +101,7 @@ class ClipAnnotator:
 
     def setup(self) -> "ClipAnnotator":
         for stage in self.stages:
-            stage.setup()
-            stage._ready = True
+            stage.ready()
         return self
 
     def annotate(self, items: list[ClipItem]) -> list[ClipItem]:

@@ -42,6 +42,8 @@ def one_line(exc: BaseException) -> str:
 
 class Stage:
     name = "stage"
+    # The items of a batch may run in threads of their own: the stage's work releases the GIL (decoding).
+    threaded = False
 
     def __init__(self, cfg: AnnotateConfig):
         self.cfg = cfg
@@ -51,7 +53,14 @@ class Stage:
         return Resources()
 
     def setup(self) -> None:
-        """Load models / weights. Called once per worker before the first batch."""
+        """Load models / weights. Called once per worker before the first batch (through `ready`)."""
+
+    def ready(self) -> "Stage":
+        """The stage set up, once: what a runner calls before its first batch (`process` does it if needed)."""
+        if not self._ready:
+            self.setup()
+            self._ready = True
+        return self
 
     def problems(self) -> list[str]:
         """What would stop `setup` here, found without loading a model: a package that does not import, a weights
@@ -71,9 +80,7 @@ class Stage:
             self._guarded(item, self.process_item)
 
     def process(self, items: list[ClipItem]) -> list[ClipItem]:
-        if not self._ready:
-            self.setup()
-            self._ready = True
+        self.ready()
         live = [it for it in items if it.ok]
         t0 = time.perf_counter()
         self.process_batch(live)

@@ -49,8 +49,7 @@ def bench_embedded(n_clips: int, seed: int) -> dict:
         setup_s = {}
         for stage in annotator.stages:
             t0 = time.perf_counter()
-            stage.setup()
-            stage._ready = True
+            stage.ready()
             setup_s[stage.name] = round(time.perf_counter() - t0, 4)
         per_stage = {name: [] for name in STAGE_NAMES}
         totals, objects, rejects = [], [], []

@@ -28,8 +28,7 @@ def clip_items(seed: int = 0):
 
 def count_forwards(stage, fail=None) -> list[int]:
     """Wrap the CLIP model's forward: record the frames of each call; `fail(pixel_values)` True makes it raise."""
-    stage.setup()
-    stage._ready = True
+    stage.ready()
     calls, inner = [], stage.encoder.model.forward
 
     def forward(*args, **kwargs):

@@ -343,8 +343,7 @@ def test_frame_loop_keeps_earliest_confident_frame(tiny_dir):
     texts = ["A red ball", "a dog", "a cup", "two pillows", "the sofa"]  # 17 tokens: two prompts
     item = make_item(caption, texts, clip, plural={"two pillows"})
     stage = make_grounder(gdino_cfg(tiny_dir, every_n_frames=3, batch_size=2))
-    stage.setup()
-    stage._ready = True
+    stage.ready()
     stage.model = StubModel(stage.model.config, stage.processor.tokenizer)
     stage.process([item])
 

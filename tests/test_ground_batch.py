@@ -59,8 +59,7 @@ THRESHOLDS = dict(box_threshold=0.81, text_threshold=0.81)
 def count_forwards(stage, fail=None) -> list[tuple]:
     """Wrap the model's forward: record (rows, pixel h, w) of each call and scale its logits by LOGIT_SCALE;
     `fail(input_ids)` True makes a call raise."""
-    stage.setup()
-    stage._ready = True
+    stage.ready()
     calls, inner = [], stage.model.forward
 
     def forward(*args, **kwargs):

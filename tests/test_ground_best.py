@@ -49,8 +49,7 @@ def ground(tiny_dir, pick):
     item = make_item("A ball and a dog.", ["A ball", "a dog"], make_clip(frames, np.arange(10)))
     stage = make_grounder(gdino_cfg(tiny_dir, every_n_frames=1, batch_size=4, pick=pick, box_threshold=0.6,
                                     text_threshold=0.6))
-    stage.setup()
-    stage._ready = True
+    stage.ready()
     stage.model = RampModel(stage.model.config, stage.processor.tokenizer)
     stage.process([item])
     assert item.ok, item.error

@@ -142,8 +142,7 @@ def test_sam_batches_the_boxes_of_each_frame(monkeypatch):
     item = make_item(frames, [(0, [2, 2, 30, 30]), (2, [5, 5, 60, 40]), (0, [40, 10, 70, 40]), (0, [0, 0, 80, 48]),
                               (2, [10, 20, 20, 30])])
     stage = SamSegmenter.from_model(sam_cfg(), tiny_sam())
-    stage.setup()
-    stage._ready = True
+    stage.ready()
     calls = {"encoder": [], "boxes": []}
     encoder_forward, predict_torch = stage.model.image_encoder.forward, stage.predictor.predict_torch
 
@@ -169,8 +168,7 @@ def test_sam_stage_keeps_the_best_of_three_for_each_box(monkeypatch):
     frames = np.zeros((1, 6, 8, 3), np.uint8)
     item = make_item(frames, [(0, [0, 0, 4, 4]), (0, [4, 2, 8, 6])])
     stage = SamSegmenter(sam_cfg(), model=tiny_sam())
-    stage.setup()
-    stage._ready = True
+    stage.ready()
     masks = torch.zeros(2, 3, 6, 8, dtype=torch.bool)
     for b in range(2):
         for c in range(3):

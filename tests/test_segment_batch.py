@@ -57,8 +57,7 @@ def stage(model, batch_size: int = 8, dtype: str = "float32") -> SamSegmenter:
 
 def count_encoder_calls(monkeypatch, seg: SamSegmenter, fail=None) -> list[int]:
     """Patch the image encoder to record the stack size of each call; `fail(x)` True makes a call raise."""
-    seg.setup()
-    seg._ready = True
+    seg.ready()
     calls: list[int] = []
     forward = seg.model.image_encoder.forward
 

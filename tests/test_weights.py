@@ -177,8 +177,7 @@ def test_recipe_stages_load_the_weights_and_run_a_clip(tiny):
     item = clip_item(textured_frames(), "A red ball near a dog.", ["A red ball", "a dog"])
     for name in ("ground", "segment", "points", "features"):
         stage = build_stage(name, cfg)
-        stage.setup()
-        stage._ready = True
+        stage.ready()
         stage.process([item])
         assert item.ok, (name, item.error)
     assert [g.phrase_index for g in item.groundings] + [d["phrase"] for d in item.dropped] != []

@@ -35,8 +35,7 @@ class ClipChain:
         self.cfg, self.sample_hash = cfg, sample_hash
         self.stages = [build_stage(n, cfg) for n in STAGE_NAMES]
         for s in self.stages:
-            s.setup()
-            s._ready = True
+            s.ready()
         threads = max(1, int(decode_threads))
         # One thread decodes in the caller: the embedded CPU path (a 1-CPU actor) stays a plain loop.
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
@@ -106,7 +105,7 @@ class ClipChain:
                         it.reject(stage.name, one_line(exc_one))
 
     def _process(self, stage, items) -> None:
-        if stage.name == "decode" and self.pool is not None and len(items) > 1:
+        if stage.threaded and self.pool is not None and len(items) > 1:
             # Each clip decoded in its own thread; the stage's own per-item guard turns a failure into a reject.
             list(self.pool.map(lambda it: stage.process([it]), items))
         else:
