@@ -15,7 +15,7 @@ from pipelines.train.run import main, run
 from pipelines.train.config import load_train_config
 from pipelines.train.data import model_inputs
 from pipelines.train.dist import Dist
-from tests.train_helpers import D, K, T, make_run, tiny_train_config
+from tests.train_helpers import D, K, T, losses, make_run, tiny_train_config
 
 STAGES = [
     {"name": "s1", "labels": {"stage": 1}, "lora": False,
@@ -38,11 +38,6 @@ def _config(tmp_path, data, stages, name="cfg.yaml", **top):
     return path
 
 
-def _losses(out, stage):
-    rows = [json.loads(ln) for ln in (out / stage / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["lm_loss"], r["loc_loss"], r["traj_loss"]) for r in rows]
-
-
 @pytest.mark.slow
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, data):
     path = _config(tmp_path, data, STAGES[:2], save_every=3)
@@ -51,13 +46,13 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, data):
     # Killed right after step 3 of stage 2 (its checkpoint is written), then resumed from it.
     assert main(["--config", str(path), f"out={cut}", "stop_at=3"]) == 3
     assert (cut / "s2" / "checkpoints" / "step-000003" / "trainable.safetensors").is_file()
-    assert len(_losses(cut, "s2")) == 3
+    assert len(losses(cut, "s2")) == 3
     assert main(["--config", str(path), f"out={cut}"]) == 0
-    a, b = _losses(full, "s2"), _losses(cut, "s2")
+    a, b = losses(full, "s2"), losses(cut, "s2")
     assert [r[0] for r in b] == [1, 2, 3, 4, 5, 6]
     for ra, rb in zip(a, b):
         assert ra == pytest.approx(rb, rel=1e-5, abs=1e-6)
-    assert _losses(full, "s1") == _losses(cut, "s1")
+    assert losses(full, "s1") == losses(cut, "s1")
     # The stage's resumable states are gone once it finished; its checkpoint and OUT/final are there.
     assert not (cut / "s2" / "checkpoints").exists()
     for out in (full, cut):
@@ -73,7 +68,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, data):
     run(load_train_config(path, [f"out={tmp_path / 'acc'}", "loader.epoch_batches=6"]), Dist())
     run(load_train_config(path, [f"out={tmp_path / 'big'}", "stages.0.optim.grad_accum=1",
                                  "loader.batch_size=4", "loader.epoch_batches=3"]), Dist())
-    acc, big = _losses(tmp_path / "acc", "s2"), _losses(tmp_path / "big", "s2")
+    acc, big = losses(tmp_path / "acc", "s2"), losses(tmp_path / "big", "s2")
     assert len(acc) == len(big) == 3
     for ra, rb in zip(acc, big):
         assert ra == pytest.approx(rb, rel=1e-4, abs=1e-5)

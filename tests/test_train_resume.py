@@ -3,14 +3,13 @@ ends with the losses of an uninterrupted run, leaves a finished run alone, and r
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
 import yaml
 
 from pipelines.train.run import main
-from tests.train_helpers import make_run, tiny_train_config
+from tests.train_helpers import losses, make_run, tiny_train_config
 
 STAGES = [
     {"name": "s1", "labels": {"stage": 1}, "lora": False,
@@ -28,11 +27,6 @@ def config(tmp_path_factory):
     path = tmp / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def _losses(out, stage):
-    rows = [json.loads(ln) for ln in (out / stage / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["lm_loss"], r["loc_loss"], r["traj_loss"]) for r in rows]
 
 
 def _steps(out, stage):
@@ -56,11 +50,11 @@ def test_the_same_command_continues_keeps_every_checkpoint_and_matches_an_uninte
     # Nothing of the first attempt was removed: its three checkpoints stand beside the two new ones.
     assert _steps(cut, "s2") == [f"step-00000{i}" for i in range(1, 6)]
     assert main(["--config", str(config), f"out={cut}"]) == 0
-    a, b = _losses(full, "s2"), _losses(cut, "s2")
+    a, b = losses(full, "s2"), losses(cut, "s2")
     assert [r[0] for r in b] == [1, 2, 3, 4, 5, 6]
     for ra, rb in zip(a, b):
         assert ra == pytest.approx(rb, rel=1e-5, abs=1e-6)
-    assert _losses(full, "s1") == _losses(cut, "s1")
+    assert losses(full, "s1") == losses(cut, "s1")
 
     # Run once more: a finished run is left as it is, and the console says so.
     before = (cut / "final" / "heads.safetensors").stat().st_mtime_ns
@@ -86,7 +80,7 @@ def test_another_config_in_the_same_out_is_refused_in_one_line_and_fresh_starts_
     assert main(["--config", str(config), f"out={out}", "stop_at=2", "log_every=2", "save_every=2"]) == 3
     assert main(["--config", str(config), f"out={out}", "seed=1", "fresh=true", "stop_at=1"]) == 3
     assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 1
-    assert [r[0] for r in _losses(out, "s1")] == [1]
+    assert [r[0] for r in losses(out, "s1")] == [1]
 
 
 def test_flags_get_the_key_value_form_in_one_line(capsys):

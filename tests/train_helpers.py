@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -83,3 +84,9 @@ def tiny_train_config(data: Path, stages: list[dict], layers: int = 1, lora_drop
         "loader": {"batch_size": 2, "num_workers": 1, "shuffle_buffer": 4, "epoch_batches": 5},
         "stages": stages, **top,
     }
+
+
+def losses(out: Path, stage: str) -> list[tuple]:
+    """(step, lm_loss, loc_loss, traj_loss) of each logged step of a stage's metrics.jsonl."""
+    rows = [json.loads(ln) for ln in (out / stage / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["lm_loss"], r["loc_loss"], r["traj_loss"]) for r in rows]

@@ -36,13 +36,12 @@ from pipelines.config import save_config
 from pipelines.files import write_atomic
 
 
-def run(cfg: AnnotateJobConfig, chain_cls=None) -> dict:
+def run(cfg: AnnotateJobConfig) -> dict:
     """Annotate `cfg.input` into `resolve_out(cfg)`; returns the stats (also written to OUT/stats.json).
 
     Uses the Ray that is already initialised in this process if any (a notebook, a test), else connects to the
     cluster of `ray job submit` (RAY_ADDRESS) or `cfg.ray_address`, else starts a local Ray of its own, which it
-    shuts down at the end. `chain_cls` replaces the clip-chain actor (bench/scale.py measures the job's own
-    machinery with one that replays a prebuilt sample); no config reaches it.
+    shuts down at the end.
     """
     from annotate.pipeline import checked_stages
 
@@ -57,10 +56,10 @@ def run(cfg: AnnotateJobConfig, chain_cls=None) -> dict:
     maybe_synthesize(cfg)
     out.mkdir(parents=True, exist_ok=True)
     with run_lock(out):
-        return _run_locked(cfg, out, stages, chain_cls)
+        return _run_locked(cfg, out, stages)
 
 
-def _run_locked(cfg: AnnotateJobConfig, out: Path, stages: list, chain_cls=None) -> dict:
+def _run_locked(cfg: AnnotateJobConfig, out: Path, stages: list) -> dict:
     import ray
 
     from pipelines.annotate.plan import actor_plan, cluster_nodes, preflight
@@ -95,7 +94,7 @@ def _run_locked(cfg: AnnotateJobConfig, out: Path, stages: list, chain_cls=None)
         t_run = time.perf_counter()
         if pending:
             preflight(cfg, plan, cluster_nodes())
-            _stream(cfg, out, pending, counts, plan, str(ledger), sample_hash, tally, t_run, chain_cls)
+            _stream(cfg, out, pending, counts, plan, str(ledger), sample_hash, tally, t_run)
         seconds = {"total": time.perf_counter() - t_start, "ray_startup": ray_startup,
                    "pipeline": time.perf_counter() - t_run}
         stats = build_stats(cfg, out, total, tally, counts_from_done(out, sorted(done)), seconds, chash,
@@ -115,18 +114,17 @@ def _run_locked(cfg: AnnotateJobConfig, out: Path, stages: list, chain_cls=None)
     return stats
 
 
-def _stream(cfg, out: Path, pending, counts, plan, ledger: str, sample_hash: str, tally: RunTally, t_run,
-            chain_cls=None) -> None:
+def _stream(cfg, out: Path, pending, counts, plan, ledger: str, sample_hash: str, tally: RunTally, t_run) -> None:
     from pipelines.annotate.actor import ClipChain
 
-    pool = ChainPool(chain_cls or ClipChain, (cfg, ledger, sample_hash, plan.decode_threads), plan.workers,
+    pool = ChainPool(ClipChain, (cfg, ledger, sample_hash, plan.decode_threads), plan.workers,
                      plan.num_cpus, plan.num_gpus, int(plan.memory_gb * GIB) or None)
     sink = ShardSink(out, cfg, QUALITY_COLUMNS, tally.add_written)
     bar = _progress(cfg, sum(counts[s] for s in pending))
     # Keyed by row: a row handed over twice (a retried call) is kept once. Only shards not yet complete are held.
     buffers: dict[int, dict[int, dict]] = defaultdict(dict)
     finished: set[int] = set()
-    batches = read_batches(((s, input_file(out, s)) for s in pending), cfg.batch_size, tally.count_input)
+    batches = read_batches((input_file(out, s) for s in pending), cfg.batch_size, tally.count_input)
     try:
         for columns in pool.map(batches, actor_start_failure):
             for rec in rows_of(columns):

@@ -27,13 +27,13 @@ DEPTH = 2  # calls in flight per actor: one running, one waiting, so an actor ne
 PROBE_AGAIN_S = 0.5  # between probes of an actor that is still restarting
 
 
-def read_batches(files: Iterable[tuple[int, Path]], batch_size: int,
+def read_batches(files: Iterable[Path], batch_size: int,
                  on_file: Optional[Callable] = None) -> Iterator[dict]:
     """Per-shard input files -> batches of `batch_size` rows (columns as lists), one shard's file read at a time,
     when the pool asks for the next batch. `on_file(table)` sees each file's rows (the run counts their bytes)."""
     import pyarrow.parquet as pq
 
-    for _, path in files:
+    for path in files:
         table = pq.read_table(path)
         if on_file is not None:
             on_file(table)
@@ -67,7 +67,6 @@ class ChainPool:
         self.actors = [remote.remote(*args) for _ in range(workers)]
         self.depth = depth
         self.waited = 0.0  # seconds the driver spent waiting for a result (the actors were the bottleneck)
-        self.calls_retried = 0  # calls whose actor died, handed to another
 
     def map(self, batches: Iterator[dict], on_start_failure: Callable[[BaseException], Optional[str]]) \
             -> Iterator[dict]:
@@ -89,7 +88,6 @@ class ChainPool:
             if result is not None:
                 got_any = True
                 yield result
-        self.calls_retried = state.retried
 
     def close(self) -> None:
         import ray
@@ -111,8 +109,6 @@ class _Flight:
         self.probing: set = set()
         self.later: list = []  # (when, actor): probes to send again, the actor was still restarting
         self.again: deque = deque()  # batches of calls whose actor died
-        self.alive = len(actors)
-        self.retried = 0
         self.exhausted = False
         self.stranded_since: Optional[float] = None  # work waits and no call is in flight: every actor is down
 
@@ -171,9 +167,8 @@ class _Flight:
                 self.free.extend([actor] * self.depth)
             except ActorUnavailableError:  # still restarting: ask again in a moment
                 self.later.append((time.monotonic() + PROBE_AGAIN_S, actor))
-            except RayActorError:
+            except RayActorError:  # gone for good: no work for it again
                 self.probing.discard(actor)
-                self.alive -= 1  # gone for good
             return None
         actor, batch = self.calls.pop(ref)
         try:
@@ -192,7 +187,6 @@ class _Flight:
 
     def _died(self, actor, batch: dict) -> None:
         self.again.append(batch)
-        self.retried += 1
         if actor in self.probing:
             return
         self.probing.add(actor)

@@ -62,7 +62,6 @@ class ShardSink:
         self.error: BaseException | None = None
         self.busy = 0.0  # seconds the writer thread spent writing
         self.blocked = 0.0  # seconds the driver waited for room in the queue (the writer was the bottleneck)
-        self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._work, name="shard-writer", daemon=True)
         self.thread.start()
 
@@ -94,9 +93,9 @@ class ShardSink:
                 continue  # drain, so the driver never blocks on a full queue behind a dead writer
             t0 = time.perf_counter()
             try:
-                with self.lock:
-                    self.on_written(*write_shard(self.writer_cls, self.out, job[0], job[1], self.cfg,
-                                                 self.quality_columns))
+                # on_written touches only the tally's writer-side fields: the driver thread never writes them
+                self.on_written(*write_shard(self.writer_cls, self.out, job[0], job[1], self.cfg,
+                                             self.quality_columns))
             except BaseException as exc:  # noqa: BLE001 - handed to the driver, which ends the run with it
                 self.error = exc
             self.busy += time.perf_counter() - t0
