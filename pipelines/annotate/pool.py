@@ -25,6 +25,9 @@ from annotate.errors import PiteError
 ACTOR_START_TIMEOUT_S = 900
 DEPTH = 2  # calls in flight per actor: one running, one waiting, so an actor never idles between calls
 PROBE_AGAIN_S = 0.5  # between probes of an actor that is still restarting
+# With nothing back for this long, the driver asks Ray whether the actors of the calls in flight still live: a call
+# on an actor whose node was lost while Ray cannot place it again may never fail by itself.
+STALL_CHECK_S = 30.0
 
 
 def read_batches(files: Iterable[Path], batch_size: int,
@@ -82,6 +85,7 @@ class ChainPool:
                 if not got_any and time.perf_counter() - started >= ACTOR_START_TIMEOUT_S:
                     raise PiteError(f"no annotation actor returned a result within {ACTOR_START_TIMEOUT_S} s of "
                                     f"the start (models still loading, or actors that cannot be placed)")
+                state.drop_calls_on_dead_actors()
                 state.check_stranded()
                 continue
             result = state.take(ref, on_start_failure)
@@ -135,12 +139,28 @@ class _Flight:
 
         if self.later or (self.again and not self.calls):  # wake up to re-probe, and to notice a stranded run
             timeout = PROBE_AGAIN_S if timeout is None else min(timeout, PROBE_AGAIN_S)
+        elif self.calls:  # wake up now and then to look for calls on actors that are gone
+            timeout = STALL_CHECK_S if timeout is None else min(timeout, STALL_CHECK_S)
         refs = list(self.calls) + list(self.probes)
         if not refs:  # only re-probes wait: sleep until the first is due (ray.wait([]) would return at once)
             time.sleep(max(0.0, min(w for w, _ in self.later) - time.monotonic()) if self.later else PROBE_AGAIN_S)
             return None
         done, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         return done[0] if done else None
+
+    def drop_calls_on_dead_actors(self) -> None:
+        """Calls whose actor Ray reports restarting or dead go back to be handed out again,
+        as a failed call would (the ledger still tells the retry which rows were in flight)."""
+        from ray._private.state import actors  # Ray's own GCS actor table: no dashboard needed
+
+        for ref, (actor, batch) in list(self.calls.items()):
+            try:
+                state = actors(actor._actor_id.hex()).get("State")
+            except Exception:  # noqa: BLE001 - a lookup that fails says nothing about the actor: leave the call
+                continue
+            if state in ("RESTARTING", "DEAD"):  # not PENDING_CREATION: an actor still starting keeps its calls
+                del self.calls[ref]
+                self._died(actor, batch)
 
     def check_stranded(self) -> None:
         """Work waits, no call is in flight and no actor has come back for ACTOR_START_TIMEOUT_S (its node gone and
