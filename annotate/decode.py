@@ -11,7 +11,8 @@ from annotate.config import AnnotateConfig
 from annotate.errors import ConfigError, DecodeError
 from annotate.frames import FrameSize
 from annotate.item import ClipItem
-from annotate.stage import Resources, Stage
+from annotate.stage import Resources, Stage, one_line
+from annotate.storage import is_url, read_bytes
 from annotate.video import decode_clip, probe, video_duration
 
 LONG_CLIPS = ("cut", "reject")
@@ -55,6 +56,8 @@ class DecodeStage(Stage):
         if item.tar_member:
             # A video inside a video2dataset tar: decoded from its bytes (PyAV reads file objects).
             self._decode(item, io.BytesIO(read_member_bytes(item.video, item.tar_member)))
+        elif is_url(item.video):
+            self._decode(item, fetch_object(item.video))
         else:
             self._decode(item, item.video)
 
@@ -97,6 +100,22 @@ class DecodeStage(Stage):
             raise DecodeError(f"{name}: the clip lasts {seconds:.2f} s{'' if exact else ' or more'}, over "
                               f"max_duration={cfg.max_duration:g} (long_clips=reject)")
         return item.end
+
+
+def fetch_object(url: str) -> io.BytesIO:
+    """A video in a bucket, read whole into memory (one request; PyAV seeks in it as in a file), named by its URL
+    in every message."""
+    try:
+        data = read_bytes(url)
+    except FileNotFoundError:
+        raise DecodeError(f"{url}: missing file (no such object)") from None
+    except OSError as exc:
+        raise DecodeError(f"{url}: unreadable object ({one_line(exc)})") from None
+    if not data:
+        raise DecodeError(f"{url}: empty file (0 bytes)")
+    buf = io.BytesIO(data)
+    buf.name = url  # source_name() reads it
+    return buf
 
 
 def read_member_bytes(tar_path: str, member: str) -> bytes:

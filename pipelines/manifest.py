@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional
 import braceexpand
 
 from annotate.errors import ConfigError
+from annotate.storage import is_url, resolve_against
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "gif")
 REQUIRED = ("video_id", "video", "caption")
@@ -73,10 +74,13 @@ RECORD_SCHEMA_FIELDS = [
 ]
 
 
-def expand_inputs(spec: str) -> list[Path]:
-    """A path, or a brace pattern of WebDataset tars (`data/{00000..00009}.tar`)."""
+def expand_inputs(spec: str) -> list[Path | str]:
+    """A path, or a brace pattern of WebDataset tars (`data/{00000..00009}.tar`); a manifest at an s3:// or gs://
+    URL stays a URL (str)."""
     if not spec:
         raise ConfigError("input: no manifest given (set input=MANIFEST.jsonl|csv|parquet or input=DIR/{0..9}.tar)")
+    if is_url(spec):
+        return _expand_urls(spec)
     paths = [Path(p) for p in braceexpand.braceexpand(spec)]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -85,10 +89,40 @@ def expand_inputs(spec: str) -> list[Path]:
     return paths
 
 
-def fingerprint(paths: list[Path]) -> str:
-    """Identifies the manifest for resume: content hash of manifest files, name+size+mtime of (large) tars."""
+def _expand_urls(spec: str) -> list[str]:
+    from annotate.storage import check_url, exists
+
+    check_url("input", spec)
+    urls = list(braceexpand.braceexpand(spec))
+    tars = [u for u in urls if u.lower().endswith(".tar")]
+    if tars:
+        # A member of a tar is found by reading the headers before it: one request each through a bucket's API.
+        raise ConfigError(f"input: {tars[0]}: video2dataset tars are not read from object storage in place; mount "
+                          f"the bucket read-only (mountpoint-s3, gcsfuse) and give the mounted path, or give a "
+                          f"manifest whose videos are objects")
+    try:
+        missing = [u for u in urls if not exists(u)]
+    except Exception as exc:  # noqa: BLE001 - endpoint, credentials, network: said in one line before any work
+        from annotate.stage import one_line
+
+        raise ConfigError(f"input: cannot read {urls[0]}: {one_line(exc)} (endpoint and credentials come from "
+                          f"AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)") from None
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConfigError(f"input: {missing[0]} not found{more}")
+    return urls
+
+
+def fingerprint(paths: list[Path | str]) -> str:
+    """Identifies the manifest for resume: content hash of manifest files, name+size+mtime of (large) tars; an
+    object's ETag and size (what the store says identifies its content, without reading it)."""
+    from annotate.storage import object_version
+
     h = hashlib.sha256()
     for p in paths:
+        if isinstance(p, str):
+            h.update(f"{p}:{object_version(p)}".encode())
+            continue
         h.update(str(p.resolve()).encode())
         if p.suffix == ".tar":
             st = p.stat()
@@ -121,20 +155,34 @@ def iter_manifest(spec: str) -> Iterator[ManifestRow]:
         yield item
 
 
-def iter_raw(paths: list[Path], start_file: int = 0, skip: int = 0) -> Iterator[tuple[int, str, dict | str]]:
-    """(file index, the file's folder as an absolute path, raw row) from file `start_file` on, its first `skip`
-    rows passed over (cheaply where the format allows: a JSONL line is not parsed)."""
+def iter_raw(paths: list[Path | str], start_file: int = 0,
+             skip: int = 0) -> Iterator[tuple[int, str, dict | str]]:
+    """(file index, the file's folder as an absolute path or URL, raw row) from file `start_file` on, its first
+    `skip` rows passed over (cheaply where the format allows: a JSONL line is not parsed)."""
+    from annotate.storage import parent
+
     for i in range(start_file, len(paths)):
-        base = str(paths[i].parent.resolve())  # once per file: rows join to it without a system call
+        # once per file: rows join to it without a system call
+        base = parent(paths[i]) if isinstance(paths[i], str) else str(paths[i].parent.resolve())
         for raw in _iter_source(paths[i], skip if i == start_file else 0):
             yield i, base, raw
 
 
-def _iter_source(path: Path, skip: int = 0) -> Iterator[dict | str]:
+def _open_text(path: Path | str, **kwargs):
+    """A local file, or an object read as a stream (fsspec), as a text file."""
+    if isinstance(path, str):
+        import fsspec
+
+        return fsspec.open(path, "rt", encoding="utf-8", errors="replace", **kwargs).open()
+    return open(path, encoding="utf-8", errors="replace", **kwargs)
+
+
+def _iter_source(path: Path | str, skip: int = 0) -> Iterator[dict | str]:
     """Raw rows: a dict, or a string saying why the row could not be read at all; the first `skip` passed over."""
-    suffix = path.suffix.lower()
+    suffix = Path(str(path)).suffix.lower()
+    name = str(path).rsplit("/", 1)[-1]
     if suffix in (".jsonl", ".json", ".ndjson"):
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with _open_text(path) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -144,11 +192,11 @@ def _iter_source(path: Path, skip: int = 0) -> Iterator[dict | str]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield f"{path.name} line {lineno}: invalid JSON ({exc.msg})"
+                    yield f"{name} line {lineno}: invalid JSON ({exc.msg})"
                     continue
-                yield obj if isinstance(obj, dict) else f"{path.name} line {lineno}: expected a JSON object"
+                yield obj if isinstance(obj, dict) else f"{name} line {lineno}: expected a JSON object"
     elif suffix == ".csv":
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        with _open_text(path, newline="") as f:
             for n, rec in enumerate(csv.DictReader(f)):
                 if n >= skip:
                     yield {k: _csv_value(k, v) for k, v in rec.items() if k is not None}
@@ -164,10 +212,20 @@ def _iter_source(path: Path, skip: int = 0) -> Iterator[dict | str]:
         raise ConfigError(f"input: {path} has an unknown format (expected .jsonl, .csv, .parquet or .tar)")
 
 
-def _iter_parquet(path: Path, skip: int = 0) -> Iterator[dict]:
+def _iter_parquet(path: Path | str, skip: int = 0) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+    if isinstance(path, str):
+        import fsspec
+
+        with fsspec.open(path, "rb") as f:
+            yield from _parquet_rows(pq.ParquetFile(f), skip)
+        return
+    yield from _parquet_rows(pq.ParquetFile(path), skip)
+
+
+def _parquet_rows(pf, skip: int) -> Iterator[dict]:
+    for batch in pf.iter_batches(batch_size=1024):
         if skip >= batch.num_rows:
             skip -= batch.num_rows
             continue
@@ -280,7 +338,7 @@ def validate_row(row: int, raw: dict | str, base: str) -> ManifestRow:
     item.caption = raw["caption"]
     video = raw["video"]
     item.tar_member = raw.get("tar_member")
-    item.video = video if item.tar_member or os.path.isabs(video) else os.path.normpath(os.path.join(base, video))
+    item.video = video if item.tar_member else resolve_against(base, video)
     try:
         for key in ("start", "end"):
             value = raw.get(key)
@@ -299,7 +357,7 @@ def validate_row(row: int, raw: dict | str, base: str) -> ManifestRow:
                     raise ValueError("boxes: box must be [x0, y0, x1, y1]")
         gt = raw.get("gt")
         if gt is not None:
-            item.gt = gt if os.path.isabs(gt) else os.path.normpath(os.path.join(base, gt))
+            item.gt = resolve_against(base, gt)
     except (ValueError, TypeError) as exc:
         item.error = str(exc)
     return item

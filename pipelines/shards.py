@@ -27,7 +27,7 @@ from annotate.errors import SchemaError
 from annotate.schema import MEMBERS, Sample, sanitize_key, validate_sample
 
 SUBDIRS = {"tar": ("shards", ".tar"), "index": ("index", ".parquet"), "rejects": ("rejects", ".parquet")}
-_FINAL_NAME = re.compile(r"pite-(\d{6,})\.(?:tar|parquet)")
+FINAL_NAME = re.compile(r"pite-(\d{6,})\.(?:tar|parquet)")
 _TEMP_GLOB = ".pite-*.tmp"
 
 INDEX_SCHEMA = pa.schema(
@@ -80,7 +80,7 @@ def _final_shard_ids(out_dir: str | os.PathLike) -> set[int]:
         folder = Path(out_dir) / sub
         if folder.is_dir():
             for p in folder.glob(f"pite-*{ext}"):
-                m = _FINAL_NAME.fullmatch(p.name)
+                m = FINAL_NAME.fullmatch(p.name)
                 if m:
                     found.add(int(m.group(1)))
     return found

@@ -12,7 +12,7 @@ import pytest
 
 from annotate.synthetic import WorldParams, make_clip
 from pipelines.annotate import AnnotateJobConfig, main as annotate_main
-from pipelines.annotate.inputs import prepare_input
+from pipelines.annotate import open_run_dir, prepare_input
 from pipelines.annotate_clip import main as annotate_clip_main
 from pipelines.config import load_config
 from pipelines.infer import main as infer_main
@@ -77,7 +77,7 @@ def test_missing_packages_and_weights_are_listed_at_once_then_the_corrected_comm
 
     # An earlier attempt of another config that finished no shard (it died at its first actor) blocks nothing.
     cfg = load_config(AnnotateJobConfig, CONFIG, [f"input={manifest}", f"out={out}", *FAST, "num_points=5"])
-    prepare_input(cfg, out)
+    prepare_input(cfg, open_run_dir(out))
     assert (out / "run.json").is_file()
     assert annotate(manifest, out) == 0
     got = capsys.readouterr().out
@@ -146,10 +146,3 @@ def test_the_readme_manifest_example_reads_as_a_manifest(tmp_path):
     assert [r.error for r in rows] == [None, None, None]
     assert [len(r.boxes or []) for r in rows] == [1, 2, 0] and rows[2].start == 2.0
     assert all(r.video.startswith(str(tmp_path / "videos")) for r in rows)  # relative to the manifest's folder
-
-
-def test_a_bucket_url_is_refused_in_one_line_before_anything_runs(tmp_path, capsys):
-    assert annotate_main(["--config", str(CONFIG), "input=s3://bucket/manifest.jsonl", f"out={tmp_path / 'o'}"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "input: s3:// URLs are not read or written by the job" in err
-    assert not (tmp_path / "o").exists()

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipelines.annotate.split as split
-from pipelines.annotate import AnnotateJobConfig, prepare_input
+from pipelines.annotate import AnnotateJobConfig, open_run_dir, prepare_input
 from pipelines.config import load_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "annotate" / "demo.yaml"
@@ -44,7 +44,7 @@ def input_rows(out: Path) -> list[dict]:
 def test_a_split_cut_off_continues_where_it_was_and_gives_the_same_files(tmp_path, monkeypatch, capsys):
     m = manifest(tmp_path / "m", 200, dup_every=7)
     whole = tmp_path / "whole"
-    prepare_input(config(m, whole), whole)
+    prepare_input(config(m, whole), open_run_dir(whole))
     cut = tmp_path / "cut"
     monkeypatch.setattr(split, "SAVE_S", 0.0)  # record the place after every shard's file
     calls = {"n": 0}
@@ -57,10 +57,10 @@ def test_a_split_cut_off_continues_where_it_was_and_gives_the_same_files(tmp_pat
     with monkeypatch.context() as mp:
         mp.setattr(split.Progress, "tick", stop_midway)
         with pytest.raises(KeyboardInterrupt):
-            prepare_input(config(m, cut), cut)
+            prepare_input(config(m, cut), open_run_dir(cut))
     assert not (cut / "run.json").exists() and (cut / "input" / split.STATE).is_file()
     capsys.readouterr()
-    prepare_input(config(m, cut), cut)
+    prepare_input(config(m, cut), open_run_dir(cut))
     assert "annotate: split continues at row 112" in capsys.readouterr().out  # 7 whole shards of 16
     assert input_rows(cut) == input_rows(whole)
     assert json.loads((cut / "run.json").read_text()) == json.loads((whole / "run.json").read_text())
@@ -70,7 +70,7 @@ def test_a_split_cut_off_continues_where_it_was_and_gives_the_same_files(tmp_pat
 def test_duplicates_are_found_from_the_hashes_and_named_on_the_later_row(tmp_path, capsys):
     m = manifest(tmp_path / "m", 40, dup_every=5)  # rows 1, 6, 11, ... repeat an earlier row's id
     out = tmp_path / "out"
-    prepare_input(config(m, out), out)
+    prepare_input(config(m, out), open_run_dir(out))
     rows = input_rows(out)
     dups = {r["row"]: r["error"] for r in rows if r["error"]}
     expected = {}
@@ -92,19 +92,19 @@ def test_existence_is_checked_on_a_sample_and_a_manifest_of_missing_videos_is_re
     monkeypatch.setattr(split, "RANDOM_CHECKED", 20)
     m = manifest(tmp_path / "some", 300, missing_from=250)  # 50 of 300 missing: the sample sees a few
     out = tmp_path / "some-out"
-    prepare_input(config(m, out), out)
+    prepare_input(config(m, out), open_run_dir(out))
     line = capsys.readouterr().out
     assert "annotate: input 300 rows" in line
     assert "of the 40 checked not found" in line or "not found" not in line
     gone = manifest(tmp_path / "gone", 300, missing_from=0)
     with pytest.raises(ConfigError, match="none of the 300 rows"):
-        prepare_input(config(gone, tmp_path / "gone-out"), tmp_path / "gone-out")
+        prepare_input(config(gone, tmp_path / "gone-out"), open_run_dir(tmp_path / "gone-out"))
 
 
 def test_progress_lines_while_the_split_runs(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(split, "PROGRESS_S", 0.0)
     m = manifest(tmp_path / "m", 40)
-    prepare_input(config(m, tmp_path / "out"), tmp_path / "out")
+    prepare_input(config(m, tmp_path / "out"), open_run_dir(tmp_path / "out"))
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("annotate: split ")]
     assert lines and "rows/s), file 1 of 1" in lines[-1]
 
@@ -124,7 +124,7 @@ def test_video2dataset_parquet_is_read_instead_of_the_tar(tmp_path):
         {"key": "000000001", "caption": "A cat sits.", "status": "success", "start": None},
     ]), tmp_path / "00000.parquet")
     out = tmp_path / "out"
-    prepare_input(config(str(tmp_path / "{00000..00000}.tar"), out), out)
+    prepare_input(config(str(tmp_path / "{00000..00000}.tar"), out), open_run_dir(out))
     rows = input_rows(out)
     assert [(r["video_id"], r["caption"], r["tar_member"], r["start"]) for r in rows] == [
         ("000000000", "A dog runs.", "000000000.mp4", 1.5), ("000000001", "A cat sits.", "000000001.mp4", None)]

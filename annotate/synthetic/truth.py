@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,8 +127,11 @@ class GroundTruth:
 
     @classmethod
     def load(cls, path: str | Path) -> "GroundTruth":
+        from annotate.storage import is_url, read_bytes
+
         try:
-            with np.load(path, allow_pickle=False) as z:
+            # An object in a bucket is read whole (np.load needs to seek); a local file is opened in place.
+            with np.load(io.BytesIO(read_bytes(path)) if is_url(path) else path, allow_pickle=False) as z:
                 d = {k: z[k] for k in z.files}
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path}: not a synthetic ground-truth file ({exc})") from exc

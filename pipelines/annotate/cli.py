@@ -28,6 +28,8 @@ def interrupted(cfg) -> str:
     if cfg is None:
         return "interrupted before it started: nothing was written"
     out = resolve_out(cfg)
+    if isinstance(out, str):  # a bucket: the shards uploaded whole are kept
+        return f"interrupted; the complete shards in {out} are kept, and the same command resumes from them"
     done = len(list_done_shards(out)) if out.is_dir() else 0
     return f"interrupted; {done} complete shard(s) in {out} are kept, and the same command resumes from them"
 

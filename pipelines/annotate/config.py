@@ -5,12 +5,12 @@ See docs/design.md, "Execution on a cluster", for how the execution keys map ont
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from annotate.config import AnnotateConfig
 from annotate.errors import ConfigError
+from annotate.storage import check_url, is_url
 from pipelines.config import config_hash, to_dict
 
 QUALITY_COLUMNS = ("ground_recall", "box_iou", "mask_iou", "delta_avg", "oa", "aj")
@@ -28,7 +28,8 @@ class SynthSettings:
 class AnnotateJobConfig(AnnotateConfig):
     name: str = "annotate"  # run name: the default output dir is runs/annotate/<name>
     input: str = ""  # manifest (.jsonl/.csv/.parquet) or video2dataset tars, brace patterns allowed
-    out: str = ""  # run dir; on a cluster an absolute path on shared storage
+    out: str = ""  # run dir; on a cluster an absolute path on shared storage, or an s3:// / gs:// URL
+    staging: str = ""  # out= is a URL: the local folder shards are made in before upload ("" = a temp folder)
     rows_per_shard: int = 64
     batch_size: int = 4  # clips per actor call; only row metadata travels in and sample arrays out
     # --- execution: one actor runs a clip's whole chain (decode..features); see docs/design.md
@@ -54,12 +55,15 @@ class AnnotateJobConfig(AnnotateConfig):
 
 # Settings that do not change the content of a sample: left out of the config hash (the samples' provenance and the
 # resume check), so they may differ on resume. max_attempts and fault_injection only decide which rows are rejects.
-NOT_HASHED = ("input", "out", "progress", "ray_address", "num_cpus", "num_gpus", "cpu_workers", "gpu_workers",
+NOT_HASHED = ("input", "out", "staging", "progress", "ray_address", "num_cpus", "num_gpus", "cpu_workers", "gpu_workers",
               "gpus_per_actor", "decode_threads", "actor_memory_gb", "report_samples", "synth", "name", "batch_size",
               "max_attempts", "fault_injection", "max_reject_share")
 
 
-def resolve_out(cfg: AnnotateJobConfig) -> Path:
+def resolve_out(cfg: AnnotateJobConfig) -> Path | str:
+    """The run's folder, or its bucket URL as given (a Path would fold its `//`)."""
+    if is_url(cfg.out):
+        return cfg.out.rstrip("/")
     return Path(cfg.out or f"runs/annotate/{cfg.name}")
 
 
@@ -86,9 +90,5 @@ def check_settings(cfg: AnnotateJobConfig) -> None:
         raise ConfigError(f"gpus_per_actor: a fraction must be below 1 (Ray shares one GPU), got {cfg.gpus_per_actor}")
     parse_faults(cfg.fault_injection, STAGE_NAMES)
     for key in ("input", "out"):
-        scheme = re.match(r"^([a-z][a-z0-9+.-]*)://", str(getattr(cfg, key)))
-        if scheme:
-            # Said plainly rather than read as a relative path named "s3:": the job opens both as local paths.
-            raise ConfigError(f"{key}: {scheme.group(1)}:// URLs are not read or written by the job; use a path on "
-                              f"storage every node mounts (NFS, Lustre), and copy to or from the bucket around the "
-                              f"run (`out` needs renames that are atomic: not a FUSE bucket mount)")
+        if is_url(getattr(cfg, key)):
+            check_url(key, getattr(cfg, key))

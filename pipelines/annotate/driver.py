@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 
 from annotate.errors import ConfigError, PiteError
@@ -26,11 +24,12 @@ from annotate.stage import one_line
 from pipelines.annotate.config import (QUALITY_COLUMNS, AnnotateJobConfig, check_settings, resolve_out,
                                        stage_config_hash)
 from pipelines.annotate.inputs import input_file, maybe_synthesize, prepare_input
-from pipelines.annotate.lock import run_lock
+from pipelines.manifest import expand_inputs
+from pipelines.annotate.rundir import open_run_dir
 from pipelines.annotate.plan import GIB
 from pipelines.annotate.pool import ChainPool, read_batches, rows_of
 from pipelines.annotate.raysetup import init_ray
-from pipelines.annotate.stats import RunTally, build_stats, counts_from_done
+from pipelines.annotate.stats import RunTally, build_stats
 from pipelines.annotate.writer import ShardSink
 from pipelines.config import save_config
 from pipelines.files import write_atomic
@@ -45,42 +44,44 @@ def run(cfg: AnnotateJobConfig) -> dict:
     """
     from annotate.pipeline import checked_stages
 
-    out = resolve_out(cfg)
+    rundir = open_run_dir(resolve_out(cfg), cfg.staging)
     check_settings(cfg)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out: {out} is a file, not a folder; choose another out=")
     # Built here without setup (no weights loaded), each asked what it lacks: an unknown backend, a bad stage key, a
     # package that does not import or a weights path that is not there fails, all at once, before Ray starts and
     # before anything is written to out=, so the corrected command can use the same out=.
     stages = checked_stages(cfg)
     maybe_synthesize(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    with run_lock(out):
-        return _run_locked(cfg, out, stages)
+    inputs = expand_inputs(cfg.input)  # a missing or unusable input is said before out= is touched
+    rundir.prepare()
+    with rundir.lock():
+        return _run_locked(cfg, rundir, stages, inputs)
 
 
-def _run_locked(cfg: AnnotateJobConfig, out: Path, stages: list) -> dict:
+def _run_locked(cfg: AnnotateJobConfig, rundir, stages: list, inputs: list) -> dict:
     import ray
 
     from pipelines.annotate.plan import actor_plan, cluster_nodes, preflight
-    from pipelines.shards import list_done_shards, remove_partial
 
     t_start = time.perf_counter()
-    shards, counts, chash, total = prepare_input(cfg, out)
+    out = rundir.path  # the run's folder, or the staging folder of a run in a bucket
+    shards, counts, chash, total = prepare_input(cfg, rundir, inputs)
+    rundir.publish_inputs()
     save_config(cfg, out / "config.yaml")  # after the resume check: a mismatching run keeps its own config.yaml
-    remove_partial(out)
-    ledger = out / ".attempts"
-    shutil.rmtree(ledger, ignore_errors=True)  # deaths of an earlier (killed) run are not this run's poison rows
-    done = set(list_done_shards(out))
+    rundir.publish("config.yaml")
+    rundir.remove_partial()
+    rundir.clear_ledger()  # deaths of an earlier (killed) run are not this run's poison rows
+    done = set(rundir.done_shards())
     pending = [s for s in shards if s not in done]
     if done:
         print(f"annotate: resumed: {len(done)} shard(s) kept ({sum(counts[s] for s in done)} rows), "
               f"{len(pending)} to do", flush=True)
+    rundir.fetch_inputs(pending)
     lost = [s for s in pending if not input_file(out, s).is_file()]
     if lost:
-        raise ConfigError(f"out: {input_file(out, lost[0])} is missing, so shard {lost[0]} cannot be redone; delete "
-                          f"{out} (or choose another out=) and run again")
-    (out / "stats.json").unlink(missing_ok=True)  # written last: its presence marks a finished run
+        raise ConfigError(f"out: the input file of shard {lost[0]} (input/{input_file(out, lost[0]).name}) is "
+                          f"missing, so it cannot be redone; delete {rundir.where} (or choose another out=) and run "
+                          f"again")
+    rundir.unlink("stats.json")  # written last: its presence marks a finished run
     # Samples carry the hash of the stage settings only, as `pite annotate-clip` writes it: a clip gives the same
     # sample either way, and job settings (shard size, workers) do not change its bytes.
     sample_hash = stage_config_hash(cfg)
@@ -94,10 +95,10 @@ def _run_locked(cfg: AnnotateJobConfig, out: Path, stages: list) -> dict:
         t_run = time.perf_counter()
         if pending:
             preflight(cfg, plan, cluster_nodes())
-            _stream(cfg, out, pending, counts, plan, str(ledger), sample_hash, tally, t_run)
+            _stream(cfg, rundir, pending, counts, plan, sample_hash, tally, t_run)
         seconds = {"total": time.perf_counter() - t_start, "ray_startup": ray_startup,
                    "pipeline": time.perf_counter() - t_run}
-        stats = build_stats(cfg, out, total, tally, counts_from_done(out, sorted(done)), seconds, chash,
+        stats = build_stats(cfg, total, tally, rundir.kept_counts(sorted(done)), seconds, chash,
                             plan if pending else None)
         if stats["written"] + stats["rejected"] != total:  # every row a sample or a reject, never lost or twice
             raise PiteError(f"{stats['written']} samples + {stats['rejected']} rejects != {total} input rows in "
@@ -105,8 +106,10 @@ def _run_locked(cfg: AnnotateJobConfig, out: Path, stages: list) -> dict:
         from pipelines.report import write_report
 
         write_report(out, stats, tally.report_previews())
-        shutil.rmtree(ledger, ignore_errors=True)  # every row is a sample or a reject now: nothing to retry
+        rundir.publish("report.html")
+        rundir.clear_ledger()  # every row is a sample or a reject now: nothing to retry
         write_atomic(out / "stats.json", json.dumps(stats, indent=1, default=str))  # last: marks the run complete
+        rundir.publish("stats.json")
     finally:
         if started_ray:
             # Our own Ray goes down before the summary is printed, so its late messages do not follow it.
@@ -114,12 +117,13 @@ def _run_locked(cfg: AnnotateJobConfig, out: Path, stages: list) -> dict:
     return stats
 
 
-def _stream(cfg, out: Path, pending, counts, plan, ledger: str, sample_hash: str, tally: RunTally, t_run) -> None:
+def _stream(cfg, rundir, pending, counts, plan, sample_hash: str, tally: RunTally, t_run) -> None:
     from pipelines.annotate.actor import ClipChain
 
-    pool = ChainPool(ClipChain, (cfg, ledger, sample_hash, plan.decode_threads), plan.workers,
+    out = rundir.path
+    pool = ChainPool(ClipChain, (cfg, rundir.ledger, sample_hash, plan.decode_threads), plan.workers,
                      plan.num_cpus, plan.num_gpus, int(plan.memory_gb * GIB) or None)
-    sink = ShardSink(out, cfg, QUALITY_COLUMNS, tally.add_written)
+    sink = ShardSink(out, cfg, QUALITY_COLUMNS, tally.add_written, rundir.publish_shard)
     bar = _progress(cfg, sum(counts[s] for s in pending))
     # Keyed by row: a row handed over twice (a retried call) is kept once. Only shards not yet complete are held.
     buffers: dict[int, dict[int, dict]] = defaultdict(dict)

@@ -22,33 +22,37 @@ def input_file(out: Path, shard: int) -> Path:
     return out / "input" / f"pite-{shard:06d}.parquet"
 
 
-def prepare_input(cfg: AnnotateJobConfig, out: Path) -> tuple[list[int], dict[int, int], str, int]:
+def prepare_input(cfg: AnnotateJobConfig, rundir, inputs: list | None = None) -> tuple[list[int], dict[int, int], str,
+                                                                                    int]:
     """Split the manifest into per-shard input files (once); returns all shard ids, rows per shard, config hash, rows.
 
     On resume (OUT/run.json exists) nothing is re-read: the manifest's fingerprint and the config hash must match
     those of the run being resumed, or it is a ConfigError that names what differs. An earlier attempt of another
     manifest or config that finished no shard holds nothing to keep: it is split again. A split that was cut off
-    continues where it was (pipelines/annotate/split.py).
+    continues where it was (pipelines/annotate/split.py). `rundir` (pipelines/annotate/rundir.py) is the run's
+    folder, or its bucket's staging folder: the split is made there, and published once complete. `inputs`: the
+    input files as `expand_inputs` gives them, when the caller has them already.
     """
     from pipelines.manifest import expand_inputs, fingerprint
-    from pipelines.shards import list_done_shards, list_partial_shards
 
-    fp = fingerprint(expand_inputs(cfg.input))
+    out = rundir.path
+    inputs = inputs if inputs is not None else expand_inputs(cfg.input)
+    fp = fingerprint(inputs)
     run_file = out / "run.json"
     chash = config_hash(cfg, exclude=NOT_HASHED)
-    if run_file.exists() and not list_done_shards(out) and not _same_run(run_file, fp, chash):
+    if run_file.exists() and not rundir.done_shards() and not _same_run(run_file, fp, chash):
         import shutil
 
         run_file.unlink()
         shutil.rmtree(out / "input", ignore_errors=True)  # partial shard files go in the driver's remove_partial
     if run_file.exists():
-        return _resume(cfg, out, run_file, fp, chash)
-    if list_done_shards(out) or list_partial_shards(out):
-        raise ConfigError(f"out: {out} holds shards but no run.json, so they cannot be checked against this "
-                          f"manifest and config; choose another out= or delete it")
+        return _resume(cfg, rundir.where, run_file, fp, chash)
+    if rundir.done_shards() or rundir.partial_shards():
+        raise ConfigError(f"out: {rundir.where} holds shards but no run.json, so they cannot be checked against "
+                          f"this manifest and config; choose another out= or delete it")
     from pipelines.annotate.split import IDS, STATE, split_manifest
 
-    counts, total, check = split_manifest(cfg, out, fp)
+    counts, total, check = split_manifest(cfg, out, fp, inputs)
     print(f"annotate: input {check.line()}", flush=True)  # stdout: stderr is for what went wrong
     if total and check.usable == 0:  # nothing could become a sample: refuse before Ray starts, leave out= clean
         import shutil
@@ -72,7 +76,7 @@ def _same_run(run_file: Path, fp: str, chash: str) -> bool:
     return prev.get("manifest") == fp and prev.get("config_hash") == chash
 
 
-def _resume(cfg, out: Path, run_file: Path, fp, chash: str):
+def _resume(cfg, out: str, run_file: Path, fp, chash: str):
     try:
         prev = json.loads(run_file.read_text())
         counts = {int(k): int(v) for k, v in prev["rows_per_shard_file"].items()}

@@ -1,4 +1,4 @@
-"""One run at a time per output dir: OUT/.run.lock names the live run; a second one is refused.
+"""One run at a time per output dir or bucket URL: OUT/.run.lock names the live run; a second one is refused.
 
 Two runs writing the same shards would each rename their files over the other's and clear the other's attempt
 ledger, so a second submission of the same command while the first is live is refused with a one-line error. A
@@ -62,3 +62,36 @@ def run_lock(out: Path):
     finally:
         if _holder(path).get("pid") == me["pid"]:
             path.unlink(missing_ok=True)
+
+
+@contextmanager
+def bucket_lock(fs, key: str, where: str):
+    """The lock of a run in a bucket: an object created only if absent (S3's If-None-Match, the one atomic step a
+    bucket offers). A lock left by a killed run on this host whose process is gone is taken over, as above."""
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    body = json.dumps(me).encode()
+    for _ in range(2):
+        try:
+            fs.pipe_file(key, body, mode="create")
+            break
+        except FileExistsError:
+            try:
+                held = json.loads(fs.cat_file(key))
+            except (OSError, ValueError):
+                held = {}
+            if held.get("host") == me["host"] and isinstance(held.get("pid"), int) and not _alive(held["pid"]):
+                fs.rm_file(key)
+                continue
+            who = (f"pid {held.get('pid')} on {held.get('host')} since {held.get('since')}" if held else "another run")
+            raise ConfigError(f"out: {where} is being written by another run ({who}); wait for it to finish, or "
+                              f"choose another out= (if no such run is alive, delete {where}/{LOCK_NAME})") from None
+    else:
+        raise ConfigError(f"out: could not take {where}/{LOCK_NAME}: another run keeps replacing it")
+    try:
+        yield key
+    finally:
+        try:
+            if json.loads(fs.cat_file(key)).get("pid") == me["pid"]:
+                fs.rm_file(key)
+        except (OSError, ValueError):
+            pass  # gone already: nothing to release

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from annotate.storage import exists
 from pipelines.files import write_atomic
 
 STATE = ".split.json"
@@ -82,7 +83,7 @@ class ManifestCheck:
 
     def _look(self, video: str) -> None:
         self.checked += 1
-        if not os.path.exists(video):
+        if not exists(video):
             self.missing += 1
             self.first_missing = self.first_missing or video
 
@@ -136,8 +137,9 @@ class Progress:
                   flush=True)
 
 
-def split_manifest(cfg, out: Path, fingerprint: str):
-    """Split cfg.input into OUT/input/pite-NNNNNN.parquet; returns ({shard: rows}, rows, ManifestCheck)."""
+def split_manifest(cfg, out: Path, fingerprint: str, paths: list | None = None):
+    """Split cfg.input (`paths`: its files, when known) into OUT/input/pite-NNNNNN.parquet; returns
+    ({shard: rows}, rows, ManifestCheck)."""
     from pipelines.annotate.inputs import input_file
     from pipelines.manifest import expand_inputs, iter_raw, validate_row
 
@@ -148,7 +150,7 @@ def split_manifest(cfg, out: Path, fingerprint: str):
     counts = {s: cfg.rows_per_shard for s in range(row // cfg.rows_per_shard)}  # whole shards, consecutive rows
     if row:
         print(f"annotate: split continues at row {row:,} (file {state['file'] + 1})", flush=True)
-    paths = expand_inputs(cfg.input)
+    paths = paths if paths is not None else expand_inputs(cfg.input)
     ids = open(folder / IDS, "r+b" if (folder / IDS).exists() else "wb")
     ids.truncate(row * 8)
     ids.seek(row * 8)

@@ -7,7 +7,6 @@ import math
 import re
 import sys
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import numpy as np
 
@@ -25,25 +24,27 @@ def reason_class(msg: str) -> str:
     return re.sub(r"\d+", "N", msg)[:80]
 
 
-def counts_from_done(out: Path, done: list[int]) -> dict:
+def counts_from_done(out, done: list[int], filesystem=None) -> dict:
     """Counts of shards kept from an earlier (interrupted) run, so stats cover the whole manifest: rows from the
-    index's footer, reject stages and quality figures from their own columns (never whole files)."""
+    index's footer, reject stages and quality figures from their own columns (never whole files). `out` is a
+    folder, or a bucket path read through `filesystem` (a pyarrow filesystem)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     written, by_stage, quality = 0, Counter(), QualitySums()
     for s in done:
-        index = out / "index" / f"pite-{s:06d}.parquet"
-        meta = pq.read_metadata(index)
+        index = f"{out}/index/pite-{s:06d}.parquet"
+        meta = pq.read_metadata(index, filesystem=filesystem)
         written += meta.num_rows
         columns = [c for c in QUALITY_COLUMNS if c in meta.schema.names]
         if columns and meta.num_rows:
-            table = pq.read_table(index, columns=columns)
+            table = pq.read_table(index, columns=columns, filesystem=filesystem)
             for col in columns:
                 values = table.column(col).drop_null()
                 if len(values):
                     quality.add_many(col, pc.sum(values).as_py(), len(values))
-        stages = pq.read_table(out / "rejects" / f"pite-{s:06d}.parquet", columns=["stage"]).column("stage")
+        stages = pq.read_table(f"{out}/rejects/pite-{s:06d}.parquet", columns=["stage"],
+                               filesystem=filesystem).column("stage")
         by_stage.update(stages.to_pylist())
     return {"written": written, "rejected": sum(by_stage.values()), "by_stage": by_stage, "quality": quality,
             "shards": len(done)}
@@ -99,6 +100,7 @@ class RunTally:
         self.first_output = None  # seconds until the first row came back: actor start-up and model loading
         self.driver_wait = 0.0  # seconds the driver waited for the actors
         self.driver_write = 0.0  # seconds the writer thread spent writing shards
+        self.shards = 0  # shards the writer committed
         self.driver_write_blocked = 0.0  # seconds the driver waited for the writer (it was the bottleneck)
 
     def count_input(self, table) -> None:
@@ -127,6 +129,7 @@ class RunTally:
         """A shard the writer committed: its samples, its rejects (stage, message, video_id) and the quality
         figures of the samples it holds."""
         self.written += written
+        self.shards += 1
         for quality in figures:
             for k, v in quality.items():
                 if v is not None and math.isfinite(v):
@@ -153,7 +156,7 @@ class RunTally:
         return self.written + sum(self.rejects_by_stage.values())
 
 
-def build_stats(cfg, out: Path, total: int, tally: RunTally, prev: dict, seconds: dict, chash: str,
+def build_stats(cfg, total: int, tally: RunTally, prev: dict, seconds: dict, chash: str,
                 plan=None) -> dict:
     import av
     import ray
@@ -171,7 +174,7 @@ def build_stats(cfg, out: Path, total: int, tally: RunTally, prev: dict, seconds
         "reject_reasons": dict(tally.reasons.most_common(20)),
         "reject_examples": {k: tally.reason_videos[k] for k, _ in tally.reasons.most_common(20)},
         "reject_first_message": {k: tally.reason_first.get(k, "") for k, _ in tally.reasons.most_common(20)},
-        "shards": len(list((out / "shards").glob("pite-*.tar"))),
+        "shards": prev["shards"] + tally.shards,
         "shards_resumed": prev["shards"],
         "processed_this_run": processed,
         "rows_retried_after_a_worker_death": tally.retried,
@@ -211,7 +214,7 @@ def run_failure(stats: dict, max_reject_share: float) -> str:
     return ""
 
 
-def summary_line(stats: dict, out: Path) -> str:
+def summary_line(stats: dict, out) -> str:
     q = stats.get("quality") or {}
     quality = ", ".join(f"{k} {v:.3f}" for k, v in q.items())
     rej = ", ".join(f"{k} {v}" for k, v in stats["rejected_by_stage"].items()) or "none"

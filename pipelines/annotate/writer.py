@@ -52,11 +52,12 @@ class ShardSink:
     """`put(shard, rows)` returns once the shard is queued; `close()` waits for the last one. A writer error is
     raised in the driver at its next `put` or at `close`, and the shard it hit stays absent (redone on resume)."""
 
-    def __init__(self, out: Path, cfg, quality_columns, on_written):
+    def __init__(self, out: Path, cfg, quality_columns, on_written, publish=None):
         from pipelines.shards import ShardWriter
 
         self.out, self.cfg, self.quality_columns = out, cfg, quality_columns
         self.on_written = on_written  # (samples written, rejects, figures) -> None, called in the writer thread
+        self.publish = publish  # shard -> None: after a shard is whole in `out` (an upload to the run's bucket)
         self.writer_cls = ShardWriter
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUE)
         self.error: BaseException | None = None
@@ -94,8 +95,10 @@ class ShardSink:
             t0 = time.perf_counter()
             try:
                 # on_written touches only the tally's writer-side fields: the driver thread never writes them
-                self.on_written(*write_shard(self.writer_cls, self.out, job[0], job[1], self.cfg,
-                                             self.quality_columns))
+                written = write_shard(self.writer_cls, self.out, job[0], job[1], self.cfg, self.quality_columns)
+                if self.publish is not None:
+                    self.publish(job[0])
+                self.on_written(*written)
             except BaseException as exc:  # noqa: BLE001 - handed to the driver, which ends the run with it
                 self.error = exc
             self.busy += time.perf_counter() - t0
