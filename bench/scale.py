@@ -2,6 +2,8 @@
 
   .venv/bin/python bench/scale.py --rows 1000000                       # about 15 min on 2 cores
   .venv/bin/python bench/scale.py --rows 100000 --baseline 7bf3620     # and an older commit, in a git worktree
+  .venv/bin/python bench/scale.py --bucket 5000 --no-resume --split-only # out= an s3:// bucket (loopback moto) vs a
+                                                                       # folder, same rows, same run
 
 The clip chain is replaced by `ReplayChain`, an actor that returns one prebuilt ~160 KB sample (T=100, three
 objects of three points, 768-d features) under each row's own video_id, so only the job is measured: reading the
@@ -16,6 +18,9 @@ Prints one JSON object:
                              headers walked) and `tar_with_parquet` (the same with video2dataset's .parquet beside)
   resume_first_sample_s      after a kill at half the rows: from the rerun's start to its first new shard
   seconds                    wall time of each part
+  bucket                     with --bucket N: rows/s of N rows into s3:// on a moto server on loopback and into a
+                             folder, from each run's stats.json (processed / pipeline seconds), and the writer's
+                             busy and blocking seconds (uploads ride in the writer thread)
 A committed tar is truncated to 0 bytes by the bench as soon as its shard is complete (its index and rejects stay,
 so the run and its resume see a done shard): 1M rows would otherwise write 160 GB.
 """
@@ -258,6 +263,55 @@ def measure(root: Path, rows: int, work: Path, resume: bool, split_only: bool = 
     return report
 
 
+def start_moto(log: Path) -> tuple[subprocess.Popen, dict]:
+    """An S3-compatible server (moto's server mode) on a free loopback port, and the AWS variables that reach it."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(150):
+        try:
+            urllib.request.urlopen(endpoint, timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    return server, {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                    "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def bucket_figures(root: Path, rows: int, work: Path) -> dict:
+    """The same replayed rows into a folder and into a bucket: what uploading costs the driver."""
+    import s3fs
+
+    manifest = write_manifest(work / "in-bucket", rows)
+    server, aws = start_moto(work / "moto.log")
+    script = f"import runpy; runpy.run_path({str(Path(__file__).resolve())!r}, run_name='__main__')"
+    figures = {"rows": rows}
+    try:
+        fs = s3fs.S3FileSystem(endpoint_url=aws["AWS_ENDPOINT_URL"], key="bench", secret="bench")
+        fs.mkdir("pite-scale")
+        for name, out in (("folder", str(work / "folder-run")), ("bucket", "s3://pite-scale/run")):
+            cmd = [sys.executable, "-c", script, "--child", str(manifest), out, str(work / f"rss-{name}.jsonl")]
+            proc = subprocess.run(cmd, cwd=root, env={**child_env(root), **aws}, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"scale: the {name} run failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+            stats = json.loads(fs.cat_file("pite-scale/run/stats.json") if name == "bucket"
+                               else (work / "folder-run" / "stats.json").read_text())
+            sec = stats["seconds"]
+            figures[name] = {"rows_per_s": round(stats["processed_this_run"] / sec["pipeline"], 1),
+                             "driver_write_s": sec["driver_write"], "driver_write_blocked_s": sec["driver_write_blocked"],
+                             "driver_wait_s": sec["driver_wait"]}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    return figures
+
+
 def worktree(commit: str, into: Path) -> Path:
     subprocess.run(["git", "worktree", "add", "--detach", str(into), commit], cwd=ROOT, check=True,
                    capture_output=True)
@@ -275,11 +329,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split-only", action="store_true", help="only the input pass (seconds at 1M rows)")
     ap.add_argument("--baseline", help="also measure this commit (a git worktree), --baseline-rows rows")
     ap.add_argument("--baseline-rows", type=int, default=100_000)
+    ap.add_argument("--bucket", type=int, default=0, help="also run this many rows into an s3:// bucket and a folder")
     args = ap.parse_args(argv)
     report = {}
     with tempfile.TemporaryDirectory(prefix="pite-scale-") as tmp:
         tmp = Path(tmp)
         report["this"] = measure(ROOT, args.rows, tmp / "this", not args.no_resume, args.split_only)
+        if args.bucket:
+            report["bucket"] = bucket_figures(ROOT, args.bucket, tmp / "bucket")
         if args.baseline:
             tree = worktree(args.baseline, tmp / "baseline-code")
             try:

@@ -29,12 +29,16 @@ def prepare_input(cfg: AnnotateJobConfig, rundir, inputs: list | None = None) ->
     On resume (OUT/run.json exists) nothing is re-read: the manifest's fingerprint and the config hash must match
     those of the run being resumed, or it is a ConfigError that names what differs. An earlier attempt of another
     manifest or config that finished no shard holds nothing to keep: it is split again. A split that was cut off
-    continues where it was (pipelines/annotate/split.py). `rundir` (pipelines/annotate/rundir.py) is the run's
-    folder, or its bucket's staging folder: the split is made there, and published once complete. `inputs`: the
+    continues where it was (pipelines/annotate/split.py). `rundir` (pipelines/annotate/rundir.py, or a folder's path)
+    is the run's folder, or its bucket's staging folder: the split is made there, and published once complete. `inputs`: the
     input files as `expand_inputs` gives them, when the caller has them already.
     """
     from pipelines.manifest import expand_inputs, fingerprint
 
+    if not hasattr(rundir, "done_shards"):  # a folder given as a path
+        from pipelines.annotate.rundir import open_run_dir
+
+        rundir = open_run_dir(rundir)
     out = rundir.path
     inputs = inputs if inputs is not None else expand_inputs(cfg.input)
     fp = fingerprint(inputs)
