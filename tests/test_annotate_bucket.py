@@ -85,9 +85,9 @@ def clips_in_bucket(s3_env, tmp_path_factory) -> tuple[Path, str]:
     return root, "s3://pite-in/clips/manifest.jsonl"
 
 
-def job(env: dict, manifest: str, out: str, tmp_path: Path, *extra: str) -> list[str]:
+def job(env: dict, manifest: str, out: str, tmp_path: Path, *extra: str, staging: str = "staging") -> list[str]:
     return [sys.executable, "-m", "pipelines.annotate", "--config", str(CONFIG), f"input={manifest}", f"out={out}",
-            f"staging={tmp_path / 'staging'}", *FAST, *extra]
+            f"staging={tmp_path / staging}", *FAST, *extra]
 
 
 def job_env(s3_env: dict, marker: str = "") -> dict:
@@ -145,6 +145,8 @@ def test_bucket_to_bucket_killed_and_rerun_equals_a_local_run(s3_env, clips_in_b
     while leftover_processes(marker) and time.time() < deadline:
         time.sleep(0.5)
 
+    # The rerun as on another machine: a staging folder of its own, so what it needs comes from the bucket.
+    cmd = job(env, manifest, out, tmp_path, staging="elsewhere")
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr[-3000:]
     assert f"resumed: {len(done_at_kill)} shard(s) kept" in rerun.stdout
@@ -166,8 +168,11 @@ def test_bucket_to_bucket_killed_and_rerun_equals_a_local_run(s3_env, clips_in_b
     names = {k.split("pite-out/run/", 1)[1] for k in fs.find("pite-out/run")}
     assert not [n for n in names if n.startswith(".")], names  # no lock, no attempt marks left
     assert {"run.json", "config.yaml", "report.html", "stats.json"} <= names
-    # Staging keeps only what a rerun on this machine could use again, never the shards it uploaded.
-    assert not list((tmp_path / "staging").glob("shards/*.tar"))
+    # Staging keeps only what a rerun on this machine could use again, never the shards it uploaded; the second
+    # machine fetched only the input files of the shards it had to do.
+    assert not list((tmp_path / "elsewhere").glob("shards/*.tar"))
+    fetched = sorted(p.name for p in (tmp_path / "elsewhere" / "input").glob("pite-*.parquet"))
+    assert len(fetched) == 3 - len(done_at_kill), fetched
 
 
 def test_a_live_run_holds_the_bucket(s3_env, clips_in_bucket, tmp_path):
