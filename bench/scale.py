@@ -304,7 +304,8 @@ def bucket_figures(root: Path, rows: int, work: Path) -> dict:
                                else (work / "folder-run" / "stats.json").read_text())
             sec = stats["seconds"]
             figures[name] = {"rows_per_s": round(stats["processed_this_run"] / sec["pipeline"], 1),
-                             "driver_write_s": sec["driver_write"], "driver_write_blocked_s": sec["driver_write_blocked"],
+                             "driver_write_s": sec["driver_write"],
+                             "driver_write_blocked_s": sec["driver_write_blocked"],
                              "driver_wait_s": sec["driver_wait"]}
     finally:
         server.terminate()

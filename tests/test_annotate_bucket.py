@@ -1,5 +1,6 @@
-"""Annotation from a bucket into a bucket (`input=s3://…`, `out=s3://…`), against a real S3-compatible server: moto in
-its server mode, started on loopback by this module, reached through the standard AWS variables as a user's S3 is.
+"""Annotation from a bucket into a bucket (`input=s3://…`, `out=s3://…`), against a real S3-compatible server:
+moto in its server mode, started on loopback by this module, reached through the standard AWS variables as a user's
+S3 is.
 
 The job is run as users run it, in its own process with a Ray of its own; the killed-and-rerun run must end with
 every row once and the same shard bytes as a local run of the same config.

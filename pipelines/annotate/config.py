@@ -55,9 +55,9 @@ class AnnotateJobConfig(AnnotateConfig):
 
 # Settings that do not change the content of a sample: left out of the config hash (the samples' provenance and the
 # resume check), so they may differ on resume. max_attempts and fault_injection only decide which rows are rejects.
-NOT_HASHED = ("input", "out", "staging", "progress", "ray_address", "num_cpus", "num_gpus", "cpu_workers", "gpu_workers",
-              "gpus_per_actor", "decode_threads", "actor_memory_gb", "report_samples", "synth", "name", "batch_size",
-              "max_attempts", "fault_injection", "max_reject_share")
+NOT_HASHED = ("input", "out", "staging", "progress", "ray_address", "num_cpus", "num_gpus", "cpu_workers",
+              "gpu_workers", "gpus_per_actor", "decode_threads", "actor_memory_gb", "report_samples", "synth", "name",
+              "batch_size", "max_attempts", "fault_injection", "max_reject_share")
 
 
 def resolve_out(cfg: AnnotateJobConfig) -> Path | str:

@@ -30,8 +30,8 @@ def prepare_input(cfg: AnnotateJobConfig, rundir, inputs: list | None = None) ->
     those of the run being resumed, or it is a ConfigError that names what differs. An earlier attempt of another
     manifest or config that finished no shard holds nothing to keep: it is split again. A split that was cut off
     continues where it was (pipelines/annotate/split.py). `rundir` (pipelines/annotate/rundir.py, or a folder's path)
-    is the run's folder, or its bucket's staging folder: the split is made there, and published once complete. `inputs`: the
-    input files as `expand_inputs` gives them, when the caller has them already.
+    is the run's folder, or its bucket's staging folder: the split is made there, and published once complete.
+    `inputs`: the input files as `expand_inputs` gives them, when the caller has them already.
     """
     from pipelines.manifest import expand_inputs, fingerprint
 
