@@ -13,6 +13,7 @@ from annotate.errors import ConfigError
 from annotate.storage import check_url, is_url
 from pipelines.config import config_hash, to_dict
 
+EXECUTORS = ("ray", "local")
 QUALITY_COLUMNS = ("ground_recall", "box_iou", "mask_iou", "delta_avg", "oa", "aj")
 
 
@@ -33,6 +34,7 @@ class AnnotateJobConfig(AnnotateConfig):
     rows_per_shard: int = 64
     batch_size: int = 4  # clips per actor call; only row metadata travels in and sample arrays out
     # --- execution: one actor runs a clip's whole chain (decode..features); see docs/design.md
+    executor: str = "ray"  # ray: a pool of actors on a Ray cluster; local: one chain in this process, no Ray
     gpus_per_actor: float = 1.0  # GPUs one actor holds when a model stage runs on a GPU (device auto/cuda); may be
     #                              a fraction (two actors share a GPU at 0.5). 0 runs the model stages on CPUs.
     gpu_workers: int = 0  # GPU actors; 0 = as many as the cluster's GPUs hold (GPUs / gpus_per_actor)
@@ -55,7 +57,7 @@ class AnnotateJobConfig(AnnotateConfig):
 
 # Settings that do not change the content of a sample: left out of the config hash (the samples' provenance and the
 # resume check), so they may differ on resume. max_attempts and fault_injection only decide which rows are rejects.
-NOT_HASHED = ("input", "out", "staging", "progress", "ray_address", "num_cpus", "num_gpus", "cpu_workers",
+NOT_HASHED = ("input", "out", "staging", "executor", "progress", "ray_address", "num_cpus", "num_gpus", "cpu_workers",
               "gpu_workers", "gpus_per_actor", "decode_threads", "actor_memory_gb", "report_samples", "synth", "name",
               "batch_size", "max_attempts", "fault_injection", "max_reject_share")
 
@@ -84,6 +86,8 @@ def check_settings(cfg: AnnotateJobConfig) -> None:
     for key in ("cpu_workers", "gpu_workers", "num_cpus", "report_samples", "gpus_per_actor", "actor_memory_gb"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key}: must be >= 0, got {getattr(cfg, key)}")
+    if cfg.executor not in EXECUTORS:
+        raise ConfigError(f"executor: expected {' or '.join(EXECUTORS)}, got {cfg.executor!r}")
     if not 0.0 <= cfg.max_reject_share <= 1.0:
         raise ConfigError(f"max_reject_share: a share in [0, 1], got {cfg.max_reject_share}")
     if cfg.gpus_per_actor > 1 and cfg.gpus_per_actor != int(cfg.gpus_per_actor):

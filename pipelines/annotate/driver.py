@@ -27,7 +27,7 @@ from pipelines.annotate.inputs import input_file, maybe_synthesize, prepare_inpu
 from pipelines.manifest import expand_inputs
 from pipelines.annotate.rundir import open_run_dir
 from pipelines.annotate.plan import GIB
-from pipelines.annotate.pool import ChainPool, read_batches, rows_of
+from pipelines.annotate.pool import ChainPool, LocalPool, read_batches, rows_of
 from pipelines.annotate.raysetup import init_ray
 from pipelines.annotate.stats import RunTally, build_stats
 from pipelines.annotate.writer import ShardSink
@@ -58,8 +58,6 @@ def run(cfg: AnnotateJobConfig) -> dict:
 
 
 def _run_locked(cfg: AnnotateJobConfig, rundir, stages: list, inputs: list) -> dict:
-    import ray
-
     from pipelines.annotate.plan import actor_plan, cluster_nodes, preflight
 
     t_start = time.perf_counter()
@@ -88,13 +86,17 @@ def _run_locked(cfg: AnnotateJobConfig, rundir, stages: list, inputs: list) -> d
     plan = actor_plan(cfg, stages)  # from the stages' declared resources
 
     t_ray = time.perf_counter()
-    started_ray = init_ray(cfg) if pending else False  # a finished run re-run only rewrites its stats
+    on_ray = pending and cfg.executor == "ray"  # a finished run re-run only rewrites its stats
+    started_ray = init_ray(cfg) if on_ray else False
     ray_startup = time.perf_counter() - t_ray
     try:
         tally = RunTally()
         t_run = time.perf_counter()
-        if pending:
+        if on_ray:
             preflight(cfg, plan, cluster_nodes())
+        elif pending:
+            plan.workers = 1  # executor=local: one chain, in this process
+        if pending:
             _stream(cfg, rundir, pending, counts, plan, sample_hash, tally, t_run)
         seconds = {"total": time.perf_counter() - t_start, "ray_startup": ray_startup,
                    "pipeline": time.perf_counter() - t_run}
@@ -112,6 +114,8 @@ def _run_locked(cfg: AnnotateJobConfig, rundir, stages: list, inputs: list) -> d
         rundir.publish("stats.json")
     finally:
         if started_ray:
+            import ray
+
             # Our own Ray goes down before the summary is printed, so its late messages do not follow it.
             ray.shutdown()
     return stats
@@ -121,8 +125,9 @@ def _stream(cfg, rundir, pending, counts, plan, sample_hash: str, tally: RunTall
     from pipelines.annotate.actor import ClipChain
 
     out = rundir.path
-    pool = ChainPool(ClipChain, (cfg, rundir.ledger, sample_hash, plan.decode_threads), plan.workers,
-                     plan.num_cpus, plan.num_gpus, int(plan.memory_gb * GIB) or None)
+    args = (cfg, rundir.ledger, sample_hash, plan.decode_threads)
+    pool = (LocalPool(ClipChain, args) if cfg.executor == "local" else
+            ChainPool(ClipChain, args, plan.workers, plan.num_cpus, plan.num_gpus, int(plan.memory_gb * GIB) or None))
     sink = ShardSink(out, cfg, QUALITY_COLUMNS, tally.add_written, rundir.publish_shard)
     bar = _progress(cfg, sum(counts[s] for s in pending))
     # Keyed by row: a row handed over twice (a retried call) is kept once. Only shards not yet complete are held.

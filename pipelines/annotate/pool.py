@@ -101,6 +101,33 @@ class ChainPool:
         self.actors = []
 
 
+class LocalPool:
+    """`executor=local`: one chain in the driver's own process, called batch by batch, with the pool's interface.
+    No Ray (its start-up, its packages): for small runs and machines without Ray. A worker death is the job's death
+    here, so there are no retries; a rerun resumes from the shards written."""
+
+    def __init__(self, actor_cls, args: tuple):
+        self.actor_cls, self.args = actor_cls, args
+        self.waited = 0.0  # seconds in the chain (the driver's wait on a pool)
+
+    def map(self, batches: Iterator[dict], on_start_failure: Callable[[BaseException], Optional[str]]) \
+            -> Iterator[dict]:
+        from annotate.stage import one_line
+
+        try:
+            chain = self.actor_cls(*self.args)
+        except Exception as exc:  # noqa: BLE001 - said in one line, as an actor that cannot start
+            raise PiteError(f"the annotation chain could not start: {type(exc).__name__}: {one_line(exc)}") from None
+        for batch in batches:
+            t0 = time.perf_counter()
+            result = chain(batch)
+            self.waited += time.perf_counter() - t0
+            yield result
+
+    def close(self) -> None:
+        """Nothing runs outside this process."""
+
+
 class _Flight:
     """The calls in flight, the actors free to take one, the batches to hand out again and the actors being probed
     after a death. One driver thread uses it."""

@@ -61,6 +61,16 @@ def _shard_counts(out, s: int, filesystem) -> tuple[int, list[str], dict[str, tu
     return meta.num_rows, stages, sums
 
 
+def package_version(name: str) -> str | None:
+    """An installed package's version without importing it (an executor=local run may have no Ray)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 MAX_NOTES = 50  # notes kept for stats.json; the rest are counted
 REASON_VIDEOS = 5  # video_ids kept per reject reason, for the report
 
@@ -170,7 +180,6 @@ class RunTally:
 def build_stats(cfg, total: int, tally: RunTally, prev: dict, seconds: dict, chash: str,
                 plan=None) -> dict:
     import av
-    import ray
 
     by_stage = Counter(tally.rejects_by_stage)
     by_stage.update(prev["by_stage"])
@@ -206,7 +215,7 @@ def build_stats(cfg, total: int, tally: RunTally, prev: dict, seconds: dict, cha
         "config": to_dict(cfg),
         "config_hash": chash,
         "ground_backend": cfg.ground.backend,
-        "versions": {"python": sys.version.split()[0], "ray": ray.__version__, "numpy": np.__version__,
+        "versions": {"python": sys.version.split()[0], "ray": package_version("ray"), "numpy": np.__version__,
                      "pyav": av.__version__},
     }
 
