@@ -1,5 +1,6 @@
 # PiTe: `make annotate` (set up, then annotate the embedded demo) and `make test` are the two commands to know.
 SHELL := /bin/bash
+# 3.11 serves torch from this team's local disk; 3.12 and 3.13 work too (torch then comes from the registry).
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -47,7 +48,7 @@ train: setup
 
 # Re-resolve the pinned versions after changing pyproject.toml's dependencies.
 lock: setup
-	$(PY) -m pip freeze --exclude-editable | grep -v '^-e' > requirements/lock.txt
+	$(PY) -m pip freeze --all --exclude-editable | grep -v -e '^-e' -e '^pip==' > requirements/lock.txt
 
 clean-venv:
 	rm -rf $(VENV)

@@ -11,8 +11,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUTDIR=${1:-/tmp/pite-device-sim}
 CACHE=${PITE_CACHE:-$HOME/.cache/pite}/device-sim
-PY312=${PY312:-$(command -v python3.12 || ls -d /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -1)}
-[[ -x "$PY312" ]] || { echo "device_sim: no python3.12 (PY312=PATH)" >&2; exit 2; }
+if [[ -z "${PY312:-}" ]]; then  # the first python3.12 that runs (a pyenv shim may not)
+  for c in python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12; do
+    if "$c" -c "" 2>/dev/null; then PY312=$c; break; fi
+  done
+fi
+[[ -n "${PY312:-}" ]] || { echo "device_sim: no python3.12 here (PY312=PATH)" >&2; exit 2; }
 [[ -f .carry/av.tar.xz ]] || { echo "device_sim: no .carry/: run bench/device_bundle.sh first" >&2; exit 2; }
 VENV=$CACHE/venv312
 DEVICE=(torch==2.11.0 torchvision==0.26.0 transformers==5.17.0 tokenizers==0.23.2 safetensors==0.8.0
