@@ -23,19 +23,20 @@ DEVICE=(torch==2.11.0 torchvision==0.26.0 transformers==5.17.0 tokenizers==0.23.
         huggingface_hub==1.33.0 numpy==2.5.2 accelerate==1.15.0)
 # Packages of the device image the project uses, at the lock's versions (the image gives none for them).
 IMAGE=(peft pyarrow pandas opencv-python-headless pyyaml tqdm pillow fsspec tensorboard regex requests pytest
-       pytest-timeout typing-extensions)
+       pytest-timeout typing-extensions sentencepiece protobuf)
 pin() { awk -F'==' -v w="$(echo "$1" | tr 'A-Z_' 'a-z-')" '{n=tolower($1); gsub("_","-",n)} n==w {print $1"=="$2}' \
   requirements/lock.txt; }
 
-if [[ ! -f "$VENV/.done" ]]; then
+image=()
+for n in "${IMAGE[@]}"; do image+=("$(pin "$n")"); done
+wanted="${DEVICE[*]} ${image[*]}"
+if [[ "$(cat "$VENV/.done" 2>/dev/null)" != "$wanted" ]]; then  # built once per package list
   rm -rf "$VENV"
   "$PY312" -m venv "$VENV"
-  image=()
-  for n in "${IMAGE[@]}"; do image+=("$(pin "$n")"); done
   # The device's torch 2.11 and its CUDA libraries (the CPU simulation only imports them); the local constraint
   # file (torch<=2.14.1) allows it.
   "$VENV/bin/pip" install -q "${DEVICE[@]}" "${image[@]}"
-  touch "$VENV/.done"
+  echo "$wanted" > "$VENV/.done"
 fi
 for absent in av spacy segment_anything omegaconf webdataset braceexpand ray cotracker; do
   if "$VENV/bin/python" -c "import $absent" 2>/dev/null; then

@@ -39,6 +39,8 @@ RECIPE = REPO / "configs" / "annotate" / "pite143k.yaml"
 STAGES = ("decode", "nouns", "ground", "segment", "points", "track", "confidence", "features")
 MODEL_STAGES = ("ground", "segment", "track", "features")
 CORPUS_CLIPS, CLUSTER_GPUS = 143_000, 8
+H100_BF16_FLOPS = 989e12  # dense bf16 tensor-core peak of an H100 SXM (NVIDIA's datasheet, without sparsity)
+ROOFLINE_SHARES = (1.0, 0.4)  # of that peak: the bound, and what well-fed inference kernels reach
 BACKWARD_GOAL = 1.8  # the issue's goal: the one-pass track stage at least this much faster than with backward_pass
 # --device cpu: what is cut so that one short clip runs in minutes on 2 cores (reported in the JSON).
 CPU_SUBSAMPLE = {
@@ -166,15 +168,35 @@ class ModelClock:
         return dict(out)
 
 
-def instrument(chain, clock: ModelClock, kept: list) -> None:
-    """Label the clock with the running stage; keep the first item the track stage sees (for the backward test)."""
+class FlopTally:
+    """FLOPs per model stage while `counting`, from torch.utils.flop_counter: matrix products, convolutions and
+    attention, which set a GPU's time (element-wise work is not counted). They do not depend on weights' values or on
+    the device, so a CPU run gives the GPU's count."""
+
+    def __init__(self):
+        self.counting, self.flops = False, defaultdict(int)
+
+    def run(self, name: str, call):
+        if not (self.counting and name in MODEL_STAGES):
+            return call()
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            result = call()
+        self.flops[name] += counter.get_total_flops()
+        return result
+
+
+def instrument(chain, clock: ModelClock, kept: list, flops: FlopTally | None = None) -> None:
+    """Label the clock with the running stage; keep the first item the track stage sees (for the backward test);
+    count each model stage's FLOPs when `flops` is counting."""
     for stage in chain.stages:
         def process(items, _run=stage.process, _name=stage.name):
             clock.stage = _name
             if _name == "track" and not kept:
                 kept.extend(it for it in items[:1] if it.ok)
             try:
-                return _run(items)
+                return flops.run(_name, lambda: _run(items)) if flops is not None else _run(items)
             finally:
                 clock.stage = "other"
         stage.process = process  # an instance attribute shadows the method for this chain only
@@ -259,6 +281,23 @@ def backward_vs_one_pass(chain, item, clock: ModelClock, cuda: bool, repeats: in
     return result
 
 
+def count_flops(chain, batch: dict, flops: FlopTally) -> dict:
+    """FLOPs per clip per model stage over one batch through the actor, and the roofline they give on an H100."""
+    flops.counting = True
+    try:
+        out = chain(batch)
+    finally:
+        flops.counting = False
+    n = len(out["row"])
+    per_clip = {s: flops.flops.get(s, 0) / n for s in MODEL_STAGES}
+    total = sum(per_clip.values())
+    roofline = {f"at_{round(share * 100)}pct": round(3600 / (total / (H100_BF16_FLOPS * share)))
+                for share in ROOFLINE_SHARES} if total else None
+    return {"flops_per_clip": {s: float(f"{v:.4g}") for s, v in per_clip.items()},
+            "flops_per_clip_total": float(f"{total:.4g}"), "flops_clips": n,
+            "roofline_clips_per_hour_h100": roofline}
+
+
 def cpu_name() -> str:
     info = Path("/proc/cpuinfo")
     lines = info.read_text().splitlines() if info.is_file() else []
@@ -276,7 +315,7 @@ def peak_memory(cuda: bool) -> tuple[float, str]:
 # --- the report -------------------------------------------------------------------------------------------------
 
 
-def report(args, cfg, overrides, subsampled, setup_s, warmup, run, backward, cuda) -> dict:
+def report(args, cfg, overrides, subsampled, setup_s, warmup, run, backward, cuda, flops) -> dict:
     import torch
 
     peak, peak_kind = peak_memory(cuda)
@@ -295,6 +334,10 @@ def report(args, cfg, overrides, subsampled, setup_s, warmup, run, backward, cud
                      "was measured. No warm-up clip on the CPU: the stages' figures include first-call costs")
     notes.append(f"projected_hours_143k_8gpu = {CORPUS_CLIPS} x seconds_per_clip / {CLUSTER_GPUS} / 3600, "
                  f"one actor per GPU at this device's seconds per clip")
+    notes.append(f"flops_per_clip: torch.utils.flop_counter over {flops.get('flops_clips')} clip(s) of the "
+                 f"production recipe (nothing subsampled), matmuls, convolutions and attention only; "
+                 f"roofline_clips_per_hour_h100 = 3600 / (flops_per_clip_total / (share x {H100_BF16_FLOPS:.3g} "
+                 f"bf16 FLOP/s)): a bound that ignores decoding, memory traffic and the CPU stages")
     per_clip = run["seconds_per_clip"]
     return {
         "device": args.device,
@@ -318,6 +361,7 @@ def report(args, cfg, overrides, subsampled, setup_s, warmup, run, backward, cud
         "peak_memory_gb": round(peak, 2), "peak_memory_kind": peak_kind,
         "projected_hours_143k_8gpu": round(CORPUS_CLIPS * per_clip / CLUSTER_GPUS / 3600, 1),
         "cotracker_backward_vs_one_pass": backward,
+        **flops,
         "rejected": run["rejected"],
         "notes": notes,
     }
@@ -380,13 +424,13 @@ def main(argv: list[str] | None = None) -> int:
                            *subsampled, *args.set]
     cfg = load_config(AnnotateJobConfig, args.recipe, overrides)
     batches = manifest_batches(manifest, cfg.batch_size)
-    clock, kept = ModelClock(cuda), []
+    clock, kept, tally = ModelClock(cuda), [], FlopTally()
     with clock, tempfile.TemporaryDirectory(prefix="pite-realsize-") as ledger:
         log(f"loading the models on {args.device}")
         t0 = time.perf_counter()
         chain = ClipChain(cfg, ledger, stage_config_hash(cfg), cfg.decode_threads)
         setup_s = time.perf_counter() - t0
-        instrument(chain, clock, kept)
+        instrument(chain, clock, kept, tally)
         warmup = 0
         if cuda:  # first calls pay one-off costs (kernel selection, allocator growth): one clip, not measured
             log("warm-up clip")
@@ -398,7 +442,14 @@ def main(argv: list[str] | None = None) -> int:
         repeats = args.repeats or (2 if cuda else 1)
         backward = (backward_vs_one_pass(chain, kept[0], clock, cuda, repeats) if kept
                     else {"skipped": "no clip reached the track stage"})
-    print(json.dumps(report(args, cfg, overrides, subsampled, setup_s, warmup, run, backward, cuda), indent=1))
+        if subsampled:  # FLOPs of the production recipe: a chain without the CPU cuts, on one clip
+            del chain
+            cfg = load_config(AnnotateJobConfig, args.recipe, [o for o in overrides if o not in subsampled])
+            chain = ClipChain(cfg, ledger, stage_config_hash(cfg), cfg.decode_threads)
+            instrument(chain, clock, [], tally)
+        log("FLOPs per clip (one clip, the production recipe)")
+        flops = count_flops(chain, manifest_batches(manifest, 1)[0], tally)
+    print(json.dumps(report(args, cfg, overrides, subsampled, setup_s, warmup, run, backward, cuda, flops), indent=1))
     return 0
 
 

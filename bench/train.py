@@ -101,6 +101,37 @@ def loader_and_tiny_step(args) -> dict:
     }
 
 
+# The Vicuna v1.5 shapes (LLaMA-2): hidden, MLP width, layers. Stage 2's sequence: ~250 text tokens + 100 frames.
+LLM_SHAPES = {"7b": (4096, 11008, 32), "13b": (5120, 13824, 40)}
+STAGE2_TOKENS, STAGE2_SAMPLES, H100_BF16 = 350, 143_000, PEAK_BF16["H100"]
+
+
+def step_flops_per_token(hidden: int, inter: int, layers: int, length: int) -> float:
+    """Model FLOPs per token of a LoRA step on a frozen base: forward 2N and backward to the activations 2N over the
+    decoder's matrices (N = layers x (4 h^2 + 3 h m); the frozen base needs no weight gradients, LoRA's are small),
+    plus attention's scores and values, 4 x layers x length x hidden each way. The LM head runs at the labelled
+    positions only (the recipes' logits_at_labels) and is left out."""
+    n = layers * (4 * hidden * hidden + 3 * hidden * inter)
+    return 4 * n + 2 * 4 * layers * length * hidden
+
+
+def roofline() -> dict:
+    """What an H100 can do at most for the 7B and 13B stage-2 steps: tokens/s and hours for one pass over
+    PiTe-143k at 100 % and 40 % of its dense bf16 peak (arithmetic, no run)."""
+    out = {}
+    for name, (h, m, layers) in LLM_SHAPES.items():
+        per_token = step_flops_per_token(h, m, layers, STAGE2_TOKENS)
+        tokens = STAGE2_TOKENS * STAGE2_SAMPLES
+        out[name] = {"flops_per_token": float(f"{per_token:.4g}"), **{
+            f"at_{round(share * 100)}pct": {
+                "tokens_per_s": round(share * H100_BF16 / per_token),
+                "hours_stage2_pass_1gpu": round(tokens * per_token / (share * H100_BF16) / 3600, 2),
+                "hours_stage2_pass_8gpu": round(tokens * per_token / (share * H100_BF16) / 3600 / 8, 3)}
+            for share in (1.0, 0.4)}}
+    return {"h100_bf16_flops": H100_BF16, "stage2_tokens_per_sample": STAGE2_TOKENS, "samples": STAGE2_SAMPLES,
+            **out}
+
+
 def gpu_7b(args, fast: bool = True) -> dict:
     """The 7B-shaped stage-2 step; `fast`: the 7B recipes' switches (LoRA dropout 0 and no input cast, logits at
     labelled positions, no gradient checkpointing), else all off (dropout 0.05, cast, full logits, checkpointing)."""
@@ -155,13 +186,22 @@ def gpu_7b(args, fast: bool = True) -> dict:
     }
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, counted = [], None
     for i in range(args.steps + 2):
         sync()
         t = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            out = pite(**to_device(batch, device), logits_at_labels=fast)
-        out.loss.backward()
+        if i == 0:  # a warm-up step, not timed: counted by torch's FLOP counter to check the formula below
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as counter:
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    out = pite(**to_device(batch, device), logits_at_labels=fast)
+                out.loss.backward()
+            counted = counter.get_total_flops()
+        else:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                out = pite(**to_device(batch, device), logits_at_labels=fast)
+            out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync()
@@ -170,11 +210,11 @@ def gpu_7b(args, fast: bool = True) -> dict:
     step = sum(times) / len(times)
     n_base = sum(p.numel() for p in llm.parameters() if not p.requires_grad)
     tokens = b * length
-    # Model FLOPs per token: forward 2N + backward to the activations 2N (the frozen base needs no weight
-    # gradients; LoRA's are negligible), plus attention's 4*layers*length*hidden per token each way;
-    # gradient checkpointing's recomputation is not counted (it is overhead, not model work).
-    attn = 2 * 4 * config.num_hidden_layers * length * config.hidden_size
-    flops = tokens * (4 * n_base + attn)
+    # Model FLOPs: the decoder's (step_flops_per_token) at every token, the LM head's forward and backward at the
+    # labelled positions (the model's work; the slow step's full logits and recomputation are overhead).
+    labelled = int((labels != -100).sum())
+    flops = (tokens * step_flops_per_token(hidden, inter, layers, length)
+             + labelled * 4 * hidden * config.vocab_size)
     name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     memory = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
@@ -188,6 +228,7 @@ def gpu_7b(args, fast: bool = True) -> dict:
         "model_tflops_per_s": round(flops / step / 1e12, 1),
         "mfu": round(flops / step / peak, 3) if peak else None,
         "peak_memory_gib": memory, "shape": args.gpu_shape,
+        "counted_flops_per_token": round(counted / tokens), "formula_flops_per_token": round(flops / tokens),
     }
 
 
@@ -228,6 +269,7 @@ def main(argv=None) -> int:
         print(json.dumps(fast_vs_slow(args), indent=1))
         return 0
     result = loader_and_tiny_step(args)
+    result["roofline_h100"] = roofline()
     if args.gpu:
         result["gpu_7b"] = gpu_7b(args, fast=True)
         if args.gpu_compare and "step_s" in result["gpu_7b"]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +75,15 @@ def count_forwards(stage, fail=None) -> list[tuple]:
     return calls
 
 
+def locked_version(name: str) -> str:
+    """The version requirements/lock.txt pins for a package."""
+    lock = Path(__file__).resolve().parents[1] / "requirements" / "lock.txt"
+    return next(ln.split("==")[1].strip() for ln in lock.read_text().splitlines() if ln.startswith(f"{name}=="))
+
+
+LOCKED_TRANSFORMERS = locked_version("transformers")
+
+
 def grounder(tiny_dir, **ground):
     return make_grounder(gdino_cfg(tiny_dir, **{"every_n_frames": EVERY_N, "batch_size": BATCH, **ground}))
 
@@ -121,10 +131,18 @@ def test_batched_equals_one_clip_at_a_time(tiny_dir):
     stage.process(items)
     got = [summary(it) for it in items]
     assert got == one_at_a_time(tiny_dir, **THRESHOLDS)
-    # the mix the thresholds were chosen for: found on the first frame, on a later one, never; a rejected clip
+    # The mix the thresholds were chosen for: found on the first frame, on a later one, never; a rejected clip. It
+    # comes from transformers' random initialisation of the tiny model, which another version does differently
+    # (5.17): there the equality above still holds, but the paths it should cover may not be taken.
     frames = {(i, g[0]): g[1] for i, s in enumerate(got) for g in s[2]}
-    assert frames[(0, 0)] == 2 and frames[(1, 0)] == 0
-    assert "the sofa" in got[1][1] and got[2][0] == ("ground", "no phrase grounded (1 x no box above threshold)")
+    mix = (frames.get((0, 0)) == 2 and frames.get((1, 0)) == 0 and "the sofa" in got[1][1]
+           and got[2][0] == ("ground", "no phrase grounded (1 x no box above threshold)"))
+    import transformers
+
+    if not mix and transformers.__version__ != LOCKED_TRANSFORMERS:
+        pytest.skip(f"transformers {transformers.__version__} initialises the tiny model otherwise: the threshold mix "
+                    f"this test covers does not occur (batched == one at a time was checked)")
+    assert mix, got
     assert sum(c[0] for c in calls) < sum(rows_per_shape(items).values())  # done clips stopped sending
 
 
