@@ -51,6 +51,8 @@ SKIP_RULES = [
     (r"^make ablation\b", "hour", "about an hour on 2 cores (58 min 37 s measured); tests/test_ablate.py runs a "
                                  "tiny grid through the same code"),
     (r"--size real\b", "long", "writes 4.6 GB of random weights of the published sizes"),
+    (r"^bench/device_(bundle|sim)\.sh\b", "long", "fetches cp312 wheels (the simulation also torch for cp312, "
+                                                  "0.5 GB) and takes minutes: run before a GPU machine's call"),
 ]
 HEAD_ADDRESS = ("127.0.0.2", 6390)  # where the README's `pite head start` puts its head
 
