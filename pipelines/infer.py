@@ -92,7 +92,7 @@ class Predictor:
     # ---- steps --------------------------------------------------------------------------------------------------
 
     def decode(self, video: str | Path):
-        from annotate.video import decode_clip
+        from annotate.decode.video import decode_clip
 
         # Only the T samples are needed: a vanishing tracking rate keeps decode_clip from decoding more.
         return decode_clip(video, num_samples=self.num_frames, track_fps=1e-6, max_side=self.max_side)

@@ -35,7 +35,7 @@ def decode_at(video: str | Path, indices: Sequence[int], max_side: int = 480) ->
     decode_clip's `extra_indices` decodes exactly the frames asked for; a vanishing tracking rate keeps it from
     decoding anything else but the first and last frame.
     """
-    from annotate.video import decode_clip
+    from annotate.decode.video import decode_clip
 
     wanted = np.asarray(list(indices), dtype=np.int64)
     clip = decode_clip(video, num_samples=1, track_fps=1e-6, max_side=max_side, extra_indices=np.unique(wanted))

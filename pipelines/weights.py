@@ -149,7 +149,7 @@ def write_grounding_dino(out: Path, size: str, seed: int, variant: str = "base")
 
 def tiny_sam_arch():
     """64 px, 8 px patches: an 8x8 grid with 4x4 windows and one global block, so the size reader sees both."""
-    from annotate.sam_build import SamArch
+    from annotate.segment.sam_build import SamArch
 
     return SamArch(embed_dim=16, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, image_size=64,
                    patch_size=8, mlp_ratio=2.0, prompt_embed_dim=32, mask_in_chans=4, decoder_depth=1,
@@ -161,7 +161,7 @@ def write_sam(out: Path, size: str, sam_type: str, seed: int) -> tuple[Path, str
     import torch
     from segment_anything import sam_model_registry
 
-    from annotate.sam_build import build_sam
+    from annotate.segment.sam_build import build_sam
 
     name, model_type = ("tiny", "auto") if size == "tiny" else (sam_type, sam_type)
     final = out / f"sam_{name}.pth"

@@ -20,7 +20,7 @@ from annotate.features import (
     thumbnail_features,
 )
 from annotate.item import ClipItem
-from annotate.video import DecodedClip, VideoInfo
+from annotate.clip import DecodedClip, VideoInfo
 
 PROJ = 24  # a small projection for the tiny model (ViT-L/14's is 768)
 

@@ -15,7 +15,7 @@ from annotate.ground import (
     PLURAL_NOTE, GivenGrounder, build_prompts, cxcywh_to_xyxy, fit_box, make_grounder, match_phrase, pick_boxes,
 )
 from annotate.item import ClipItem, Phrase
-from annotate.video import DecodedClip, VideoInfo
+from annotate.clip import DecodedClip, VideoInfo
 
 # --- helpers ------------------------------------------------------------------------------------------------------
 

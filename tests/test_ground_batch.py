@@ -14,7 +14,7 @@ import torch
 
 from annotate.frames import LazyFrames
 from annotate.ground import make_grounder, pick_boxes
-from annotate.ground_dino import ClipJob, Prompt, RowQueue, resized_shape
+from annotate.ground.groundingdino import ClipJob, Prompt, RowQueue, resized_shape
 from annotate.item import ClipItem
 from tests.test_ground import dropped, gdino_cfg, make_clip, make_item, tiny_dir  # noqa: F401 (tiny_dir: fixture)
 
@@ -255,7 +255,7 @@ def test_a_forward_that_fails_for_the_batch_reruns_each_clip_alone(tiny_dir):
 
 
 def test_bfloat16_runs_the_matmuls_in_bf16_and_bert_in_fp32(tiny_dir, monkeypatch):
-    import annotate.ground_dino as gd
+    import annotate.ground.groundingdino as gd
 
     tf32 = []
     monkeypatch.setattr(gd, "enable_tf32", tf32.append)

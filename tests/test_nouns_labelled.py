@@ -21,7 +21,7 @@ def nlp():
     return load_spacy("en_core_web_sm")
 
 
-# The development set (270 captions) is the one the rules of annotate/noun_rules.py were written against; the
+# The development set (270 captions) is the one the rules of annotate/nouns/rules.py were written against; the
 # held-out set was labelled afterwards by the same rules and never used to change them.
 @pytest.mark.parametrize("name", ["noun_phrases.jsonl", "noun_phrases_heldout.jsonl"])
 def test_exact_spans_on_the_labelled_captions(nlp, name):

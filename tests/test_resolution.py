@@ -14,7 +14,8 @@ from annotate.item import ClipItem
 from annotate.quality import clip_quality
 from annotate.synthetic import WorldParams, make_clip
 from pipelines.synth import write_clip
-from annotate.video import decode_clip, ground_to_track
+from annotate.clip import ground_to_track
+from annotate.decode.video import decode_clip
 from tests.test_quality import annotate_rows
 from tests.test_video import frame_ids, index_colour, textured, write_video
 

@@ -18,7 +18,7 @@ from annotate.segment import (
     pixel_box,
     select_best_masks,
 )
-from annotate.video import DecodedClip, VideoInfo
+from annotate.clip import DecodedClip, VideoInfo
 
 H, W = 120, 200
 

@@ -12,7 +12,7 @@ from annotate.device import enable_tf32
 from annotate.errors import ConfigError
 from annotate.item import ClipItem
 from annotate.segment import SamSegmenter, select_best_masks
-from annotate.segment_sam import encode, preprocess_frame
+from annotate.segment.sam import encode, preprocess_frame
 from tests.test_segment import iou, make_item, tiny_sam
 
 # (height, width, frames) of the four clips: sizes differ, so the stack mixes differently padded images.

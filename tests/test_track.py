@@ -13,8 +13,9 @@ import pytest
 from annotate.config import AnnotateConfig
 from annotate.errors import ConfigError
 from annotate.item import ClipItem, Grounding, Phrase
-from annotate.track import inside_frame, make_tracker, read_off_samples, track_lk
-from annotate.video import DecodedClip, VideoInfo
+from annotate.frames import inside_frame
+from annotate.track import make_tracker, read_off_samples, track_lk
+from annotate.clip import DecodedClip, VideoInfo
 
 # ---------------------------------------------------------------------------------------------------------------
 # Generated clips: a textured square moving over a panning textured background, optionally an occluder.

@@ -1,5 +1,5 @@
 """CoTracker3 through the track stage with the real `cotracker` package and random weights: one pass on the synthetic
-world against the LK reference, bfloat16 vs float32 parity, and the precision split (annotate/track_cotracker.py).
+world against the LK reference, bfloat16 vs float32 parity, and the precision split (annotate/track/cotracker.py).
 
 The tests that need the package skip without it (the Makefile installs it from ../shared/third_party/co-tracker).
 Random weights: the numbers mean nothing, but shapes, dtypes, the query convention and the precision of each part
@@ -17,7 +17,7 @@ from annotate.config import AnnotateConfig
 from annotate.errors import ConfigError
 from annotate.item import ClipItem, Grounding, Phrase
 from annotate.track import make_tracker
-from annotate.video import DecodedClip, VideoInfo
+from annotate.clip import DecodedClip, VideoInfo
 
 SMALL_SHAPE = [96, 128]
 # bfloat16 vs float32 tracks at SMALL_SHAPE on a 24-frame, 256x256 synthetic clip (4 objects x 3 points, one object

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from annotate.config import AnnotateConfig, TrackConfig
-from annotate.track import TrackStage, inside_frame, make_tracker, track_lk
+from annotate.frames import inside_frame
+from annotate.track import TrackStage, make_tracker, track_lk
 from annotate.synthetic import WorldParams, make_clip
 from pipelines.synth import write_clip
 from tests.test_quality import annotate_rows

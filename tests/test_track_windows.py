@@ -1,4 +1,4 @@
-"""Windowed tracking (annotate.track_windows): the spans, the handover and stitching rule, Lucas-Kanade windowed vs
+"""Windowed tracking (annotate.track.windows): the spans, the handover and stitching rule, Lucas-Kanade windowed vs
 in one call, and the real CoTracker3 (random weights) run window by window."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pytest
 from annotate.config import AnnotateConfig
 from annotate.errors import ConfigError
 from annotate.frames import LazyFrames
-from annotate.track import inside_frame, make_tracker, track_lk
-from annotate.track_windows import check_windows, home_windows, track_in_windows, window_spans
+from annotate.frames import inside_frame
+from annotate.track import make_tracker, track_lk
+from annotate.track.windows import check_windows, home_windows, track_in_windows, window_spans
 from tests.test_track import POINTS_U, Scene, _gray_rgb, _item
 
 # ---------------------------------------------------------------------------------------------------------------

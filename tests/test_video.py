@@ -1,4 +1,4 @@
-"""annotate.video: which frames are decoded, at what size and orientation, and one clear error per kind of bad file.
+"""annotate.decode.video: which frames are decoded, at what size and orientation, and one clear error per kind of bad file.
 
 Videos are written with PyAV (libx264, B-frames on) into tmp dirs. Frame i is a flat colour that spells i
 (red = 30 + 10 * (i % 20), green = 30 + 50 * (i // 20)), so a decoded frame tells which source frame it is.
@@ -13,9 +13,10 @@ import av
 import numpy as np
 import pytest
 
-import annotate.video as video
+import annotate.decode.video as video
 from annotate.errors import DecodeError
-from annotate.video import decode_clip, decoded_size, probe, sample_positions, tracking_positions
+from annotate.decode.video import decode_clip, probe, sample_positions, tracking_positions
+from annotate.frames import decoded_size
 
 SAMPLES = Path(__file__).parents[1].parent / "shared" / "samples"
 
@@ -446,7 +447,7 @@ def test_lazy_frames_keep_memory_far_below_the_clip_size(tmp_path):
     script = """
 import json, sys
 import numpy as np
-from annotate.video import decode_clip
+from annotate.decode.video import decode_clip
 
 def peak_kb():
     with open("/proc/self/status") as f:

@@ -20,9 +20,9 @@ from annotate.config import AnnotateConfig
 from annotate.errors import ConfigError
 from annotate.item import ClipItem, Grounding, Phrase
 from annotate.pipeline import build_stage
-from annotate.sam_build import PUBLISHED, arch_from_state, describe
+from annotate.segment.sam_build import PUBLISHED, arch_from_state, describe
 from annotate.segment import SamSegmenter, load_sam, sam_host_memory_gb
-from annotate.video import DecodedClip, VideoInfo
+from annotate.clip import DecodedClip, VideoInfo
 from pipelines.annotate.config import AnnotateJobConfig
 from pipelines.cli import main as pite
 from pipelines.config import load_config

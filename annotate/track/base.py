@@ -1,48 +1,18 @@
-"""Track stage: follow each object's K points over the tracking frames, then read the T samples off the tracks.
-
-Two backends (docs/design.md, "Backends"), one output: `item.tracks` (N, K, F, 2) float32 continuous pixel coordinates on
-`item.clip.track_frames` and `item.track_vis` (N, K, F) bool. Each object's points are queries at its own grounding
-frame and are tracked forward to the end and backward to the start. A point is visible only if the tracker says so
-and it lies inside the frame (0 <= x < w, 0 <= y < h).
-
-- `lk`: OpenCV's pyramidal Lucas-Kanade, frame to frame, with a forward-backward check and an appearance check
-  (see `track_lk`). CPU, no weights.
-- `cotracker`: CoTracker3 offline through the `cotracker` package (installed from its checkout; CC-BY-NC) and a
-  checkpoint path (`track.weights`).
-
-A clip of more than `track.window` tracking frames is tracked window by window and stitched (annotate.track_windows),
-so neither the tracker's memory nor the decoded frames grow with the clip's length.
-
-Coordinates: ours are continuous (pixel (i, j) covers [i, i+1) x [j, j+1), centre (i + 0.5, j + 0.5)). OpenCV's
-LK and CoTracker both put pixel centres on integers (CoTracker rescales with align_corners=True), so we subtract 0.5
-going in and add it back coming out.
-"""
+"""What both trackers share: reading the T samples off the tracks, the bounds a track may take, and the stage's
+plumbing (`TrackStage`: inputs checked, one object named by two phrases tracked once, windows for long clips, the
+inside-frame rule). A backend implements `track` on one window."""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
-from annotate.config import AnnotateConfig
 from annotate.clip import ground_to_track
-from annotate.errors import ConfigError, StageError
-from annotate.item import ClipItem
-from annotate.stage import Resources, Stage
+from annotate.config import AnnotateConfig
+from annotate.errors import StageError
 from annotate.frames import inside_frame
-from annotate.track_lk import track_lk  # noqa: F401 (the LK backend; tests import it from here)
-from annotate.track_windows import check_windows, track_in_windows
-
-def make_tracker(cfg: AnnotateConfig, predictor=None) -> "TrackStage":
-    """The track stage for `cfg.track.backend`. `predictor` stands in for CoTracker's (tests inject a double)."""
-    backend = cfg.track.backend
-    if backend == "lk":
-        return LKTracker(cfg)
-    if backend == "cotracker":
-        from annotate.track_cotracker import CoTrackerTracker  # torch and cotracker only when asked for
-
-        return CoTrackerTracker(cfg, predictor=predictor)
-    raise ConfigError(f"track.backend: unknown backend {backend!r} (expected lk or cotracker)")
-
+from annotate.item import ClipItem
+from annotate.stage import Stage
+from annotate.track.windows import check_windows, track_in_windows
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reading the T samples off the tracks
@@ -159,17 +129,3 @@ class TrackStage(Stage):
         sizes = object_sizes(clip, item.groundings)
         item.tracks = bound_to_frame(np.asarray(tracks, dtype=np.float64), sizes, w, h).astype(np.float32)
         item.track_vis = np.asarray(vis, dtype=bool) & inside_frame(item.tracks, w, h)
-
-
-class LKTracker(TrackStage):
-    def resources(self) -> Resources:
-        return Resources(num_cpus=1.0, num_gpus=0.0, memory_gb=0.2)  # one window of grey frames and its pyramids
-
-    def version(self) -> str:
-        return f"lk/opencv-{cv2.__version__}"
-
-    def track(self, frames, points, query_frames):
-        gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
-        t = self.cfg.track
-        return track_lk(gray, points, query_frames, win_size=t.win_size, max_level=t.max_level,
-                        fb_threshold=t.fb_threshold_px)

@@ -1,4 +1,9 @@
-"""The first stage: decode the clip's T samples and its tracking frames (annotate.video does the work)."""
+"""The first stage: decode the clip's T samples and its tracking frames, one backend (PyAV).
+
+Modules: `video.py` (the decoding: a demux scan for timestamps, then the frames wanted, seeking where it pays),
+`open.py` (opening a path or a file object with one clear DecodeError per kind of bad input). This module: the stage,
+and reading a video out of a tar member or a bucket.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from annotate.frames import FrameSize
 from annotate.item import ClipItem
 from annotate.stage import Resources, Stage, one_line
 from annotate.storage import is_url, read_bytes
-from annotate.video import decode_clip, probe, video_duration
+from annotate.decode.video import decode_clip, probe, video_duration
 
 LONG_CLIPS = ("cut", "reject")
 # Seconds a stated duration may exceed max_duration and still fit: metadata rounding, far below one frame.

@@ -23,11 +23,10 @@ from typing import Callable, Iterable, Optional, Union
 import av
 import numpy as np
 
-from annotate.clip import DecodedClip, VideoInfo, ground_to_track  # noqa: F401 (API)
+from annotate.clip import DecodedClip, VideoInfo
+from annotate.decode.open import Source, open_video, source_name
 from annotate.errors import DecodeError
-from annotate.frames import (FrameFiler, FrameSize, LazyFrames, decoded_size, quarter_turns,  # noqa: F401 (API)
-                             to_display)
-from annotate.video_open import Source, open_video, source_name
+from annotate.frames import FrameFiler, FrameSize, LazyFrames
 
 _EPS = 1e-6  # seconds: a frame at exactly `start` is inside the clip despite float rounding
 # AVI stores decode-order timestamps only: with B-frames its "pts" are not presentation times.

@@ -1,10 +1,13 @@
-"""Nouns: the caption's noun phrases (spaCy's noun chunks, corrected by annotate.noun_rules) with exact character
+"""Nouns: the caption's noun phrases (spaCy's noun chunks, corrected by annotate.nouns.rules) with exact character
 spans.
 
 A phrase is a noun chunk that could name something visible: pronouns ("it", "they") and chunks headed by a stop
 noun ("the video", "the camera", "a moment") are not phrases at all, so they are skipped, not dropped. What does get
 recorded: phrases beyond `nouns.max_phrases` and caption text beyond `nouns.max_chars` (spaCy's parser is linear but
 not free: a 10,000-character caption would cost a second per clip for nothing a 100-frame sample could show).
+
+Modules: this one (the stage, spaCy's noun chunks), `rules.py` (the corrections: stop nouns, determiners, chunks
+spaCy's small model splits or joins wrongly).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Iterable, Sequence
 from annotate.config import DEFAULT_STOP_NOUNS, AnnotateConfig
 from annotate.errors import ConfigError
 from annotate.item import ClipItem, Phrase
-from annotate.noun_rules import phrase_spans
+from annotate.nouns.rules import phrase_spans
 from annotate.stage import Resources, Stage, import_problem
 
 # Pipes noun chunks need: tagger (POS), parser (the chunks), attribute_ruler + lemmatizer (lemmas). NER is not used.
@@ -57,7 +60,7 @@ def cut_point(text: str, max_chars: int) -> int:
 
 
 def chunk_to_phrase(chunk) -> Phrase:
-    """A Phrase of a spaCy Span (a span of annotate.noun_rules): its head is its last token (a phrase ends at its
+    """A Phrase of a spaCy Span (a span of annotate.nouns.rules): its head is its last token (a phrase ends at its
     head noun; spaCy's Span.root may pick a determiner when the parse attached the words elsewhere)."""
     root = chunk[-1]
     plural = root.morph.get("Number") == ["Plur"] or root.tag_ in ("NNS", "NNPS")

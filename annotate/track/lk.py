@@ -1,5 +1,5 @@
-"""The embedded tracker: pyramidal Lucas-Kanade with forward-backward and appearance checks, re-acquisition, and
-lost points that never run away (see `track_lk`). Coordinates in and out are continuous pixels; OpenCV's are
+"""`track.backend: lk`, the embedded tracker: pyramidal Lucas-Kanade with forward-backward and appearance checks,
+re-acquisition, and lost points that never run away (see `track_lk`). Coordinates in and out are continuous pixels; OpenCV's are
 pixel centres on integers, hence the 0.5 shifts."""
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 
 from annotate.frames import inside_frame
+from annotate.stage import Resources
+from annotate.track.base import TrackStage
 
 # Patch side (px) of the appearance check; small enough to sit inside an object, big enough to be distinctive.
 NCC_PATCH = 9
@@ -289,3 +291,17 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = b.reshape(len(b), -1) - b.reshape(len(b), -1).mean(axis=1, keepdims=True)
     den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
     return np.where(den > 1e-6, (a * b).sum(axis=1) / np.maximum(den, 1e-6), 0.0)
+
+
+class LKTracker(TrackStage):
+    def resources(self) -> Resources:
+        return Resources(num_cpus=1.0, num_gpus=0.0, memory_gb=0.2)  # one window of grey frames and its pyramids
+
+    def version(self) -> str:
+        return f"lk/opencv-{cv2.__version__}"
+
+    def track(self, frames, points, query_frames):
+        gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+        t = self.cfg.track
+        return track_lk(gray, points, query_frames, win_size=t.win_size, max_level=t.max_level,
+                        fb_threshold=t.fb_threshold_px)

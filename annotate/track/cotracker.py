@@ -1,7 +1,7 @@
 """The track stage's CoTracker3 backend (package `cotracker`, installed from its checkout; CC-BY-NC 4.0).
 
 Coordinates: CoTracker puts pixel centres on integers (it rescales with align_corners=True), ours are continuous,
-so 0.5 is subtracted going in and added back coming out (annotate/track.py's module docstring).
+so 0.5 is subtracted going in and added back coming out (annotate/track/'s module docstring).
 
 Precision (`track.dtype`; auto = bfloat16 on a GPU, float32 on the CPU, annotate.device.resolve_dtype). Below float32
 only the model's learned dense parts run under torch.autocast: `fnet` (the feature CNN), `corr_mlp` (the MLP that
@@ -29,7 +29,7 @@ from annotate.config import AnnotateConfig, TrackConfig
 from annotate.device import DTYPES, enable_tf32, resolve_device, resolve_dtype
 from annotate.errors import ConfigError, StageError
 from annotate.stage import Resources, import_problem
-from annotate.track import TrackStage
+from annotate.track.base import TrackStage
 
 # CoTracker3 offline's submodules that run under autocast below float32 (module docstring).
 AUTOCAST_PARTS = ("fnet", "corr_mlp", "updateformer")

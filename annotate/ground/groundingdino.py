@@ -40,7 +40,7 @@ import numpy as np
 from annotate.config import AnnotateConfig
 from annotate.device import DTYPES, enable_tf32, frames_to_device, resolve_device, resolve_dtype
 from annotate.errors import ConfigError
-from annotate.ground import PLURAL_NOTE, _finish, _need_clip, check_weights_dir, cxcywh_to_xyxy, fit_box
+from annotate.ground.base import PLURAL_NOTE, check_weights_dir, cxcywh_to_xyxy, finish, fit_box, need_clip
 from annotate.item import ClipItem, Grounding
 from annotate.stage import Resources, Stage, import_problem
 
@@ -222,7 +222,7 @@ class ClipJob:
                 item.drop_phrase(phrase, self.bad_box[index])
             else:
                 item.drop_phrase(phrase, f"no box above threshold (best score {self.best_seen.get(index, 0.0):.2f})")
-        _finish("ground", item, self.same_object_iou)
+        finish("ground", item, self.same_object_iou)
 
 
 class RowQueue:
@@ -358,7 +358,7 @@ class GroundingDinoGrounder(Stage):
                 self._guarded(job.item, job.finish)
 
     def _plan(self, item: ClipItem) -> ClipJob:
-        clip = _need_clip(self.name, item)
+        clip = need_clip(self.name, item)
         prompts, skipped = build_prompts([p.text for p in item.phrases], self.processor.tokenizer,
                                          int(self.model.config.max_text_len))
         width, height = clip.ground_size

@@ -1,4 +1,10 @@
-"""SAM for the segment stage: loading a checkpoint, and the three tensor steps `SamSegmenter` runs on the device.
+"""`segment.backend: sam`: segment-anything (vit_b / vit_l / vit_h checkpoint; `auto` reads the size off the
+checkpoint, see `annotate.segment.sam_build`): loading a checkpoint, the three tensor steps `SamSegmenter` runs on
+the device, and the stage. The grounding frames of every clip of a batch are encoded together, `segment.batch_size`
+images per image-encoder call, in `segment.dtype` (docs/design.md, "Device and dtype"); then all boxes of one frame
+go through the fp32 mask decoder in one batched call, and of SAM's three candidate masks per box the one with the
+highest predicted IoU is kept.
+
 
 The steps split what `SamPredictor.set_image` + `predict_torch` do for one image so that the expensive one, the
 image encoder, can run on a stack of frames from many clips:
@@ -14,21 +20,22 @@ GrabCut path must run without loading them.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from annotate.config import AnnotateConfig
+from annotate.device import DTYPES, enable_tf32, resolve_device, resolve_dtype
 from annotate.errors import ConfigError, StageError
+from annotate.item import ClipItem
+from annotate.segment.base import BoxSegmenter, last_line
+from annotate.stage import Resources, import_problem, one_line
 
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
-SAM_AUTO = "auto"  # any size: built to fit the checkpoint's tensor shapes (annotate.sam_build)
+SAM_AUTO = "auto"  # any size: built to fit the checkpoint's tensor shapes (annotate.segment.sam_build)
 SAM_HOST_MEMORY_GB = {"vit_b": 2.0, "vit_l": 3.0, "vit_h": 5.0}  # weights on the host while loading, with headroom
-
-
-def last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "unknown error"
 
 
 # --- the device steps ---------------------------------------------------------------------------------------
@@ -125,7 +132,7 @@ def load_sam(model_type: str, weights: Optional[str]):
 
 def _size_hint(state) -> str:
     """'it holds a vit_l: set segment.model_type=vit_l' (or auto, for other sizes); "" when no size can be read."""
-    from annotate.sam_build import PUBLISHED, arch_from_state, describe
+    from annotate.segment.sam_build import PUBLISHED, arch_from_state, describe
 
     try:
         size = describe(arch_from_state(state)) if isinstance(state, dict) else ""
@@ -136,7 +143,7 @@ def _size_hint(state) -> str:
 
 def _sam_to_fit(state, weights: str):
     """A random Sam of the size `state` was saved from; one-line ConfigError when that cannot be read off it."""
-    from annotate.sam_build import arch_from_state, build_sam
+    from annotate.segment.sam_build import arch_from_state, build_sam
 
     try:
         if not isinstance(state, dict):
@@ -174,3 +181,140 @@ def import_segment_anything():
             "segment.backend=sam needs the segment-anything package: pip install segment-anything"
         ) from exc
     return segment_anything
+
+
+log = logging.getLogger("pite.segment")
+
+
+class SamSegmenter(BoxSegmenter):
+    """SAM with box prompts. Pass `model` (a built `segment_anything.modeling.Sam`) to skip loading a checkpoint.
+
+    `process_batch` encodes the grounding frames of all clips of the batch in stacks of `segment.batch_size`;
+    `segment_frame` (the per-frame path of `BoxSegmenter.process_item`) runs the same steps on one frame."""
+
+    def __init__(self, cfg: AnnotateConfig, model=None):
+        super().__init__(cfg)
+        self.model = model
+        self.predictor = None
+        self.device: Optional[str] = None
+        self.dtype = None  # torch dtype of the image encoder, set in setup
+        self.kind = cfg.segment.model_type if model is None else "injected model"
+
+    @classmethod
+    def from_model(cls, cfg: AnnotateConfig, model) -> "SamSegmenter":
+        return cls(cfg, model=model)
+
+    def resources(self) -> Resources:
+        on_gpu = self.cfg.segment.device != "cpu"  # auto asks for a GPU; it runs on the CPU when none is there
+        return Resources(
+            num_cpus=1.0,
+            num_gpus=1.0 if on_gpu else 0.0,
+            memory_gb=sam_host_memory_gb(self.cfg.segment.model_type, self.cfg.segment.weights),
+        )
+
+    def version(self) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            pkg = version("segment-anything")
+        except PackageNotFoundError:
+            pkg = "unknown"
+        # The encoder's precision changes the masks a little, so the provenance says which one made them.
+        precision = f", encoder {str(self.dtype).replace('torch.', '')}" if self.dtype is not None else ""
+        return f"sam {self.kind} (segment-anything {pkg}{precision})"
+
+    def problems(self) -> list[str]:
+        if self.model is not None:  # injected: nothing to load
+            return []
+        found = import_problem("segment_anything", "segment.backend=sam", "pip install segment-anything")
+        missing = sam_weights_problem(self.cfg.segment.model_type, self.cfg.segment.weights)
+        return found + ([missing] if missing else [])
+
+    def _check_config(self) -> None:
+        sc = self.cfg.segment
+        if sc.batch_size < 1:
+            raise ConfigError(f"segment.batch_size: must be >= 1, got {sc.batch_size}")
+        if str(sc.dtype).strip().lower() not in DTYPES:
+            raise ConfigError(f"segment.dtype: unknown {sc.dtype!r} (expected {' | '.join(DTYPES)})")
+
+    def setup(self) -> None:
+        import torch
+
+        self._check_config()
+        segment_anything = import_segment_anything()
+        if self.model is None:
+            self.model = load_sam(self.cfg.segment.model_type, self.cfg.segment.weights)
+            if self.kind == SAM_AUTO:  # provenance names the size that was loaded, not just "auto"
+                from annotate.segment.sam_build import arch_from_state, describe
+
+                self.kind = f"auto={describe(arch_from_state(self.model.state_dict()))}"
+        self.device = resolve_device(self.cfg.segment.device)
+        self.dtype = getattr(torch, resolve_dtype(self.cfg.segment.dtype, self.device))
+        enable_tf32(self.device)  # the fp32 prompt encoder / mask decoder (and a float32 encoder) on a GPU
+        self.model.to(torch.device(self.device)).eval()
+        # Only the image encoder (~all of SAM's FLOPs) drops to the low precision; the small prompt encoder and
+        # mask decoder stay fp32, so box coordinates and mask logits near the threshold keep full precision.
+        self.model.image_encoder.to(self.dtype)
+        self.predictor = segment_anything.SamPredictor(self.model)
+
+    def segment_frame(self, frame, boxes, rects):
+        import torch
+
+        with torch.inference_mode():
+            x, size = preprocess_frame(self.model, frame, self.device)
+            return decode_boxes(self.predictor, encode(self.model, x, self.dtype)[0], size, frame.shape[:2], boxes)
+
+    def process_batch(self, items: list[ClipItem]) -> None:
+        import torch
+
+        planned = [(item, self._attempt(item, lambda: self.plan(item))) for item in items]
+        with torch.inference_mode():
+            stack = []  # (item, plan, frame, encoder input, resized size), at most batch_size of them
+            for item, plan in planned:
+                for t in plan.by_frame if plan is not None else ():
+                    if not item.ok:  # rejected on an earlier frame: not worth the encoder's time
+                        break
+                    prepped = self._attempt(item, lambda: preprocess_frame(self.model, plan.frame(t), self.device))
+                    if prepped is not None:
+                        stack.append((item, plan, t, *prepped))
+                    if len(stack) == self.cfg.segment.batch_size:  # ceil(frames / batch_size) encoder calls
+                        self._segment_stack(stack)
+                        stack = []
+            self._segment_stack(stack)
+        self.predictor.reset_image()  # drop the last embedding: it would hold device memory until the next batch
+        for item, plan in planned:
+            if plan is not None and item.ok:
+                self._attempt(item, lambda: self.finish(item, plan))
+
+    def _segment_stack(self, stack: list) -> None:
+        """One encoder call for the stacked frames, then each frame's boxes through the decoder."""
+        embeddings = self._encode_stack([(item, x) for item, _, _, x, _ in stack])
+        for (item, plan, t, _, size), emb in zip(stack, embeddings):
+            if emb is not None and item.ok:
+                boxes, _ = plan.frame_boxes(t)
+                self._attempt(item, lambda: plan.record(
+                    t, decode_boxes(self.predictor, emb, size, (plan.height, plan.width), boxes)))
+
+    def _encode_stack(self, inputs: list[tuple[ClipItem, "torch.Tensor"]]) -> list:
+        """Embeddings for a stack of inputs; None where an image's item was rejected."""
+        import torch
+
+        if not inputs:
+            return []
+        try:
+            return list(encode(self.model, torch.cat([x for _, x in inputs]), self.dtype))
+        except Exception as exc:  # e.g. out of device memory: find out below which images fail on their own
+            first = one_line(exc)
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()  # what the failed stack left cached, before retrying image by image
+        # One at a time, so a failure rejects only the item whose image fails alone, never the batch.
+        out = [self._attempt(item, lambda: encode(self.model, x, self.dtype)[0]) for item, x in inputs]
+        if all(e is not None for e in out):  # the stack failed yet every image passes alone: lower batch_size
+            log.warning("segment: a stack of %d images failed (%s); encoded one by one", len(inputs), first)
+        return out
+
+    def _attempt(self, item: ClipItem, fn):
+        """fn()'s result, or None once `item` is rejected with the failure's reason (Stage._guarded's rule)."""
+        out = []
+        self._guarded(item, lambda _: out.append(fn()))
+        return out[0] if out else None
