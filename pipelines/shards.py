@@ -69,6 +69,11 @@ def shard_paths(out_dir: str | os.PathLike, i: int) -> dict[str, Path]:
     return {kind: out / sub / f"{shard_name(i)}{ext}" for kind, (sub, ext) in SUBDIRS.items()}
 
 
+def input_file(out_dir: str | os.PathLike, shard: int) -> Path:
+    """OUT/input/pite-i.parquet: the input rows of shard i, as the job's split wrote them."""
+    return Path(out_dir) / "input" / f"{shard_name(shard)}.parquet"
+
+
 def shard_done(out_dir: str | os.PathLike, i: int) -> bool:
     return all(p.is_file() for p in shard_paths(out_dir, i).values())
 

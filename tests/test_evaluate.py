@@ -7,6 +7,7 @@ import pytest
 
 from annotate.errors import ConfigError
 from pipelines.evaluate import metrics as M
+from pipelines.evaluate import data as D
 from pipelines.evaluate import tasks as E
 
 
@@ -60,15 +61,15 @@ def _layouts(tmp_path):
 
 def test_annotation_layouts_agree(tmp_path):
     anet = _layouts(tmp_path)
-    a = E.load_temporal_annotations(tmp_path / "anet.json")
-    b = E.load_temporal_annotations(tmp_path / "list.json")
-    c = E.load_temporal_annotations(tmp_path / "sta.txt", durations=str(tmp_path / "dur.csv"))
+    a = D.load_temporal_annotations(tmp_path / "anet.json")
+    b = D.load_temporal_annotations(tmp_path / "list.json")
+    c = D.load_temporal_annotations(tmp_path / "sta.txt", durations=str(tmp_path / "dur.csv"))
     assert a == b == c == anet
     with pytest.raises(ConfigError, match="no duration for 'v1'"):
-        E.load_temporal_annotations(tmp_path / "sta.txt")
+        D.load_temporal_annotations(tmp_path / "sta.txt")
     (tmp_path / "bad.json").write_text(json.dumps([{"video": "v1", "timestamp": [1, 2], "sentence": "x"}]))
     with pytest.raises(ConfigError, match="bad.json: item 0: needs a duration"):
-        E.load_temporal_annotations(tmp_path / "bad.json")
+        D.load_temporal_annotations(tmp_path / "bad.json")
 
 
 def test_run_grounding_with_given_answers(tmp_path):
@@ -76,7 +77,7 @@ def test_run_grounding_with_given_answers(tmp_path):
     feats = tmp_path / "feat"
     feats.mkdir()
     np.save(feats / "v1.npy", np.zeros((100, 8), np.float16))
-    ann = E.load_temporal_annotations(tmp_path / "anet.json")
+    ann = D.load_temporal_annotations(tmp_path / "anet.json")
     ann["v2"] = {"duration": 5.0, "timestamps": [[0, 1]], "sentences": ["x"]}  # no features: skipped, counted
     seen = {}
 
@@ -127,7 +128,7 @@ def test_qa_exact_match_and_pluggable_judge(tmp_path):
         {"video_name": "v", "question": "What rolls?", "answer": "a ball"},
         {"video_id": "v", "question": "What colour?", "answer": "red"},
         {"video_id": "missing", "question": "?", "answer": "x"}]))
-    items = E.load_qa(tmp_path / "qa.json")
+    items = D.load_qa(tmp_path / "qa.json")
     answer = lambda feats_, qs: ["The ball.", "It is blue."]  # noqa: E731
     assert E.run_qa(answer, items, feats)["metrics"] == {"n": 2, "accuracy": 50.0}
     r = E.run_qa(lambda f, q: ["a red ball rolls", "blue"], items, feats, judge)

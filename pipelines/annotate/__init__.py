@@ -1,9 +1,9 @@
 """The annotation job: a manifest in, PiTe shards out, on a Ray cluster (docs/design.md, "Execution on a cluster").
 
 One module per job: `config` (settings), `plan` (what an actor needs, the preflight), `actor` (one clip's whole
-chain), `ledger` and `faults` (the fault model), `outputs` (what an actor returns), `inputs` (manifest split,
-demo set), `raysetup` (connecting to Ray), `pool` (the actor pool the driver feeds), `writer` (the shard-writing
-thread), `rundir` (a run in a folder or a bucket), `driver` (the run), `stats`, `lock`, `cli`.
+chain), `ledger` and `faults` (the fault model), `outputs` (what an actor returns), `inputs` and `split` (the
+manifest split, demo set), `raysetup` (connecting to Ray), `pool` (the actor pool the driver feeds), `writer` (the
+shard-writing thread), `rundir` (a run in a folder or a bucket), `driver` (the run), `stats`, `lock`, `cli`.
 """
 
 from pipelines.annotate.actor import ClipChain, items_from_rows

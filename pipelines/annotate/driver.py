@@ -23,7 +23,8 @@ from annotate.errors import ConfigError, PiteError
 from annotate.stage import one_line
 from pipelines.annotate.config import (QUALITY_COLUMNS, AnnotateJobConfig, check_settings, resolve_out,
                                        stage_config_hash)
-from pipelines.annotate.inputs import input_file, maybe_synthesize, prepare_input
+from pipelines.annotate.inputs import maybe_synthesize, prepare_input
+from pipelines.shards import input_file
 from pipelines.manifest import expand_inputs
 from pipelines.annotate.rundir import open_run_dir
 from pipelines.annotate.plan import GIB

@@ -18,10 +18,6 @@ from pipelines.config import config_hash
 from pipelines.files import write_atomic
 
 
-def input_file(out: Path, shard: int) -> Path:
-    return out / "input" / f"pite-{shard:06d}.parquet"
-
-
 def prepare_input(cfg: AnnotateJobConfig, rundir, inputs: list | None = None) -> tuple[list[int], dict[int, int], str,
                                                                                     int]:
     """Split the manifest into per-shard input files (once); returns all shard ids, rows per shard, config hash, rows.

@@ -187,7 +187,7 @@ class BucketRunDir:
 
     def fetch_inputs(self, shards) -> None:
         """The input files of the shards to do, from the bucket where staging lacks them (a rerun elsewhere)."""
-        from pipelines.annotate.inputs import input_file
+        from pipelines.shards import input_file
 
         wanted = [input_file(self.path, s) for s in shards]
         wanted = [p for p in wanted if not p.is_file() and f"input/{p.name}" in self.names]

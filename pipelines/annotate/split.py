@@ -140,7 +140,7 @@ class Progress:
 def split_manifest(cfg, out: Path, fingerprint: str, paths: list | None = None):
     """Split cfg.input (`paths`: its files, when known) into OUT/input/pite-NNNNNN.parquet; returns
     ({shard: rows}, rows, ManifestCheck)."""
-    from pipelines.annotate.inputs import input_file
+    from pipelines.shards import input_file
     from pipelines.manifest import expand_inputs, iter_raw, validate_row
 
     folder = out / "input"

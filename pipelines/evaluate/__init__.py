@@ -1,6 +1,7 @@
 """`pite evaluate` and the demo benchmark.
 
     tasks.py    the tasks on a checkpoint: grounding, captioning, trajectory, qa
+    data.py     what they read: temporal annotations (ActivityNet, query lists, Charades-STA), features, QA files
     cli.py      the command line (`pite evaluate`, `python -m pipelines.evaluate`), `score` included
     dense.py    dense captioning exactly as VTimeLLM (CIDEr, METEOR, SODA_c, Precision, Recall)
     score.py    re-score a log of answers without a model

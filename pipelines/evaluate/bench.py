@@ -26,6 +26,7 @@ import numpy as np
 from annotate.errors import ConfigError, PiteError
 from pipelines.evaluate import metrics as M
 from pipelines.evaluate import tasks as E
+from pipelines.evaluate.data import load_temporal_annotations
 from pipelines.train.config import EvalSettings
 from pipelines.evaluate.heldout import ensure_heldout
 
@@ -113,7 +114,7 @@ def run_bench(args) -> dict:
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
     answer = E.model_answers(predictor, batch_size=args.batch_size, max_new_tokens=64)
     mean_traj, mean_span = train_means(Path(args.train_data) if args.train_data else None)
-    ann = E.load_temporal_annotations(ann_path)
+    ann = load_temporal_annotations(ann_path)
 
     grounding = E.run_grounding(answer, ann, feats)
     if mean_span is not None:

@@ -10,9 +10,9 @@ from typing import Optional, Sequence
 from annotate.errors import PiteError
 from pipelines.evaluate import dense
 from pipelines.evaluate import metrics as M
-from pipelines.evaluate.tasks import (DENSE_QUERY, __doc__ as TASKS_DOC, format_metrics, load_qa,
-                                      load_temporal_annotations, model_answers, run_captioning, run_grounding,
-                                      run_qa, run_trajectory, write_result)
+from pipelines.evaluate.data import load_qa, load_temporal_annotations
+from pipelines.evaluate.tasks import (DENSE_QUERY, __doc__ as TASKS_DOC, format_metrics, model_answers, run_captioning,
+                                      run_grounding, run_qa, run_trajectory, write_result)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -51,7 +51,7 @@ def _answer(record: dict, where: str) -> str:
     return answer
 
 
-def score_captioning(records: list[dict], gts: dict, log: str, parse: str, soda_standard: bool) -> dict:
+def score_captioning_log(records: list[dict], gts: dict, log: str, parse: str, soda_standard: bool) -> dict:
     answers: dict[str, str] = {}
     for i, r in enumerate(records):
         answers[str(r.get("video_id"))] = _answer(r, f"{log}: record {i}")  # a later record replaces
@@ -62,7 +62,7 @@ def score_captioning(records: list[dict], gts: dict, log: str, parse: str, soda_
     return {"task": "captioning", "metrics": metrics, "rows": rows, "protocol": protocol}
 
 
-def score_grounding(records: list[dict], gts: dict, log: str) -> dict:
+def score_grounding_log(records: list[dict], gts: dict, log: str) -> dict:
     """IoU of each answer recomputed from the answer and the event (`info.sentence_id`, or the project's
     `sentence_id`), as VTimeLLM's eval.py does at inference; a record without one keeps its logged `info.iou`."""
     rows, ious = [], []
@@ -84,7 +84,7 @@ def score_grounding(records: list[dict], gts: dict, log: str) -> dict:
     return {"task": "grounding", "metrics": M.grounding_summary(ious), "rows": rows}
 
 
-def score_qa(records: list[dict], items: list[dict], log: str) -> dict:
+def score_qa_log(records: list[dict], items: list[dict], log: str) -> dict:
     """SQuAD-normalised exact match of each logged answer against the question's reference."""
     by_id = {(it["video_id"], str(it["question_id"])): it for it in items}
     rows = []
@@ -102,17 +102,17 @@ def score_qa(records: list[dict], items: list[dict], log: str) -> dict:
 
 def score(task: str, data: str, log: str, parse: str = "vtimellm", soda_standard: bool = False,
           durations: Optional[str] = None) -> dict:
-    from pipelines.evaluate import tasks as E
+    from pipelines.evaluate.data import load_qa, load_temporal_annotations
 
     records, bad = read_log(log, task)
     if not records:
         raise ConfigError(f"--log: {log} has no {task!r} record ({bad} line(s) not JSON)")
     if task == "captioning":
-        result = score_captioning(records, E.load_temporal_annotations(data, durations), log, parse, soda_standard)
+        result = score_captioning_log(records, load_temporal_annotations(data, durations), log, parse, soda_standard)
     elif task == "grounding":
-        result = score_grounding(records, E.load_temporal_annotations(data, durations), log)
+        result = score_grounding_log(records, load_temporal_annotations(data, durations), log)
     elif task == "qa":
-        result = score_qa(records, E.load_qa(data), log)
+        result = score_qa_log(records, load_qa(data), log)
     else:
         raise ConfigError(f"--task: expected grounding, captioning or qa, got {task!r}")
     result["log"], result["skipped_lines"] = str(log), bad

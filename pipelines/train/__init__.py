@@ -9,4 +9,5 @@
     fsdp.py     FSDP2 sharding, gradient sync, gathering what checkpoints need
     state.py    resumable checkpoints (checkpoints/step-N/)
     run.py      every stage in order, OUT/final, launchers, the command line (`python -m pipelines.train`)
+    resume.py   what OUT holds: continue it, keep a finished run, refuse another config's (fresh=true starts over)
 """
