@@ -103,8 +103,8 @@ GDINO_SWIN = {  # the published Grounding DINO backbones (HF IDEA-Research/groun
 
 
 def gdino_config(size: str, vocab_size: int, variant: str = "base"):
-    """grounding-dino-base's or -tiny's architecture (Swin-B 384 or Swin-T 224, BERT-base) or FIELD-NOTES' tiny
-    one that runs in milliseconds (`size` tiny)."""
+    """grounding-dino-base's or -tiny's architecture (Swin-B 384 or Swin-T 224, BERT-base) or a tiny one that runs
+    in milliseconds (`size` tiny: Swin embed 8, BERT hidden 8, d_model 32)."""
     from transformers import BertConfig, GroundingDinoConfig, SwinConfig
 
     if size == "real":
@@ -116,7 +116,7 @@ def gdino_config(size: str, vocab_size: int, variant: str = "base"):
         backbone_config=SwinConfig(embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], out_indices=[2, 3, 4]),
         text_config=BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16,
                                vocab_size=vocab_size),
-        # 2 decoder layers: 1 fails tying the shared box heads (FIELD-NOTES)
+        # 2 decoder layers: with 1, transformers fails tying the shared box heads
         d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
         encoder_attention_heads=2, decoder_attention_heads=2, num_queries=10, max_text_len=16)
 

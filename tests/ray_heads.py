@@ -1,9 +1,9 @@
 """Ray heads (and worker nodes) on a loopback address for tests, started as users start them: `ray start`.
 
 Each node is a separate set of processes with its own ports and temp dir, so an in-process `ray.init` of another
-test is left alone. Ray 2.60's catches (../shared/FIELD-NOTES.md): the head starts with the venv's bin/ first on
-PATH (a job's `python` is the head's), token auth is switched off explicitly for this loopback-only head, and
-every node's address is LOOPBACK. Teardown kills exactly the processes a node started: they carry a marker in their
+test is left alone. Ray 2.60's catches: the head starts with the venv's bin/ first on PATH (a job's `python` is
+the head's, else the system one without Ray), token auth (on by default; a client reads ~/.ray/auth_token only with
+RAY_AUTH_MODE=token) is switched off explicitly for this loopback-only head, and every node's address is LOOPBACK. Teardown kills exactly the processes a node started: they carry a marker in their
 environment (`ray stop --force` would kill every Ray on the machine). A head declared with `--num-gpus N` has N
 logical GPUs without CUDA, so GPU scheduling is testable on this CPU machine.
 """

