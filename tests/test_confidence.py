@@ -15,7 +15,7 @@ from annotate.config import AnnotateConfig, FilterConfig
 from annotate.errors import StageError
 from annotate.item import Grounding
 from annotate.track import make_tracker
-from tests.test_track import POINTS_U, Scene, _item
+from tests.annotate_helpers import POINTS_U, Scene, track_item
 
 BENCH = Path(__file__).parents[1] / "bench" / "confidence.py"
 
@@ -59,7 +59,7 @@ def two_objects():
     """A textured square tracked by LK (good), and a copy whose points the tracker 'lost' at once in the open."""
     scene = Scene(num_frames=24)
     truth = scene.truth(POINTS_U)
-    item = _item(scene.frames, np.stack([truth[:, 0], truth[:, 0]]), [0, 0])
+    item = track_item(scene.frames, np.stack([truth[:, 0], truth[:, 0]]), [0, 0])
     item.groundings[0].box = item.groundings[1].box = np.array([20.0, 40.0, 52.0, 72.0])
     make_tracker(AnnotateConfig()).process([item])
     item.tracks[1] = item.tracks[1, :, :1]  # frozen at the query position

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from annotate.config import AnnotateConfig, FeaturesConfig
+from annotate.config import AnnotateConfig
 from annotate.errors import ConfigError
 from annotate.features import (
     ClipEncoder,
@@ -19,20 +19,7 @@ from annotate.features import (
     pad_to_square,
     thumbnail_features,
 )
-from annotate.item import ClipItem
-from annotate.clip import DecodedClip, VideoInfo
-
-PROJ = 24  # a small projection for the tiny model (ViT-L/14's is 768)
-
-
-def item_with_frames(frames: np.ndarray) -> ClipItem:
-    t = len(frames)
-    info = VideoInfo(path="x.mp4", width=frames.shape[2], height=frames.shape[1], fps=10.0, num_frames=t,
-                     duration=t / 10.0)
-    idx = np.arange(t)
-    clip = DecodedClip(info=info, scale=1.0, sample_indices=idx, sample_times=idx / 10.0, sample_frames=frames,
-                       track_indices=idx, track_times=idx / 10.0, track_frames=frames)
-    return ClipItem(row=0, video_id="v", video="x.mp4", caption="", clip=clip)
+from tests.annotate_helpers import PROJ, clip_cfg, item_with_frames
 
 
 # --- thumbnail ----------------------------------------------------------------------------------------------
@@ -82,26 +69,6 @@ def test_bad_frames_reject_the_item():
 
 
 # --- CLIP ---------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    """A tiny random CLIP vision tower + projection and a 32-px processor, saved as a local weights dir."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=32, patch_size=8, projection_dim=PROJ)
-    path = tmp_path_factory.mktemp("clip")
-    CLIPVisionModelWithProjection(config).save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
-    return str(path)
-
-
-def clip_cfg(weights: str, **features) -> AnnotateConfig:
-    cfg = AnnotateConfig()
-    cfg.features = FeaturesConfig(backend="clip", weights=weights, **features)
-    return cfg
 
 
 def frames_16x9(t: int = 5, seed: int = 0) -> np.ndarray:

@@ -14,7 +14,7 @@ from annotate.config import AnnotateConfig
 from annotate.features import (
     ClipEncoder, load_clip, make_feature_extractor, pad_to_square, pad_to_square_tensor, thumbnail_features,
 )
-from tests.test_features import clip_cfg, clip_dir, item_with_frames  # noqa: F401 (clip_dir: fixture)
+from tests.annotate_helpers import clip_cfg, item_with_frames
 
 # (T, h, w) of four clips: different lengths, and sizes that CLIP's resize + crop bring to one 32x32 stack
 CLIPS = [(5, 36, 64), (7, 40, 40), (3, 64, 36), (6, 36, 64)]

@@ -14,41 +14,9 @@ from annotate.errors import ConfigError
 from annotate.ground import (
     PLURAL_NOTE, GivenGrounder, build_prompts, cxcywh_to_xyxy, fit_box, make_grounder, match_phrase, pick_boxes,
 )
-from annotate.item import ClipItem, Phrase
-from annotate.clip import DecodedClip, VideoInfo
+from annotate.item import Phrase
+from tests.annotate_helpers import dropped, gdino_cfg, ground_item, make_clip
 
-# --- helpers ------------------------------------------------------------------------------------------------------
-
-
-def phrases_of(caption, texts, plural=()):
-    out, at = [], 0
-    for t in texts:
-        start = caption.index(t, at)
-        out.append(Phrase(t, start, start + len(t), plural=t in plural))
-        at = start + len(t)
-    return out
-
-
-def make_clip(frames, track_indices, scale=0.5, num_frames=None):
-    frames = np.asarray(frames, dtype=np.uint8)
-    F, h, w, _ = frames.shape
-    n = num_frames or int(track_indices[-1]) + 1
-    info = VideoInfo(path="gen.mp4", width=round(w / scale), height=round(h / scale), fps=10.0, num_frames=n,
-                     duration=n / 10.0)
-    idx = np.asarray(track_indices, dtype=np.int64)
-    return DecodedClip(info=info, scale=scale, sample_indices=idx, sample_times=idx / 10.0, sample_frames=frames,
-                       track_indices=idx, track_times=idx / 10.0, track_frames=frames)
-
-
-def make_item(caption, texts, clip, boxes=None, plural=()):
-    item = ClipItem(row=0, video_id="v", video="gen.mp4", caption=caption, boxes=boxes)
-    item.phrases = phrases_of(caption, texts, plural)
-    item.clip = clip
-    return item
-
-
-def dropped(item):
-    return {d["phrase"]: d["reason"] for d in item.dropped}
 
 
 # --- given boxes --------------------------------------------------------------------------------------------------
@@ -91,7 +59,7 @@ def test_given_matching_scaling_and_drops():
         {"phrase": "pillows", "frame": 5, "box": [0, 0, 10, 10]},  # inside the clip but not a tracking frame
         {"phrase": "pillows", "frame": 500, "box": [0, 0, 10, 10]},  # outside the clip
     ]
-    item = make_item(caption, texts, given_clip(), boxes)
+    item = ground_item(caption, texts, given_clip(), boxes)
     GivenGrounder(AnnotateConfig()).process([item])
     assert item.ok
     (g,) = item.groundings
@@ -114,7 +82,7 @@ def test_given_matching_scaling_and_drops():
 
 
 def test_given_scaling_exact_box():
-    item = make_item("A red ball.", ["A red ball"], given_clip(),
+    item = ground_item("A red ball.", ["A red ball"], given_clip(),
                      [{"phrase": "ball", "frame": 90, "box": [20, 10, 60, 50.5]}])
     GivenGrounder(AnnotateConfig()).process([item])
     (g,) = item.groundings
@@ -130,7 +98,7 @@ def test_given_scaling_exact_box():
     {"phrase": "dog", "frame": 0, "box": None},
 ])
 def test_given_malformed(bad):
-    item = make_item("A dog.", ["A dog"], given_clip(), [bad])
+    item = ground_item("A dog.", ["A dog"], given_clip(), [bad])
     make_grounder(AnnotateConfig()).process([item])
     assert dropped(item) == {"A dog": "malformed box"}
     assert item.error == ("ground", "no phrase grounded (1 x malformed box)")
@@ -138,12 +106,12 @@ def test_given_malformed(bad):
 
 def test_a_given_phrase_that_matches_no_noun_phrase_is_named_with_what_to_write():
     """The box is named in the reject, with the caption's phrases to pick from or the one with its head word."""
-    item = make_item("A kitten rests on the couch.", ["A kitten", "the couch"], given_clip(),
+    item = ground_item("A kitten rests on the couch.", ["A kitten", "the couch"], given_clip(),
                      [{"phrase": "a fluffy cat", "frame": 0, "box": [0, 0, 10, 10]}])
     make_grounder(AnnotateConfig()).process([item])
     assert item.error == ("ground", "no phrase grounded: given phrase 'a fluffy cat' is in no noun phrase of the "
                                     "caption (the caption's noun phrases: 'A kitten', 'the couch'; 2 x no box given)")
-    item = make_item("A red apple on a table.", ["A red apple", "a table"], given_clip(),
+    item = ground_item("A red apple on a table.", ["A red apple", "a table"], given_clip(),
                      [{"phrase": "the apple", "frame": 0, "box": [0, 0, 10, 10]},
                       {"phrase": "a chair", "frame": 0, "box": [0, 0, 10, 10]}])
     make_grounder(AnnotateConfig()).process([item])
@@ -153,56 +121,16 @@ def test_a_given_phrase_that_matches_no_noun_phrase_is_named_with_what_to_write(
 
 
 def test_given_no_boxes_and_no_clip():
-    item = make_item("A dog and a cat.", ["A dog", "a cat"], given_clip(), None)
+    item = ground_item("A dog and a cat.", ["A dog", "a cat"], given_clip(), None)
     make_grounder(AnnotateConfig()).process([item])
     assert dropped(item) == {"A dog": "no box given", "a cat": "no box given"}
     assert item.error == ("ground", "no phrase grounded (2 x no box given)")
-    item = make_item("A dog.", ["A dog"], None, [{"phrase": "dog", "frame": 0, "box": [0, 0, 4, 4]}])
+    item = ground_item("A dog.", ["A dog"], None, [{"phrase": "dog", "frame": 0, "box": [0, 0, 4, 4]}])
     make_grounder(AnnotateConfig()).process([item])
     assert item.error == ("ground", "clip not decoded")
 
 
 # --- Grounding DINO: pure parts -----------------------------------------------------------------------------------
-
-WORDS = "a an the two red blue ball cup dog cat sofa lamp pillows chair on sits".split()
-
-
-def write_vocab(path):
-    """A BERT vocab with the special ids Grounding DINO hard-codes ([CLS] 101, [SEP] 102, '.' 1012, '?' 1029)."""
-    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab += [f"[unused{i}]" for i in range(len(vocab), 1012)] + ["."]
-    vocab += [f"[unused{i}]" for i in range(1013, 1029)] + ["?"] + WORDS
-    assert (vocab.index("[CLS]"), vocab.index("."), vocab.index("?")) == (101, 1012, 1029)
-    path.write_text("\n".join(vocab) + "\n")
-    return len(vocab)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A tiny random Grounding DINO (Swin embed 8, BERT hidden 8, d_model 32: 156 K params), saved as an HF-format dir with a small image size."""
-    from transformers import (BertConfig, BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoProcessor, SwinConfig)
-    from transformers.models.grounding_dino.image_processing_grounding_dino import GroundingDinoImageProcessor
-
-    root = tmp_path_factory.mktemp("gdino")
-    n_vocab = write_vocab(root / "vocab.txt")
-    tokenizer = BertTokenizerFast(vocab=str(root / "vocab.txt"))  # vocab_file= is ignored in transformers 5
-    config = GroundingDinoConfig(
-        backbone_config=SwinConfig(embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], out_indices=[2, 3, 4]),
-        text_config=BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16,
-                               vocab_size=n_vocab),
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=10, max_text_len=16,
-    )
-    torch.manual_seed(0)
-    model = GroundingDinoForObjectDetection(config)
-    processor = GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}),
-        tokenizer=tokenizer)
-    weights = root / "weights"
-    model.save_pretrained(weights)
-    processor.save_pretrained(weights)
-    return weights
 
 
 @pytest.fixture(scope="module")
@@ -298,18 +226,6 @@ def test_missing_weights_is_one_line_config_error(tmp_path):
 # --- Grounding DINO: the stage --------------------------------------------------------------------------------------
 
 
-def gdino_cfg(weights, **ground):
-    """Grounding DINO settings; pick `earliest` unless asked (these tests pin the frame loop and its early stop;
-    tests/test_ground_best.py covers `best`)."""
-    cfg = AnnotateConfig()
-    cfg.ground.backend = "groundingdino"
-    cfg.ground.weights = str(weights)
-    cfg.ground.pick = "earliest"
-    for k, v in ground.items():
-        setattr(cfg.ground, k, v)
-    return cfg
-
-
 class StubModel:
     """Stands in for the network to test the frame loop: frame i (a constant image of value 20 i) shows phrase
     word w from frame APPEAR[w] on; query 0 then scores 3.0 on that word's tokens, with box BOX."""
@@ -341,7 +257,7 @@ def test_frame_loop_keeps_earliest_confident_frame(tiny_dir):
     clip = make_clip(frames, np.arange(0, 50, 5))  # source indices 0, 5, ..., 45
     caption = "A red ball, a dog, a cup, two pillows and the sofa."
     texts = ["A red ball", "a dog", "a cup", "two pillows", "the sofa"]  # 17 tokens: two prompts
-    item = make_item(caption, texts, clip, plural={"two pillows"})
+    item = ground_item(caption, texts, clip, plural={"two pillows"})
     stage = make_grounder(gdino_cfg(tiny_dir, every_n_frames=3, batch_size=2))
     stage.ready()
     stage.model = StubModel(stage.model.config, stage.processor.tokenizer)
@@ -371,7 +287,7 @@ def test_tiny_model_end_to_end(tiny_dir):
     texts = ["A red ball", "a dog", "two pillows", "the sofa", "a lamp"]
 
     def run(**ground):
-        item = make_item(caption, texts, clip, plural={"two pillows"})
+        item = ground_item(caption, texts, clip, plural={"two pillows"})
         make_grounder(gdino_cfg(tiny_dir, every_n_frames=2, batch_size=2, **ground)).process([item])
         return item
 

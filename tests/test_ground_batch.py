@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from annotate.frames import LazyFrames
-from annotate.ground import make_grounder, pick_boxes
+from annotate.ground import make_grounder
 from annotate.ground.groundingdino import ClipJob, Prompt, RowQueue, resized_shape
 from annotate.item import ClipItem
-from tests.test_ground import dropped, gdino_cfg, make_clip, make_item, tiny_dir  # noqa: F401 (tiny_dir: fixture)
+from tests.annotate_helpers import dropped, gdino_cfg, ground_item, make_clip
 
 # (decoded h, w, tracking frames, phrases) of four clips. The tiny processor resizes 60x80 and 45x60 both to 64x85
 # (one stack without padding) and 48x96 to 48x96; the second clip's 17 tokens need two prompts (max_text_len 16).
@@ -34,7 +34,7 @@ def clip_items(seed: int = 0) -> list[ClipItem]:
     for i, (h, w, n, texts) in enumerate(CLIPS):
         base = rng.integers(0, 255, (n, h // 3, w // 4, 3)).astype(np.uint8)
         frames = base.repeat(3, axis=1).repeat(4, axis=2)
-        item = make_item(", ".join(texts) + ".", texts, make_clip(frames, np.arange(n) * 3))
+        item = ground_item(", ".join(texts) + ".", texts, make_clip(frames, np.arange(n) * 3))
         item.video_id = f"clip{i}"
         items.append(item)
     return items

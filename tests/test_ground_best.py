@@ -15,8 +15,8 @@ from annotate.config import AnnotateConfig
 from annotate.ground import make_grounder, mark_same_objects
 from annotate.item import Grounding
 from annotate.track import make_tracker
-from tests.test_ground import gdino_cfg, make_clip, make_item, tiny_dir  # noqa: F401 (tiny_dir: fixture)
-from tests.test_track import POINTS_U, Scene, _item
+from tests.annotate_helpers import gdino_cfg, ground_item, make_clip
+from tests.annotate_helpers import POINTS_U, Scene, track_item
 
 
 class RampModel:
@@ -46,7 +46,7 @@ class RampModel:
 
 def ground(tiny_dir, pick):
     frames = np.stack([np.full((48, 64, 3), 20 * i, np.uint8) for i in range(10)])
-    item = make_item("A ball and a dog.", ["A ball", "a dog"], make_clip(frames, np.arange(10)))
+    item = ground_item("A ball and a dog.", ["A ball", "a dog"], make_clip(frames, np.arange(10)))
     stage = make_grounder(gdino_cfg(tiny_dir, every_n_frames=1, batch_size=4, pick=pick, box_threshold=0.6,
                                     text_threshold=0.6))
     stage.ready()
@@ -87,7 +87,7 @@ def test_two_phrases_on_one_box_are_one_object_tracked_once():
 
     scene = Scene(num_frames=12)
     truth = scene.truth(POINTS_U)
-    item = _item(scene.frames, np.stack([truth[:, 0], truth[:, 0] + 1.0]), [0, 0])
+    item = track_item(scene.frames, np.stack([truth[:, 0], truth[:, 0] + 1.0]), [0, 0])
     item.groundings[1].phrase_index, item.groundings[1].same_as = 1, 0  # "the square" is "a square"
     calls = []
     tracker = make_tracker(AnnotateConfig())

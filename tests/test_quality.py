@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from annotate.config import AnnotateConfig, TrackConfig
-from annotate.pipeline import ClipAnnotator, make_item
 from annotate.quality import clip_quality
 from annotate.synthetic import GroundTruth, WorldParams, make_clip, params_dict
 from pipelines.synth import write_clip
+from tests.annotate_helpers import annotate_rows
 
 # --- the floors (issue 3) ----------------------------------------------------------------------------------------
 
@@ -33,13 +33,6 @@ MEASURED_ON = {
     "preset": "veryfast",
 }
 FIGURES = ("ground_recall", "box_iou", "mask_iou", "delta_avg", "oa", "aj")
-
-
-def annotate_rows(rows, out, cfg):
-    """Every stage in this process (no Ray) on manifest rows written under `out`."""
-    items = [make_item(i, r["video_id"], str(out / r["video"]), r["caption"], cfg.seed, events=r["events"],
-                       boxes=r["boxes"], gt=str(out / r["gt"])) for i, r in enumerate(rows)]
-    return ClipAnnotator(cfg).setup().annotate(items)
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from annotate.synthetic import WorldParams, make_clip
 from pipelines.synth import write_clip
 from annotate.clip import ground_to_track
 from annotate.decode.video import decode_clip
-from tests.test_quality import annotate_rows
-from tests.test_video import frame_ids, index_colour, textured, write_video
+from tests.annotate_helpers import annotate_rows
+from tests.annotate_helpers import frame_ids, index_colour, textured, write_video
 
 GDINO = FrameSize(max_side=1333, short_side=800)
 

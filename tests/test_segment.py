@@ -8,7 +8,7 @@ import torch
 
 from annotate.config import AnnotateConfig
 from annotate.errors import ConfigError
-from annotate.item import ClipItem, Grounding, Phrase
+from annotate.item import ClipItem
 from annotate.segment import (
     GrabCutSegmenter,
     SamSegmenter,
@@ -18,24 +18,9 @@ from annotate.segment import (
     pixel_box,
     select_best_masks,
 )
-from annotate.clip import DecodedClip, VideoInfo
+from tests.annotate_helpers import iou, segment_item, tiny_sam
 
 H, W = 120, 200
-
-
-def make_item(frames: np.ndarray, boxes: list[tuple[int, list[float]]]) -> ClipItem:
-    """An item whose clip tracks `frames`, with one phrase + grounding per (track frame, xyxy box)."""
-    f = len(frames)
-    info = VideoInfo(path="x.mp4", width=frames.shape[2], height=frames.shape[1], fps=10.0, num_frames=f,
-                     duration=f / 10.0)
-    idx = np.arange(f)
-    clip = DecodedClip(info=info, scale=1.0, sample_indices=idx, sample_times=idx / 10.0, sample_frames=frames,
-                       track_indices=idx, track_times=idx / 10.0, track_frames=frames)
-    item = ClipItem(row=0, video_id="v", video="x.mp4", caption="", clip=clip)
-    for i, (t, box) in enumerate(boxes):
-        item.phrases.append(Phrase(text=f"object {i}", start=0, end=1))
-        item.groundings.append(Grounding(phrase_index=i, track_frame=t, source_frame=t, box=np.array(box, float)))
-    return item
 
 
 def textured_scene(seed: int = 0):
@@ -50,10 +35,6 @@ def textured_scene(seed: int = 0):
     return frame, disc, rect
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / (a | b).sum())
-
-
 def test_pixel_box_clips_and_names_bad_boxes():
     box, rect, why = pixel_box(np.array([-5.0, 10.2, 30.7, 500.0]), 100, 50)
     assert why == "" and np.allclose(box, [0, 10.2, 30.7, 50]) and rect == (0, 10, 31, 50)
@@ -64,7 +45,7 @@ def test_pixel_box_clips_and_names_bad_boxes():
 
 def test_grabcut_recovers_disc_and_rectangle():
     frame, disc, rect = textured_scene()
-    item = make_item(frame[None], [(0, [28, 28, 93, 93]), (0, [114, 24, 181, 101])])
+    item = segment_item(frame[None], [(0, [28, 28, 93, 93]), (0, [114, 24, 181, 101])])
     make_segmenter(AnnotateConfig()).process([item])
     assert item.ok and item.dropped == []
     assert len(item.masks) == 2 and all(m.shape == (H, W) and m.dtype == bool for m in item.masks)
@@ -86,7 +67,7 @@ def test_empty_grabcut_mask_and_bad_boxes_are_dropped_with_reasons():
     frame = np.full((H, W, 3), 128, np.uint8)  # flat grey: nothing to separate from the background
     frame2, disc, _ = textured_scene()
     frames = np.stack([frame, frame2])
-    item = make_item(frames, [(0, [50, 50, 90, 90]), (1, [28, 28, 93, 93]), (1, [300, 0, 320, 10]),
+    item = segment_item(frames, [(0, [50, 50, 90, 90]), (1, [28, 28, 93, 93]), (1, [300, 0, 320, 10]),
                               (1, [40, 40, 40, 60])])
     GrabCutSegmenter(AnnotateConfig()).process([item])
     assert item.ok
@@ -103,23 +84,6 @@ def test_item_without_clip_is_rejected_not_raised():
 
 
 # --- SAM ----------------------------------------------------------------------------------------------------
-
-
-def tiny_sam(img: int = 64, patch: int = 8, dim: int = 16):
-    """A random SAM from segment-anything's own classes, small enough to run in milliseconds."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    torch.manual_seed(0)
-    grid = img // patch
-    return Sam(
-        image_encoder=ImageEncoderViT(img_size=img, patch_size=patch, embed_dim=dim, depth=1, num_heads=1,
-                                      mlp_ratio=2.0, out_chans=dim),
-        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid), input_image_size=(img, img),
-                                     mask_in_chans=4),
-        mask_decoder=MaskDecoder(transformer_dim=dim, num_multimask_outputs=3, iou_head_depth=2,
-                                 iou_head_hidden_dim=16,
-                                 transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=32, num_heads=1)),
-    ).eval()
 
 
 def sam_cfg() -> AnnotateConfig:
@@ -139,7 +103,7 @@ def test_select_best_masks_takes_the_highest_predicted_iou():
 
 def test_sam_batches_the_boxes_of_each_frame(monkeypatch):
     frames = np.random.default_rng(0).integers(0, 256, (3, 48, 80, 3), dtype=np.uint8)
-    item = make_item(frames, [(0, [2, 2, 30, 30]), (2, [5, 5, 60, 40]), (0, [40, 10, 70, 40]), (0, [0, 0, 80, 48]),
+    item = segment_item(frames, [(0, [2, 2, 30, 30]), (2, [5, 5, 60, 40]), (0, [40, 10, 70, 40]), (0, [0, 0, 80, 48]),
                               (2, [10, 20, 20, 30])])
     stage = SamSegmenter.from_model(sam_cfg(), tiny_sam())
     stage.ready()
@@ -166,7 +130,7 @@ def test_sam_batches_the_boxes_of_each_frame(monkeypatch):
 
 def test_sam_stage_keeps_the_best_of_three_for_each_box(monkeypatch):
     frames = np.zeros((1, 6, 8, 3), np.uint8)
-    item = make_item(frames, [(0, [0, 0, 4, 4]), (0, [4, 2, 8, 6])])
+    item = segment_item(frames, [(0, [0, 0, 4, 4]), (0, [4, 2, 8, 6])])
     stage = SamSegmenter(sam_cfg(), model=tiny_sam())
     stage.ready()
     masks = torch.zeros(2, 3, 6, 8, dtype=torch.bool)
@@ -185,7 +149,7 @@ def test_sam_empty_mask_is_dropped():
     sam = tiny_sam()
     sam.mask_threshold = 1e9  # no logit reaches it: every mask comes back empty
     frames = np.random.default_rng(1).integers(0, 256, (1, 40, 40, 3), dtype=np.uint8)
-    item = make_item(frames, [(0, [5, 5, 30, 30])])
+    item = segment_item(frames, [(0, [5, 5, 30, 30])])
     SamSegmenter(sam_cfg(), model=sam).process([item])
     assert item.ok and item.groundings == [] and item.masks == []
     assert item.dropped == [{"phrase": "object 0", "char_span": [0, 1], "reason": "empty mask"}]
@@ -227,7 +191,7 @@ def test_sam_resources_follow_the_device():
 
 def test_grabcut_that_cannot_fit_its_colour_models_drops_the_object():
     frames = np.full((1, 1, 1, 3), 200, np.uint8)  # a 1x1 frame: the box's ring is all there is, no foreground
-    item = make_item(frames, [(0, [0, 0, 1, 1])])
+    item = segment_item(frames, [(0, [0, 0, 1, 1])])
     GrabCutSegmenter(AnnotateConfig()).process([item])
     assert item.ok and item.groundings == []
     assert item.dropped[0]["reason"].startswith("grabcut failed on a 1x1 px box: ")

@@ -13,7 +13,7 @@ from annotate.errors import ConfigError
 from annotate.item import ClipItem
 from annotate.segment import SamSegmenter, select_best_masks
 from annotate.segment.sam import encode, preprocess_frame
-from tests.test_segment import iou, make_item, tiny_sam
+from tests.annotate_helpers import iou, segment_item, tiny_sam
 
 # (height, width, frames) of the four clips: sizes differ, so the stack mixes differently padded images.
 CLIPS = [(48, 80, 4), (64, 64, 3), (40, 100, 5), (90, 60, 3)]
@@ -44,7 +44,7 @@ def clips(seed: int = 0) -> list[ClipItem]:
                 boxes.append((t, [x0, y0, x0 + 0.45 * w, y0 + 0.5 * h]))
         if k == 0:
             boxes += [(0, [w + 5.0, 0, w + 20.0, 10]), (0, [10.0, 10, 10, 30])]
-        out.append(make_item(frames, boxes))
+        out.append(segment_item(frames, boxes))
     return out
 
 

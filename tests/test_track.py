@@ -6,107 +6,14 @@ import os
 import sys
 import types
 
-import cv2
 import numpy as np
 import pytest
 
 from annotate.config import AnnotateConfig
 from annotate.errors import ConfigError
-from annotate.item import ClipItem, Grounding, Phrase
 from annotate.frames import inside_frame
 from annotate.track import make_tracker, read_off_samples, track_lk
-from annotate.clip import DecodedClip, VideoInfo
-
-# ---------------------------------------------------------------------------------------------------------------
-# Generated clips: a textured square moving over a panning textured background, optionally an occluder.
-# Motions are in OpenCV coordinates (pixel centres on integers); `truth` returns continuous ones (+0.5).
-
-
-def _texture(rng, h, w, sigma, lo, hi):
-    t = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), sigma)
-    t = (t - t.min()) / (t.max() - t.min())
-    return (lo + (hi - lo) * t).astype(np.float32)
-
-
-class Scene:
-    SQUARE = 32
-    OCCLUDER = (24, 100)  # width, height
-
-    def __init__(self, num_frames=30, size=128, velocity=(2.0, 1.0), start=(20.0, 40.0), occluder=None, seed=0,
-                 flat=False):
-        """occluder: (x at frame 0, velocity x) of a textured bar drawn over the square, or None.
-        flat: the square is one plain grey (only camera noise on it) instead of textured."""
-        rng = np.random.default_rng(seed)
-        self.size, self.num_frames = size, num_frames
-        self.velocity, self.start, self.occluder = np.array(velocity), np.array(start), occluder
-        bg = _texture(rng, 2 * size, 2 * size, 2.0, 30, 130)
-        square = _texture(rng, self.SQUARE, self.SQUARE, 1.2, 110, 250)
-        if flat:
-            square[:] = 220.0
-        bar = _texture(rng, self.OCCLUDER[1], self.OCCLUDER[0], 1.2, 0, 255)
-        frames = []
-        for f in range(num_frames):
-            img = self._paste(None, bg, -np.array([0.5 * f, 0.3 * f]))  # camera pan
-            img = self._paste(img, square, self.square_at(f))
-            if occluder is not None:
-                img = self._paste(img, bar, self.bar_at(f))
-            img += rng.normal(0, 2.0, img.shape)
-            frames.append(np.repeat(np.clip(img, 0, 255).astype(np.uint8)[..., None], 3, axis=2))
-        self.frames = np.stack(frames)
-
-    def square_at(self, f):  # top-left, non-linear in time
-        return self.start + self.velocity * f + np.array([3.0 * np.sin(f / 4), 0.0])
-
-    def bar_at(self, f):
-        return np.array([self.occluder[0] + self.occluder[1] * f, 10.0])
-
-    def _paste(self, img, tex, offset):
-        m = np.float32([[1, 0, offset[0]], [0, 1, offset[1]]])
-        layer = cv2.warpAffine(tex, m, (self.size, self.size), flags=cv2.INTER_LINEAR)
-        if img is None:
-            return layer
-        alpha = cv2.warpAffine(np.ones_like(tex), m, (self.size, self.size), flags=cv2.INTER_LINEAR)
-        return img * (1 - alpha) + layer * alpha
-
-    def truth(self, u):
-        """(K, 2) square-local OpenCV coords -> (K, F, 2) continuous image coords."""
-        return np.stack([[np.asarray(p) + self.square_at(f) + 0.5 for f in range(self.num_frames)] for p in u])
-
-    def bar_distance(self, xy):
-        """(K, F, 2) continuous -> (K, F) signed distance into the bar (> 0 inside, < 0 outside), in px."""
-        out = np.full(xy.shape[:2], -np.inf)
-        if self.occluder is None:
-            return out
-        for f in range(self.num_frames):
-            x0, y0 = self.bar_at(f)  # its first pixel centre in OpenCV coords = its left edge in continuous ones
-            x1, y1 = x0 + self.OCCLUDER[0], y0 + self.OCCLUDER[1]
-            x, y = xy[:, f, 0], xy[:, f, 1]
-            out[:, f] = np.minimum.reduce([x - x0, x1 - x, y - y0, y1 - y])
-        return out
-
-
-POINTS_U = np.array([[8.0, 9.0], [20.0, 12.0], [13.0, 22.0]])  # well inside the 32 px square
-
-
-def _item(frames, points, ground_frames, fps=10.0) -> ClipItem:
-    f, h, w = frames.shape[:3]
-    times = np.arange(f) / fps
-    info = VideoInfo(path="gen.mp4", width=w, height=h, fps=fps, num_frames=f, duration=f / fps)
-    clip = DecodedClip(info=info, scale=1.0, sample_indices=np.arange(f), sample_times=times, sample_frames=frames,
-                       track_indices=np.arange(f), track_times=times, track_frames=frames)
-    item = ClipItem(row=0, video_id="gen", video="gen.mp4", caption="a square")
-    item.clip = clip
-    item.phrases = [Phrase("a square", 0, 8, head="square", lemma="square")]
-    item.groundings = [Grounding(phrase_index=0, track_frame=int(g), source_frame=int(g),
-                                 box=np.array([0.0, 0.0, w, h]))  # the frame: no bound on out-of-frame positions
-                       for g in ground_frames]
-    item.points = np.asarray(points, dtype=np.float64)
-    return item
-
-
-def _gray(frames):
-    return frames[..., 0].copy()
-
+from tests.annotate_helpers import POINTS_U, Scene, gray, gray_rgb, track_item
 
 # ---------------------------------------------------------------------------------------------------------------
 # read_off_samples
@@ -155,7 +62,7 @@ def test_lk_follows_a_moving_texture_forward_and_backward_within_a_pixel():
     scene = Scene(num_frames=30)
     truth = scene.truth(POINTS_U)  # (3, 30, 2)
     q = 15  # a middle grounding frame: half the clip is tracked backward
-    tracks, vis = track_lk(_gray(scene.frames), truth[None, :, q], np.array([q]))
+    tracks, vis = track_lk(gray(scene.frames), truth[None, :, q], np.array([q]))
     assert tracks.shape == (1, 3, 30, 2) and vis.shape == (1, 3, 30)
     err = np.linalg.norm(tracks[0] - truth, axis=-1)
     assert err[:, q].max() == 0.0  # the query is its own answer
@@ -168,7 +75,7 @@ def test_lk_does_not_drift_over_a_long_clip():
     # refinement); anchored to the query frame's look they stay near the noise floor.
     scene = Scene(num_frames=100, velocity=(0.8, 0.3), start=(10.0, 20.0))
     truth = scene.truth(POINTS_U)
-    tracks, vis = track_lk(_gray(scene.frames), truth[None, :, 50], np.array([50]))
+    tracks, vis = track_lk(gray(scene.frames), truth[None, :, 50], np.array([50]))
     err = np.linalg.norm(tracks[0] - truth, axis=-1)
     assert vis.all() and err.max() < 0.35, f"max error {err.max():.2f} px"
 
@@ -180,7 +87,7 @@ def test_lk_follows_a_plain_object_whose_patches_are_flat():
     # (the aperture problem), hence a few px of error.
     scene = Scene(num_frames=30, flat=True)
     truth = scene.truth(np.array([[5.5, 5.5], [26.0, 6.0], [6.0, 25.5]]))
-    tracks, vis = track_lk(_gray(scene.frames), truth[None, :, 15], np.array([15]))
+    tracks, vis = track_lk(gray(scene.frames), truth[None, :, 15], np.array([15]))
     err = np.linalg.norm(tracks[0] - truth, axis=-1)
     assert vis.mean() > 0.95 and err.max() < 4.0, (vis.mean(), err.max())
 
@@ -194,7 +101,7 @@ def test_lk_marks_covered_points_not_visible_and_reacquires_them(bar, query):
     truth = scene.truth(POINTS_U)
     depth = scene.bar_distance(truth)
     assert (depth[:, query] < -10).all()
-    item = _item(scene.frames, truth[None, :, query], [query])
+    item = track_item(scene.frames, truth[None, :, query], [query])
     make_tracker(AnnotateConfig()).process([item])
     assert item.ok, item.error
     vis, err = item.track_vis[0], np.linalg.norm(item.tracks[0] - truth, axis=-1)
@@ -219,7 +126,7 @@ def test_lk_marks_covered_points_not_visible_and_reacquires_them(bar, query):
 def test_lk_points_leaving_the_frame_are_not_visible():
     scene = Scene(num_frames=30, velocity=(4.0, 0.0), start=(10.0, 40.0))
     truth = scene.truth(POINTS_U)
-    item = _item(scene.frames, truth[None, :, 5], [5])
+    item = track_item(scene.frames, truth[None, :, 5], [5])
     make_tracker(AnnotateConfig()).process([item])
     vis = item.track_vis[0]
     outside = ~inside_frame(truth, 128, 128)
@@ -236,7 +143,7 @@ def test_lk_stage_tracks_objects_grounded_on_different_frames():
     scene = Scene(num_frames=20)
     t1 = scene.truth(POINTS_U)
     t2 = scene.truth(POINTS_U[::-1] + 2.0)
-    item = _item(scene.frames, np.stack([t1[:, 3], t2[:, 17]]), [3, 17])
+    item = track_item(scene.frames, np.stack([t1[:, 3], t2[:, 17]]), [3, 17])
     stage = make_tracker(AnnotateConfig())
     stage.process([item])
     assert item.ok, item.error
@@ -250,7 +157,7 @@ def test_lk_stage_tracks_objects_grounded_on_different_frames():
 
 def test_track_stage_rejects_items_without_points():
     scene = Scene(num_frames=5)
-    item = _item(scene.frames, np.zeros((1, 3, 2)), [0])
+    item = track_item(scene.frames, np.zeros((1, 3, 2)), [0])
     item.points = None
     make_tracker(AnnotateConfig()).process([item])
     assert item.error is not None and item.error[0] == "track" and "points" in item.error[1]
@@ -346,7 +253,7 @@ def test_cotracker_adapter_sends_txy_queries_and_maps_tracks_back():
     points = np.array([[[10.5, 20.5], [30.25, 5.0], [59.0, 39.5]],
                        [[1.0, 1.0], [2.0, 3.0], [4.0, 5.0]]])
     fake = FakeCoTrackerPredictor(motion=(1.5, -0.5), hidden=[9])
-    item = _item(frames, points, [7, 2])
+    item = track_item(frames, points, [7, 2])
     make_tracker(_cotracker_cfg(), predictor=fake).process([item])
     assert item.ok, item.error
     (call,) = fake.calls
@@ -377,7 +284,7 @@ def test_cotracker_reversed_pass_and_working_size_are_config_keys():
     cfg.track.backward_pass = True
     cfg.track.interp_shape = [96, 128]
     fake = FakeCoTrackerPredictor()
-    make_tracker(cfg, predictor=fake).process([_item(frames, np.ones((1, 3, 2)), [3])])
+    make_tracker(cfg, predictor=fake).process([track_item(frames, np.ones((1, 3, 2)), [3])])
     assert fake.calls[0]["backward_tracking"] is True and fake.interp_shape == (96, 128)
     cfg.track.interp_shape = [90, 128]  # a setting no clip can use: refused when the stage is set up
     with pytest.raises(ConfigError, match="track.interp_shape"):
@@ -431,7 +338,7 @@ def test_cotracker_real_package_contract_with_random_weights():
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (8, 48, 64, 3), dtype=np.uint8)
     points = np.array([[[10.5, 20.5], [30.25, 5.0], [63.5, 47.5]], [[0.5, 0.5], [2.0, 3.0], [40.0, 30.0]]])
-    item = _item(frames, points, [5, 1])
+    item = track_item(frames, points, [5, 1])
     make_tracker(_cotracker_cfg(), predictor=CoTrackerPredictor(checkpoint=None)).process([item])
     assert item.ok, item.error
     assert item.tracks.shape == (2, 3, 8, 2) and item.track_vis.shape == (2, 3, 8)
@@ -448,7 +355,7 @@ def test_cotracker_real_package_on_a_moving_texture():
         pytest.skip("set PITE_COTRACKER_CHECKPOINT to a CoTracker3 checkpoint (scaled_offline.pth)")
     scene = Scene(num_frames=24)
     truth = scene.truth(POINTS_U)
-    item = _item(scene.frames, truth[None, :, 12], [12])
+    item = track_item(scene.frames, truth[None, :, 12], [12])
     cfg = _cotracker_cfg(ckpt)
     cfg.track.device = os.environ.get("PITE_DEVICE", "cpu")
     make_tracker(cfg).process([item])
@@ -478,7 +385,7 @@ def test_lk_on_the_synthetic_world_with_exact_points():
         rng = np.random.default_rng(index)
         points = np.stack([sample_points(gt.mask(o, ground[o]), 3, rng) for o in range(gt.n_objects)])
         truth = [gt.track_points(o, ground[o], points[o]) for o in range(gt.n_objects)]
-        tracks, vis = track_lk(_gray_rgb(clip.frames), points, ground)
+        tracks, vis = track_lk(gray_rgb(clip.frames), points, ground)
         vis &= inside_frame(tracks, gt.width, gt.height)
         t = tracks.shape[2]
         results.append(tapvid_metrics(tracks.reshape(-1, t, 2), vis.reshape(-1, t),
@@ -489,5 +396,3 @@ def test_lk_on_the_synthetic_world_with_exact_points():
     assert delta >= 0.85 and oa >= 0.85, (delta, oa)
 
 
-def _gray_rgb(frames):
-    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])

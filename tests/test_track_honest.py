@@ -11,8 +11,8 @@ from annotate.frames import inside_frame
 from annotate.track import TrackStage, make_tracker, track_lk
 from annotate.synthetic import WorldParams, make_clip
 from pipelines.synth import write_clip
-from tests.test_quality import annotate_rows
-from tests.test_track import POINTS_U, Scene, _gray, _item
+from tests.annotate_helpers import annotate_rows
+from tests.annotate_helpers import POINTS_U, Scene, gray, track_item
 
 
 def test_points_lost_with_their_whole_object_stay_where_they_were_last_known():
@@ -22,7 +22,7 @@ def test_points_lost_with_their_whole_object_stay_where_they_were_last_known():
     frames = scene.frames.copy()
     frames[12:] = 128
     truth = scene.truth(POINTS_U)
-    tracks, vis = track_lk(_gray(frames), truth[None, :, 5], np.array([5]))
+    tracks, vis = track_lk(gray(frames), truth[None, :, 5], np.array([5]))
     assert vis[0, :, :12].all() and not vis[0, :, 12:].any()
     last = tracks[0, :, 11]
     np.testing.assert_allclose(last, truth[:, 11], atol=1.0)
@@ -38,7 +38,7 @@ def test_a_lost_point_follows_its_still_followed_siblings():
     for f in range(8, 20):
         x, y = np.rint(truth[0, f] - 0.5).astype(int)
         frames[f, y - 5:y + 6, x - 5:x + 6] = 255
-    tracks, vis = track_lk(_gray(frames), truth[None, :, 0], np.array([0]))
+    tracks, vis = track_lk(gray(frames), truth[None, :, 0], np.array([0]))
     assert not vis[0, 0, 10:].any() and vis[0, 1:, 10:].all()
     # Moved as the object moved: within a couple of pixels of where it truly is, though unseen.
     assert np.linalg.norm(tracks[0, 0, 10:] - truth[0, 10:], axis=-1).max() < 3.0
@@ -60,7 +60,7 @@ class WildTracker(TrackStage):
 def test_no_tracker_puts_a_point_further_outside_than_its_object(window):
     scene = Scene(num_frames=20)
     truth = scene.truth(POINTS_U)
-    item = _item(scene.frames, truth[None, :, 0], [0])
+    item = track_item(scene.frames, truth[None, :, 0], [0])
     item.groundings[0].box = np.array([10.0, 30.0, 42.0, 62.0])  # 32 x 32
     WildTracker(AnnotateConfig(track=TrackConfig(window=window, overlap=2))).process([item])
     assert item.ok, item.error

@@ -14,7 +14,7 @@ from annotate.frames import LazyFrames
 from annotate.frames import inside_frame
 from annotate.track import make_tracker, track_lk
 from annotate.track.windows import check_windows, home_windows, track_in_windows, window_spans
-from tests.test_track import POINTS_U, Scene, _gray_rgb, _item
+from tests.annotate_helpers import POINTS_U, Scene, gray_rgb, track_item
 
 # ---------------------------------------------------------------------------------------------------------------
 # Spans and homes
@@ -150,7 +150,7 @@ def test_windowed_lk_matches_one_call_on_a_moving_texture():
     query_frames = [0, 30, 59]
     items = []
     for window in (0, 20):
-        item = _item(scene.frames, np.stack([truth[:, q] for q in query_frames]), query_frames)
+        item = track_item(scene.frames, np.stack([truth[:, q] for q in query_frames]), query_frames)
         make_tracker(_lk_cfg(window)).process([item])
         assert item.ok, item.error
         items.append(item)
@@ -171,7 +171,7 @@ def test_lk_windowed_on_one_window_is_the_one_call_result_byte_for_byte():
     truth = scene.truth(POINTS_U)
     results = []
     for window in (0, 30, 200):
-        item = _item(scene.frames, truth[None, :, 12], [12])
+        item = track_item(scene.frames, truth[None, :, 12], [12])
         make_tracker(_lk_cfg(window)).process([item])
         results.append((item.tracks.tobytes(), item.track_vis.tobytes()))
     assert results[0] == results[1] == results[2]
@@ -198,7 +198,7 @@ def test_windowed_lk_on_the_synthetic_world_keeps_its_quality():
         rng = np.random.default_rng(index)
         points = np.stack([sample_points(gt.mask(o, ground[o]), 3, rng) for o in range(gt.n_objects)])
         truth = [gt.track_points(o, ground[o], points[o]) for o in range(gt.n_objects)]
-        gray = _gray_rgb(clip.frames)
+        gray = gray_rgb(clip.frames)
         for window in scores:
             track = _GrayLK(gray.shape)
             if window:
@@ -263,7 +263,7 @@ def test_cotracker_real_package_windowed_with_random_weights():
     cfg = AnnotateConfig()
     cfg.track.backend, cfg.track.device = "cotracker", "cpu"
     cfg.track.window, cfg.track.overlap = 8, 3  # spans 0-8, 5-13, 10-18, 15-20
-    item = _item(frames, points, query_frames)
+    item = track_item(frames, points, query_frames)
     t0 = time.perf_counter()
     make_tracker(cfg, predictor=recording).process([item])
     seconds = time.perf_counter() - t0
@@ -287,7 +287,7 @@ def test_track_stage_reads_a_lazy_source_window_by_window():
     truth = scene.truth(POINTS_U)
     results = []
     for lazy in (False, True):
-        item = _item(scene.frames, np.stack([truth[:, 5], truth[:, 45]]), [5, 45])
+        item = track_item(scene.frames, np.stack([truth[:, 5], truth[:, 45]]), [5, 45])
         if lazy:
             item.clip.track_frames, reads = _counted(scene.frames)
         make_tracker(_lk_cfg(20)).process([item])
@@ -297,7 +297,7 @@ def test_track_stage_reads_a_lazy_source_window_by_window():
     np.testing.assert_array_equal(results[0][1], results[1][1])
     assert reads == [(0, 20), (14, 34), (28, 48), (42, 60), (28, 48), (14, 34), (0, 20)]
     # A lazy source that fits one window is read whole, once.
-    item = _item(scene.frames[:20], truth[None, :, 5], [5])
+    item = track_item(scene.frames[:20], truth[None, :, 5], [5])
     item.clip.track_frames, reads = _counted(scene.frames[:20])
     make_tracker(_lk_cfg(20)).process([item])
     assert item.ok and reads == [(0, 20)]

@@ -17,35 +17,9 @@ import annotate.decode.video as video
 from annotate.errors import DecodeError
 from annotate.decode.video import decode_clip, probe, sample_positions, tracking_positions
 from annotate.frames import decoded_size
+from tests.annotate_helpers import frame_ids, index_colour, textured, write_video
 
 SAMPLES = Path(__file__).parents[1].parent / "shared" / "samples"
-
-
-def index_colour(i: int) -> tuple[int, int, int]:
-    return 30 + 10 * (i % 20), 30 + 50 * (i // 20), 128
-
-
-def frame_ids(frames: np.ndarray) -> np.ndarray:
-    """The source index each decoded flat-colour frame spells."""
-    mean = frames.reshape(len(frames), -1, 3).mean(axis=1)
-    return (np.round((mean[:, 0] - 30) / 10) + 20 * np.round((mean[:, 1] - 30) / 50)).astype(int)
-
-
-def write_video(path, n=30, w=64, h=48, fps=25, rotation=None, options=None, container_options=None,
-                paint=None) -> Path:
-    """n frames of libx264; `paint(i, h, w)` gives frame i, by default the colour that spells i."""
-    paint = paint or (lambda i, h, w: np.broadcast_to(np.array(index_colour(i), np.uint8), (h, w, 3)).copy())
-    with av.open(str(path), "w", options=container_options or {}) as out:
-        stream = out.add_stream("libx264", rate=fps, options=options or {})
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        if rotation is not None:
-            stream.set_display_rotation(rotation)  # PyAV's sense: counter-clockwise, as VideoFrame.rotation reads
-        for i in range(n):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(paint(i, h, w), format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return Path(path)
 
 
 @pytest.fixture(scope="module")
@@ -351,14 +325,6 @@ def test_sample_footage(name, size, n, fps, decoded, tracked):
 
 
 # ---------------------------------------------------------------- long clips: lazy tracking frames, max_duration
-
-
-def textured(i: int, h: int, w: int) -> np.ndarray:
-    """The colour that spells i plus a texture that changes every frame, so a frame decoded from the wrong
-    references would not match (flat frames would)."""
-    rng = np.random.default_rng(i)
-    noise = rng.integers(-6, 7, (h, w, 1))
-    return np.clip(np.array(index_colour(i)) + noise, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
