@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[0] = str(REPO)  # run as a script: bench/annotate.py must not shadow the `annotate` package
 
 # Harder than the default world (where LK loses almost nothing: 4 bad objects of 200 at speeds 2-5 px/frame):
 # objects 4-9 px a frame that turn up to 0.2 rad a frame, rotate up to 60 degrees and scale up to 1.6x, smaller

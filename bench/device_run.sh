@@ -27,7 +27,8 @@ rm -rf "$SITE" "$WORK"
 mkdir -p "$SITE"
 "$PY" -c "import sys, tarfile; [tarfile.open(f).extractall(sys.argv[1], filter='data') for f in sys.argv[2:]]" \
   "$SITE" .carry/*.tar.xz || { echo "device_run: could not unpack .carry" | tee "$OUTDIR/summary.txt"; exit 3; }
-export PYTHONPATH="$SITE:$PWD/.carry/co-tracker${PYTHONPATH:+:$PYTHONPATH}" PITE_PYTHON="$PY" \
+# The checkout itself too: nothing is installed there, and `python bench/x.py` puts only bench/ on the path.
+export PYTHONPATH="$PWD:$SITE:$PWD/.carry/co-tracker${PYTHONPATH:+:$PYTHONPATH}" PITE_PYTHON="$PY" \
   PITE_RESULTS="$OUTDIR" PYTHONUNBUFFERED=1
 {
   echo "device_run: unpacked .carry in $((SECONDS - START)) s"

@@ -50,6 +50,6 @@ PITE_PYTHON="$VENV/bin/python" PITE_SITE=$CACHE/site PITE_WORK=$CACHE/work bench
 echo "device_sim: OUTDIR holds: $(cd "$OUTDIR" && ls | tr '\n' ' ')"
 
 # The model tests on the device's versions, with the carried packages on the path as there.
-PYTHONPATH="$CACHE/site:$PWD/.carry/co-tracker" "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+PYTHONPATH="$PWD:$CACHE/site:$PWD/.carry/co-tracker" "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
   tests/test_model_*.py tests/test_release*.py tests/test_infer.py tests/test_features.py tests/test_ground*.py \
   tests/test_segment*.py tests/test_track*.py tests/test_train_data.py 2>&1 | tail -n 15

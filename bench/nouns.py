@@ -17,7 +17,6 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[0] = str(REPO)  # run as a script: bench/annotate.py must not shadow the `annotate` package
 
 LABELS = REPO / "tests" / "data" / "noun_phrases.jsonl"
 

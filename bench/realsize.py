@@ -33,7 +33,6 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[0] = str(REPO)  # run as a script: bench/annotate.py must not shadow the `annotate` package
 
 RECIPE = REPO / "configs" / "annotate" / "pite143k.yaml"
 STAGES = ("decode", "nouns", "ground", "segment", "points", "track", "confidence", "features")

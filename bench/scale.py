@@ -194,8 +194,8 @@ def watch(out: Path, samples: Path, stop: threading.Event) -> None:
 
 def run_job(root: Path, manifest: Path, out: Path, samples: Path, kill_at_shards: int = 0) -> dict:
     """The child run (killed once `kill_at_shards` shards are done, if set); what it took."""
-    # Run from `root` through -c (sys.path[0] is then the checkout, not bench/, whose annotate.py would shadow the
-    # package), with this file run as __main__, so Ray pickles ReplayChain by value.
+    # Run from `root` through -c (sys.path[0] is then that checkout, whose packages the run must use: a --baseline
+    # commit's own), with this file run as __main__, so Ray pickles ReplayChain by value.
     script = f"import runpy; runpy.run_path({str(Path(__file__).resolve())!r}, run_name='__main__')"
     cmd = [sys.executable, "-c", script, "--child", str(manifest), str(out), str(samples)]
     t0 = time.time()

@@ -22,9 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-# Run as `python bench/stages.py`: the script's folder comes first on sys.path, where bench/annotate.py would shadow
-# the `annotate` package, so the repository root takes its place.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np  # noqa: E402
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.batch import to_device  # noqa: E402
 from model.config import LabelConfig, LoraSettings, PiteConfig  # noqa: E402
@@ -264,7 +263,7 @@ def main(argv=None) -> int:
     p.add_argument("--fs-lr", type=float, default=1e-4, help="the 7B recipes' learning rate")
     args = p.parse_args(argv)
     if args.fast_vs_slow:
-        from bench.train_fast import fast_vs_slow
+        from train_fast import fast_vs_slow  # beside this script, which Python puts first on sys.path
 
         print(json.dumps(fast_vs_slow(args), indent=1))
         return 0

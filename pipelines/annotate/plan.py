@@ -14,7 +14,7 @@ from annotate.errors import ConfigError
 
 GIB = 2**30
 # What one actor process holds before any stage works: Python, torch, OpenCV, PyAV, spaCy and Ray's worker. The
-# embedded path's whole process peaked at 0.7 GiB on a 10-s clip (bench/annotate.py, peak_rss).
+# embedded path's whole process peaked at 0.7 GiB on a 10-s clip (bench/annotate_job.py, peak_rss).
 PROCESS_BASE_GB = 0.75
 # Stages whose backend is a learned model, with the config section that chooses its device.
 MODEL_BACKENDS = {"ground": "groundingdino", "segment": "sam", "track": "cotracker", "features": "clip"}

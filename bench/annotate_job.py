@@ -1,6 +1,6 @@
 """Benchmark of the annotation pipeline on synthetic clips; prints one JSON object (progress goes to stderr).
 
-    .venv/bin/python bench/annotate.py [--n 200] [--quick] [--size 256x256x100] [--cache data/bench-synth]
+    .venv/bin/python bench/annotate_job.py [--n 200] [--quick] [--size 256x256x100] [--cache data/bench-synth]
 
 Measures, on the same clips and the demo config (given boxes, GrabCut, Lucas-Kanade, thumbnail features):
   a. videos/s of the Ray job (`python -m pipelines.annotate`, as users run it) with ONE CPU worker, against the same
@@ -34,8 +34,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Run as a script: its own folder (bench/, where this file would shadow the `annotate` package) gives way to the root.
-sys.path[0] = str(REPO)
 
 CONFIG = REPO / "configs" / "annotate" / "demo.yaml"
 GOALS = {"ray_1_worker_vs_loop": 0.85, "ray_2_vs_1_workers": 1.6, "bytes_per_sample_max": 200_000,
