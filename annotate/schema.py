@@ -199,6 +199,18 @@ def validate_sample(sample: Sample, *, num_frames: Optional[int] = None, num_poi
     def fail(field: str, reason: str) -> NoReturn:
         raise SchemaError(f"sample {name}: {field}: {reason}")
 
+    t = _check_meta(meta, num_frames, fail)
+    caption, objects = meta["caption"], meta["objects"]
+    for i, obj in enumerate(objects):
+        _check_object(obj, f"objects[{i}]", caption, t, fail)
+    n = len(objects)
+    if n == 0 and not meta.get("conversations"):
+        fail("objects", "empty, which only a sample with conversations may be")
+    _check_arrays(sample, n, t, num_points, fail)
+
+
+def _check_meta(meta, num_frames: Optional[int], fail) -> int:
+    """The json member's fields; returns T, its number of sampled frames."""
     if not isinstance(meta, dict):
         fail("json", f"expected an object, got {type(meta).__name__}")
     for field, check in _META_FIELDS.items():
@@ -212,49 +224,49 @@ def validate_sample(sample: Sample, *, num_frames: Optional[int] = None, num_poi
             reason = check(meta[field])
             if reason:
                 fail(field, reason)
-    caption = meta["caption"]
     t = len(meta["frame_indices"])
     if len(meta["frame_times"]) != t:
         fail("frame_times", f"has {len(meta['frame_times'])} entries but frame_indices has {t}")
     if num_frames is not None and t != num_frames:
         fail("frame_indices", f"has {t} frames, config says T={num_frames}")
+    return t
 
-    objects = meta["objects"]
-    for i, obj in enumerate(objects):
-        where = f"objects[{i}]"
-        for field in OBJECT_FIELDS:
-            if field not in obj:
-                fail(f"{where}.{field}", "missing")
-        if not isinstance(obj["phrase"], str) or not obj["phrase"]:
-            fail(f"{where}.phrase", "expected a non-empty string")
-        span = obj["char_span"]
-        if not (isinstance(span, list) and len(span) == 2 and all(_is_int(v) for v in span)):
-            fail(f"{where}.char_span", f"expected [start, end] integers, got {span!r}")
-        start, end = span
-        if not 0 <= start < end <= len(caption):
-            fail(f"{where}.char_span", f"{span} is not inside the caption (length {len(caption)})")
-        if caption[start:end] != obj["phrase"]:
-            fail(f"{where}.char_span", f"caption[{start}:{end}] is {caption[start:end]!r}, not {obj['phrase']!r}")
-        if not _is_int(obj["frame"]) or not 0 <= obj["frame"] < t:
-            fail(f"{where}.frame", f"{obj['frame']!r} is not a frame index in [0, {t})")
-        if not _is_int(obj["source_frame"]) or obj["source_frame"] < 0:
-            fail(f"{where}.source_frame", f"{obj['source_frame']!r} is not a source frame index >= 0")
-        box = obj["box"]
-        if not (isinstance(box, list) and len(box) == 4 and all(_is_finite(v) for v in box)):
-            fail(f"{where}.box", f"expected 4 finite numbers, got {box!r}")
-        x0, y0, x1, y1 = box
-        if not (0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1):
-            fail(f"{where}.box", f"{box} is not a normalised xyxy box (0 <= x0 <= x1 <= 1, same for y)")
-        if not _is_finite(obj["score"]):
-            fail(f"{where}.score", f"expected a finite number, got {obj['score']!r}")
-        if not _is_finite(obj["mask_area"]) or obj["mask_area"] < 0:
-            fail(f"{where}.mask_area", f"expected a number >= 0, got {obj['mask_area']!r}")
-        if "confidence" in obj and not (_is_finite(obj["confidence"]) and 0 <= obj["confidence"] <= 1):
-            fail(f"{where}.confidence", f"expected a number in [0, 1], got {obj['confidence']!r}")
 
-    n = len(objects)
-    if n == 0 and not meta.get("conversations"):
-        fail("objects", "empty, which only a sample with conversations may be")
+def _check_object(obj: dict, where: str, caption: str, t: int, fail) -> None:
+    """One object of the json: its fields, its span in the caption, its frame among the T, its box normalised."""
+    for field in OBJECT_FIELDS:
+        if field not in obj:
+            fail(f"{where}.{field}", "missing")
+    if not isinstance(obj["phrase"], str) or not obj["phrase"]:
+        fail(f"{where}.phrase", "expected a non-empty string")
+    span = obj["char_span"]
+    if not (isinstance(span, list) and len(span) == 2 and all(_is_int(v) for v in span)):
+        fail(f"{where}.char_span", f"expected [start, end] integers, got {span!r}")
+    start, end = span
+    if not 0 <= start < end <= len(caption):
+        fail(f"{where}.char_span", f"{span} is not inside the caption (length {len(caption)})")
+    if caption[start:end] != obj["phrase"]:
+        fail(f"{where}.char_span", f"caption[{start}:{end}] is {caption[start:end]!r}, not {obj['phrase']!r}")
+    if not _is_int(obj["frame"]) or not 0 <= obj["frame"] < t:
+        fail(f"{where}.frame", f"{obj['frame']!r} is not a frame index in [0, {t})")
+    if not _is_int(obj["source_frame"]) or obj["source_frame"] < 0:
+        fail(f"{where}.source_frame", f"{obj['source_frame']!r} is not a source frame index >= 0")
+    box = obj["box"]
+    if not (isinstance(box, list) and len(box) == 4 and all(_is_finite(v) for v in box)):
+        fail(f"{where}.box", f"expected 4 finite numbers, got {box!r}")
+    x0, y0, x1, y1 = box
+    if not (0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1):
+        fail(f"{where}.box", f"{box} is not a normalised xyxy box (0 <= x0 <= x1 <= 1, same for y)")
+    if not _is_finite(obj["score"]):
+        fail(f"{where}.score", f"expected a finite number, got {obj['score']!r}")
+    if not _is_finite(obj["mask_area"]) or obj["mask_area"] < 0:
+        fail(f"{where}.mask_area", f"expected a number >= 0, got {obj['mask_area']!r}")
+    if "confidence" in obj and not (_is_finite(obj["confidence"]) and 0 <= obj["confidence"] <= 1):
+        fail(f"{where}.confidence", f"expected a number in [0, 1], got {obj['confidence']!r}")
+
+
+def _check_arrays(sample: Sample, n: int, t: int, num_points: Optional[int], fail) -> None:
+    """The arrays' dtypes and shapes against the json (N objects, T frames) and the config (K points)."""
     traj, vis, feat = sample.traj, sample.vis, sample.feat
     contract = (("traj", traj, np.float16, 4), ("vis", vis, np.bool_, 3), ("feat", feat, np.float16, 2))
     for field, arr, dtype, ndim in contract:

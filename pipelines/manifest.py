@@ -13,7 +13,6 @@ keeps 8 bytes a row instead, pipelines/annotate/split.py).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -111,31 +110,6 @@ def _expand_urls(spec: str) -> list[str]:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ConfigError(f"input: {missing[0]} not found{more}")
     return urls
-
-
-def fingerprint(paths: list[Path | str]) -> str:
-    """Identifies the manifest for resume: content hash of manifest files, name+size+mtime of (large) tars; an
-    object's ETag and size (what the store says identifies its content, without reading it)."""
-    from annotate.storage import object_version
-
-    h = hashlib.sha256()
-    for p in paths:
-        if isinstance(p, str):
-            h.update(f"{p}:{object_version(p)}".encode())
-            continue
-        h.update(str(p.resolve()).encode())
-        if p.suffix == ".tar":
-            st = p.stat()
-            h.update(f"{st.st_size}:{int(st.st_mtime)}".encode())
-            sidecar = p.with_suffix(".parquet")  # the rows come from it when it is there
-            if sidecar.exists():
-                st = sidecar.stat()
-                h.update(f"parquet:{st.st_size}:{int(st.st_mtime)}".encode())
-        else:
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def duplicate_error(video_id: str, first_row: int) -> str:

@@ -14,7 +14,8 @@ import torch
 
 from annotate.frames import LazyFrames
 from annotate.ground import make_grounder
-from annotate.ground.groundingdino import ClipJob, Prompt, RowQueue, resized_shape
+from annotate.ground.groundingdino import ClipJob, RowQueue, resized_shape
+from annotate.ground.prompts import Prompt
 from annotate.item import ClipItem
 from tests.annotate_helpers import dropped, gdino_cfg, ground_item, make_clip
 

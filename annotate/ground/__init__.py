@@ -5,8 +5,9 @@ One module per backend, named by its `ground.backend` value (docs/design.md, "Ba
 - `base.py`: what both share: boxes fitted to the frame, the same-object merge, the end of a clip's grounding, the
   weights check;
 - `given.py`: boxes from the manifest row, attached to the caption's noun phrases;
-- `groundingdino.py`: transformers' Grounding DINO from a local HF-format dir (prompts, per-phrase scores, the
-  earliest confident grounding frame, batching across the clips of an actor batch).
+- `groundingdino.py`: transformers' Grounding DINO from a local HF-format dir (the grounding frames, batching across
+  the clips of an actor batch, the pick over frames);
+- `prompts.py`: its text side and scores, pure: phrases joined into prompts, each phrase's own tokens, the box rule.
 """
 
 from annotate.config import AnnotateConfig
@@ -14,8 +15,9 @@ from annotate.errors import ConfigError
 from annotate.ground.base import (PLURAL_NOTE, check_weights_dir, cxcywh_to_xyxy, finish, fit_box, mark_same_objects,
                                   need_clip, unmatched_hint)
 from annotate.ground.given import GivenGrounder, implausible_box, match_phrase, parse_given
-from annotate.ground.groundingdino import (GroundingDinoGrounder, PhraseHits, Prompt, build_prompts, ground_positions,
-                                           join_prompt, phrase_token_positions, pick_boxes, prompt_phrase)
+from annotate.ground.groundingdino import GroundingDinoGrounder
+from annotate.ground.prompts import (PhraseHits, Prompt, build_prompts, ground_positions, join_prompt,
+                                     phrase_token_positions, pick_boxes, prompt_phrase)
 from annotate.stage import Stage
 
 __all__ = ["GivenGrounder", "GroundingDinoGrounder", "PLURAL_NOTE", "PhraseHits", "Prompt", "build_prompts",

@@ -102,6 +102,11 @@ def describe_clip(rng, p: WorldParams, objects: list[dict], centres: np.ndarray,
                                "text": f"the {objects[j]['core']} passes in front of the {objects[k]['core']}"})
     events.sort(key=lambda e: (e["start"], e["end"], e["text"]))
 
+    return _caption(rng, objects, verbs, z, crossing), events
+
+
+def _caption(rng, objects: list[dict], verbs: dict, z: np.ndarray, crossing: tuple[int, int] | None) -> str:
+    """One clause per object (the crossing's mover names the other too), in an order drawn from `rng`, joined."""
     clauses, named = [], set()
     if crossing is not None:  # the mover's clause also names the object it crosses
         mover, other = crossing
@@ -121,4 +126,4 @@ def describe_clip(rng, p: WorldParams, objects: list[dict], centres: np.ndarray,
     else:
         rest = ", ".join(clauses[2:-1]) + f" and {clauses[-1]}"
         text = f"{intro} {clauses[0]} while {clauses[1]}. Meanwhile, {rest}."
-    return text, events
+    return text

@@ -123,6 +123,24 @@ def _stacked_sprites(alpha: list[np.ndarray], rgb: list[np.ndarray], sprite_px: 
     return alpha_arr, sprite_arr
 
 
+def _object_records(rng, p: WorldParams, rel_sizes, names, sizes, scale_end, visible_frac, vis_count) -> list[dict]:
+    """Each object's record: its noun phrase (drawn from `rng`, in object order), its attributes, and its grounding
+    frame (the first where enough of it shows for a given box)."""
+    colours, shapes, textures, roles = names
+    size_words = ["small" if s < 0.34 else "large" if s > 0.66 else None  # by the size's place in its range
+                  for s in (rel_sizes - p.min_size) / max(p.max_size - p.min_size, 1e-9)]
+    objects = []
+    for k in range(len(sizes)):
+        phrase, core = noun_phrase(rng, colours[k], shapes[k], textures[k], size_words[k])
+        best = visible_frac[k].max()
+        ok = (vis_count[k] > 0) & (visible_frac[k] >= p.given_box_min_visible * best)
+        ground = int(np.flatnonzero(ok)[0]) if ok.any() else 0
+        objects.append({"phrase": phrase, "core": core, "colour": colours[k], "shape": shapes[k],
+                        "texture": textures[k], "role": roles[k], "size_px": round(float(sizes[k]), 2),
+                        "scale_end": round(float(scale_end[k]), 4), "ground_frame": ground})
+    return objects
+
+
 def make_clip(seed: int, index: int = 0, params: WorldParams | None = None) -> SynthClip:
     """Clip `index` of the world seeded `seed`, fully in memory. Same (seed, index, params) -> same clip."""
     p = (params or WorldParams()).validate()
@@ -158,17 +176,8 @@ def make_clip(seed: int, index: int = 0, params: WorldParams | None = None) -> S
     boxes = visible_boxes(masks)
     centres = np.stack([m.centre for m in motions])
 
-    size_words = ["small" if s < 0.34 else "large" if s > 0.66 else None  # by the size's place in its range
-                  for s in (sizes / side - p.min_size) / max(p.max_size - p.min_size, 1e-9)]
-    objects = []
-    for k in range(n):
-        phrase, core = noun_phrase(rng, colours[k], shapes[k], textures[k], size_words[k])
-        best = visible_frac[k].max()
-        ok = (vis_count[k] > 0) & (visible_frac[k] >= p.given_box_min_visible * best)
-        ground = int(np.flatnonzero(ok)[0]) if ok.any() else 0
-        objects.append({"phrase": phrase, "core": core, "colour": colours[k], "shape": shapes[k],
-                        "texture": textures[k], "role": roles[k], "size_px": round(float(sizes[k]), 2),
-                        "scale_end": round(float(scale_end[k]), 4), "ground_frame": ground})
+    objects = _object_records(rng, p, sizes / side, (colours, shapes, textures, roles), sizes, scale_end, visible_frac,
+                              vis_count)
     in_frame_frac = in_frame / area
     occ_frac = occluded_by / np.maximum(in_frame[:, None, :], 1)
     if crossing is not None and not (occluded_by[crossing].any() or occluded_by[crossing[::-1]].any()):

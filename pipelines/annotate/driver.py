@@ -62,25 +62,7 @@ def _run_locked(cfg: AnnotateJobConfig, rundir, stages: list, inputs: list) -> d
     from pipelines.annotate.plan import actor_plan, cluster_nodes, preflight
 
     t_start = time.perf_counter()
-    out = rundir.path  # the run's folder, or the staging folder of a run in a bucket
-    shards, counts, chash, total = prepare_input(cfg, rundir, inputs)
-    rundir.publish_inputs()
-    save_config(cfg, out / "config.yaml")  # after the resume check: a mismatching run keeps its own config.yaml
-    rundir.publish("config.yaml")
-    rundir.remove_partial()
-    rundir.clear_ledger()  # deaths of an earlier (killed) run are not this run's poison rows
-    done = set(rundir.done_shards())
-    pending = [s for s in shards if s not in done]
-    if done:
-        print(f"annotate: resumed: {len(done)} shard(s) kept ({sum(counts[s] for s in done)} rows), "
-              f"{len(pending)} to do", flush=True)
-    rundir.fetch_inputs(pending)
-    lost = [s for s in pending if not input_file(out, s).is_file()]
-    if lost:
-        raise ConfigError(f"out: the input file of shard {lost[0]} (input/{input_file(out, lost[0]).name}) is "
-                          f"missing, so it cannot be redone; delete {rundir.where} (or choose another out=) and run "
-                          f"again")
-    rundir.unlink("stats.json")  # written last: its presence marks a finished run
+    counts, chash, total, done, pending = _prepare(cfg, rundir, inputs)
     # Samples carry the hash of the stage settings only, as `pite annotate-clip` writes it: a clip gives the same
     # sample either way, and job settings (shard size, workers) do not change its bytes.
     sample_hash = stage_config_hash(cfg)
@@ -103,16 +85,7 @@ def _run_locked(cfg: AnnotateJobConfig, rundir, stages: list, inputs: list) -> d
                    "pipeline": time.perf_counter() - t_run}
         stats = build_stats(cfg, total, tally, rundir.kept_counts(sorted(done)), seconds, chash,
                             plan if pending else None)
-        if stats["written"] + stats["rejected"] != total:  # every row a sample or a reject, never lost or twice
-            raise PiteError(f"{stats['written']} samples + {stats['rejected']} rejects != {total} input rows in "
-                            f"{out}: the run is inconsistent (was a shard file replaced by hand?)")
-        from pipelines.report import write_report
-
-        write_report(out, stats, tally.report_previews())
-        rundir.publish("report.html")
-        rundir.clear_ledger()  # every row is a sample or a reject now: nothing to retry
-        write_atomic(out / "stats.json", json.dumps(stats, indent=1, default=str))  # last: marks the run complete
-        rundir.publish("stats.json")
+        _finish(rundir, stats, tally, total)
     finally:
         if started_ray:
             import ray
@@ -120,6 +93,45 @@ def _run_locked(cfg: AnnotateJobConfig, rundir, stages: list, inputs: list) -> d
             # Our own Ray goes down before the summary is printed, so its late messages do not follow it.
             ray.shutdown()
     return stats
+
+
+def _prepare(cfg: AnnotateJobConfig, rundir, inputs: list):
+    """The split (or the resumed one), published; what an earlier run left cleaned up; (rows per shard, config
+    hash, rows, shards done, shards to do)."""
+    out = rundir.path  # the run's folder, or the staging folder of a run in a bucket
+    shards, counts, chash, total = prepare_input(cfg, rundir, inputs)
+    rundir.publish_inputs()
+    save_config(cfg, out / "config.yaml")  # after the resume check: a mismatching run keeps its own config.yaml
+    rundir.publish("config.yaml")
+    rundir.remove_partial()
+    rundir.clear_ledger()  # deaths of an earlier (killed) run are not this run's poison rows
+    done = set(rundir.done_shards())
+    pending = [s for s in shards if s not in done]
+    if done:
+        print(f"annotate: resumed: {len(done)} shard(s) kept ({sum(counts[s] for s in done)} rows), "
+              f"{len(pending)} to do", flush=True)
+    rundir.fetch_inputs(pending)
+    lost = [s for s in pending if not input_file(out, s).is_file()]
+    if lost:
+        raise ConfigError(f"out: the input file of shard {lost[0]} (input/{input_file(out, lost[0]).name}) is "
+                          f"missing, so it cannot be redone; delete {rundir.where} (or choose another out=) and run "
+                          f"again")
+    rundir.unlink("stats.json")  # written last: its presence marks a finished run
+    return counts, chash, total, done, pending
+
+
+def _finish(rundir, stats: dict, tally: RunTally, total: int) -> None:
+    """Check that every row is a sample or a reject, then the report and stats.json (last: a finished run)."""
+    from pipelines.report import write_report
+
+    if stats["written"] + stats["rejected"] != total:  # every row a sample or a reject, never lost or twice
+        raise PiteError(f"{stats['written']} samples + {stats['rejected']} rejects != {total} input rows in "
+                        f"{rundir.where}: the run is inconsistent (was a shard file replaced by hand?)")
+    write_report(rundir.path, stats, tally.report_previews())
+    rundir.publish("report.html")
+    rundir.clear_ledger()  # every row is a sample or a reject now: nothing to retry
+    write_atomic(rundir.path / "stats.json", json.dumps(stats, indent=1, default=str))
+    rundir.publish("stats.json")
 
 
 def _stream(cfg, rundir, pending, counts, plan, sample_hash: str, tally: RunTally, t_run) -> None:

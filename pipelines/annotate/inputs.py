@@ -6,6 +6,7 @@ OUT/input/pite-NNNNNN.parquet (pipelines/annotate/split.py), which the driver re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -29,7 +30,7 @@ def prepare_input(cfg: AnnotateJobConfig, rundir, inputs: list | None = None) ->
     is the run's folder, or its bucket's staging folder: the split is made there, and published once complete.
     `inputs`: the input files as `expand_inputs` gives them, when the caller has them already.
     """
-    from pipelines.manifest import expand_inputs, fingerprint
+    from pipelines.manifest import expand_inputs
 
     if not hasattr(rundir, "done_shards"):  # a folder given as a path
         from pipelines.annotate.rundir import open_run_dir
@@ -66,6 +67,31 @@ def prepare_input(cfg: AnnotateJobConfig, rundir, inputs: list | None = None) ->
     for name in (STATE, IDS):  # the split is done: what let it continue is not needed any more
         (out / "input" / name).unlink(missing_ok=True)
     return sorted(counts), counts, chash, total
+
+
+def fingerprint(paths: list[Path | str]) -> str:
+    """Identifies the manifest for resume: content hash of manifest files, name+size+mtime of (large) tars; an
+    object's ETag and size (what the store says identifies its content, without reading it)."""
+    from annotate.storage import object_version
+
+    h = hashlib.sha256()
+    for p in paths:
+        if isinstance(p, str):
+            h.update(f"{p}:{object_version(p)}".encode())
+            continue
+        h.update(str(p.resolve()).encode())
+        if p.suffix == ".tar":
+            st = p.stat()
+            h.update(f"{st.st_size}:{int(st.st_mtime)}".encode())
+            sidecar = p.with_suffix(".parquet")  # the rows come from it when it is there
+            if sidecar.exists():
+                st = sidecar.stat()
+                h.update(f"parquet:{st.st_size}:{int(st.st_mtime)}".encode())
+        else:
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def _same_run(run_file: Path, fp: str, chash: str) -> bool:
