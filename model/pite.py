@@ -7,8 +7,9 @@ r"""The PiTe network: frame features -> vision adapter -> spliced into an LLM's 
                                                   \-> last hidden states --localization_projector--> (x, y)
                                                                          \-trajectory_projector---> (K, T, 2)
 
-With `time_pointer` (model/time_pointer.py, opt-in) the next-token logits of frame-number digits also get a
-pointer over the frames.
+Two aids for the tiny demo model, opt-in, each with its glue in its own module: `frame_readout`
+(model/readout.py) adds a pointer over each frame's visual tokens to both heads (`read_heads`), and `time_pointer`
+(model/time_pointer.py) adds one over the frames to the next-token logits of frame-number digits (`_lm_sum`).
 
 A phrase's heads are read at its last token (`head_shift` 0) or at the position before (1, the release's).
 Heads and their L1 run in fp32, masked to supervised tokens x visible points (see model/losses.py).
@@ -29,9 +30,18 @@ from model.config import LoraSettings, PiteConfig
 from model.encoding import IGNORE_INDEX
 from model.losses import lm_sum, masked_l1_sum, normalise
 from model.generate import Generation, generate
-from model.readout import FrameReadout, to_frames
+from model.readout import FrameReadout, add_readout, visual_token_states
 from model.sequence import expand_video, follow, frame_times, position_ids_from_mask, stack_frames
-from model.time_pointer import TimePointer
+from model.time_pointer import TimePointer, add_pointer_term, pointer_context, pointer_keys
+
+
+def _moved(labels, head_pos, head_batch, starts: torch.Tensor, shape) -> tuple:
+    """Labels and head positions where their tokens went when the video positions were expanded."""
+    if labels is not None:
+        labels = follow(labels, starts, shape, IGNORE_INDEX)
+    if head_pos is not None and head_pos.numel():
+        head_pos = starts[head_batch, head_pos]
+    return labels, head_pos
 
 
 @dataclass
@@ -202,16 +212,8 @@ class PiteModel(nn.Module):
             traj = self.trajectory_projector(hidden.to(w.dtype)).float()
             traj = traj.view(-1, self.config.n_points, self.config.n_frames, 2)
             if self.frame_readout is not None and frames is not None and rows is not None:
-                states, n_valid = frames
-                has = n_valid[rows] > 0
-                if bool(has.any()):
-                    r = self.frame_readout(hidden[has].to(w.dtype), rows[has], states.to(w.dtype)).float()
-                    n = n_valid[rows[has]]
-                    valid = (torch.arange(r.shape[1], device=r.device)[None] < n[:, None]).float()
-                    loc = loc.clone()
-                    loc[has] += (r * valid[..., None]).sum(1) / n[:, None].float()
-                    traj = traj.clone()
-                    traj[has] += to_frames(r, n, self.config.n_frames)[:, None]
+                loc, traj = add_readout(self.frame_readout, loc, traj, hidden.to(w.dtype), rows, frames,
+                                        self.config.n_frames)
         return loc, traj
 
     def readout_source(self, hidden: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
@@ -220,79 +222,23 @@ class PiteModel(nn.Module):
 
     def frame_states(self, hidden: torch.Tensor, input_ids: torch.Tensor,
                      starts: Optional[torch.Tensor]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-        """The visual tokens' states of each row: ((B, n_max, S, H), frames per row (B,)); None without video or
-        without a frame readout. `starts` is embed()'s map of the expanded layout (None: unexpanded)."""
+        """The visual tokens' states of each row for the frame readout (model/readout.py); None without one."""
         if self.frame_readout is None:
             return None
-        is_video = input_ids == self.video_token_id
-        per_row = is_video.sum(dim=1)
-        if not bool(per_row.any()):
-            return None
-        s = self.tokens_per_frame
-        b = input_ids.shape[0]
-        rows = torch.arange(b, device=input_ids.device)[:, None].expand_as(input_ids)[is_video]  # (N,) row-major
-        first = starts[is_video] if starts is not None else is_video.nonzero()[:, 1]
-        index = first[:, None] + torch.arange(s, device=first.device)[None]  # (N, S) positions in `hidden`
-        frame = is_video.long().cumsum(dim=1)[is_video] - 1  # each frame's index within its row
-        states = hidden.new_zeros(b, int(per_row.max()), s, hidden.shape[-1])
-        states[rows, frame] = hidden[rows[:, None], index]
-        return states, per_row
+        return visual_token_states(hidden, input_ids, starts, self.video_token_id, self.tokens_per_frame)
 
     def time_keys(self, input_ids: torch.Tensor, video_features) -> Optional[list[Optional[torch.Tensor]]]:
-        """The time pointer's keys of each row's clip ((n, S, d), None for a row with fewer than 2 frames);
-        None without a time pointer."""
-        if self.time_pointer is None:
-            return None
-        is_video = input_ids == self.video_token_id
-        frames = stack_frames(video_features, is_video)
-        out: list[Optional[torch.Tensor]] = [None] * input_ids.shape[0]
-        if frames is None:
-            return out
-        ref = self.localization_projector.weight
-        with torch.autocast(device_type=ref.device.type, enabled=False):
-            keypoints = self.vision_adapter.keypoints(frames.to(ref.dtype))
-            first = 0
-            for b, n in enumerate(is_video.sum(dim=1).tolist()):
-                if n >= 2:
-                    out[b] = self.time_pointer.keys(keypoints[first:first + n])
-                first += n
-        return out
+        """The time pointer's keys of each row's clip (model/time_pointer.py); None without a time pointer."""
+        return None if self.time_pointer is None else pointer_keys(self, input_ids, video_features)
 
     def _time_context(self, token_ids: torch.Tensor, embeds: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """What the time pointer reads at each position (model.time_pointer_reads)."""
-        reads = self.config.time_pointer_reads
-        if reads == "words":  # video positions are never read; their id may lie outside the table
-            return self.time_pointer.words(token_ids.masked_fill(token_ids == self.video_token_id, 0))
-        return embeds if reads == "embeddings" else hidden
+        return pointer_context(self, token_ids, embeds, hidden)
 
     def with_time_pointer(self, logits: torch.Tensor, hidden: torch.Tensor, rows: torch.Tensor,
                           positions: torch.Tensor, keys: Optional[list],
                           context: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Next-token logits (M, V) of states `hidden` (M, H) plus the time pointer's term, for rows with a clip;
-        `logits` unchanged without a time pointer. Per state: its batch row `rows` (M,) and position `positions`
-        (M,); `context` = (what the pointer reads (B, C, H), which positions are text (B, C), the token ids
-        (B, C), video positions holding the video id): the pointer reads the text at or before each state."""
-        if keys is None:
-            return logits
-        out = logits.float().clone()
-        states, is_text, ids = context
-        window = torch.arange(-5, 1, device=ids.device)  # the state's own token and the 5 before it
-        at = positions[:, None] + window[None]
-        recent = torch.where(at >= 0, ids[rows[:, None], at.clamp(min=0)], -1)
-        token_ids = recent[:, -1]
-        floor = self.time_pointer.span_floor(recent)
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            for b in torch.unique(rows).tolist():
-                if keys[b] is None:
-                    continue
-                pick = rows == b
-                text = is_text[b]
-                rank = is_text[b].long().cumsum(0) - 1  # each position's index among the row's text tokens
-                distance = rank[positions[pick]][:, None] - rank[text][None]  # text tokens back (< 0: ahead)
-                out[pick] = self.time_pointer.mix(out[pick], hidden[pick], token_ids[pick], keys[b],
-                                                  states[b, text], distance, floor[pick],
-                                                  replace=self.config.time_pointer_mix == "replace")
-        return out
+        """Next-token logits plus the time pointer's term (model/time_pointer.py); unchanged without keys."""
+        return logits if keys is None else add_pointer_term(self, logits, hidden, rows, positions, keys, context)
 
     def forward(
         self,
@@ -324,10 +270,7 @@ class PiteModel(nn.Module):
         embeds, attention_mask, starts = self.embed(input_ids, video_features, attention_mask)
         token_ids = follow(input_ids, starts, attention_mask.shape, self.video_token_id)
         if starts is not None:  # positions moved: labels and head positions follow their tokens
-            if labels is not None:
-                labels = follow(labels, starts, attention_mask.shape, IGNORE_INDEX)
-            if head_pos is not None and head_pos.numel():
-                head_pos = starts[head_batch, head_pos]
+            labels, head_pos = _moved(labels, head_pos, head_batch, starts, attention_mask.shape)
         selective = logits_at_labels and labels is not None
         body = self.base_llm().get_decoder() if selective else self.llm
         out = body(inputs_embeds=embeds, attention_mask=attention_mask,
@@ -350,22 +293,23 @@ class PiteModel(nn.Module):
             loc_pred, traj_pred = self.read_heads(hidden[head_batch, index], head_batch, frames)
         for name, pred, target, mask in (("loc", loc_pred, loc_target, loc_mask),
                                          ("traj", traj_pred, traj_target, traj_mask)):
-            if pred is not None and target is not None and mask is not None:
-                if target.shape != pred.shape:
-                    raise ValueError(f"{name}_target has shape {tuple(target.shape)}, the head gives "
-                                     f"{tuple(pred.shape)} (n_points/n_frames of the config)")
-                sums[name], local[name] = masked_l1_sum(pred, target, mask)
-            else:
-                sums[name], local[name] = self._nothing(hidden)
+            sums[name], local[name] = self._head_l1(name, pred, target, mask, hidden)
 
-        lm = normalise(sums["lm"], local["lm"], counts.get("lm"))
-        loc = normalise(sums["loc"], local["loc"], counts.get("loc"))
-        traj = normalise(sums["traj"], local["traj"], counts.get("traj"))
+        lm, loc, traj = (normalise(sums[k], local[k], counts.get(k)) for k in ("lm", "loc", "traj"))
         c = self.config
         loss = c.lambda_lm * lm + c.lambda_loc * loc + c.lambda_traj * traj + self._ddp_anchor()
         return PiteOutput(loss=loss, lm_loss=lm, loc_loss=loc, traj_loss=traj,
                           sums={k: v.detach() for k, v in sums.items()}, counts=local,
                           logits=logits, loc_pred=loc_pred, traj_pred=traj_pred)
+
+    def _head_l1(self, name: str, pred, target, mask, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed L1, count) of one head where it has a target, else zeros."""
+        if pred is None or target is None or mask is None:
+            return self._nothing(hidden)
+        if target.shape != pred.shape:
+            raise ValueError(f"{name}_target has shape {tuple(target.shape)}, the head gives "
+                             f"{tuple(pred.shape)} (n_points/n_frames of the config)")
+        return masked_l1_sum(pred, target, mask)
 
     @staticmethod
     def _nothing(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ the model refuses that combination.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -64,3 +65,40 @@ def to_frames(per_frame: torch.Tensor, n_valid: torch.Tensor, n_frames: int) -> 
         else:
             out[i] = F.interpolate(seq, size=n_frames, mode="linear", align_corners=True)[0].T
     return out
+
+
+def visual_token_states(hidden: torch.Tensor, input_ids: torch.Tensor, starts: Optional[torch.Tensor],
+                        video_token_id: int, s: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """The visual tokens' states of each row: ((B, n_max, S, H), frames per row (B,)); None without video. `starts`
+    is PiteModel.embed()'s map of the expanded layout (None: unexpanded); S tokens per frame."""
+    is_video = input_ids == video_token_id
+    per_row = is_video.sum(dim=1)
+    if not bool(per_row.any()):
+        return None
+    b = input_ids.shape[0]
+    rows = torch.arange(b, device=input_ids.device)[:, None].expand_as(input_ids)[is_video]  # (N,) row-major
+    first = starts[is_video] if starts is not None else is_video.nonzero()[:, 1]
+    index = first[:, None] + torch.arange(s, device=first.device)[None]  # (N, S) positions in `hidden`
+    frame = is_video.long().cumsum(dim=1)[is_video] - 1  # each frame's index within its row
+    states = hidden.new_zeros(b, int(per_row.max()), s, hidden.shape[-1])
+    states[rows, frame] = hidden[rows[:, None], index]
+    return states, per_row
+
+
+def add_readout(readout: FrameReadout, loc: torch.Tensor, traj: torch.Tensor, hidden: torch.Tensor,
+                rows: torch.Tensor, frames: tuple[torch.Tensor, torch.Tensor],
+                n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The heads' outputs (M, 2), (M, K, T, 2) plus the readout's term for the states whose row has frames:
+    its mean over the frames for the localisation, its per-frame positions resampled to T for every point."""
+    states, n_valid = frames
+    has = n_valid[rows] > 0
+    if not bool(has.any()):
+        return loc, traj
+    r = readout(hidden[has], rows[has], states.to(hidden.dtype)).float()
+    n = n_valid[rows[has]]
+    valid = (torch.arange(r.shape[1], device=r.device)[None] < n[:, None]).float()
+    loc = loc.clone()
+    loc[has] += (r * valid[..., None]).sum(1) / n[:, None].float()
+    traj = traj.clone()
+    traj[has] += to_frames(r, n, n_frames)[:, None]
+    return loc, traj

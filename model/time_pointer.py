@@ -51,6 +51,7 @@ from torch import nn
 
 from annotate.errors import ConfigError
 from model.conversation import format_span
+from model.sequence import stack_frames
 
 DIGITS = 10
 N_NUMBERS = 100  # VTimeLLM's frame indices 00..99
@@ -247,3 +248,58 @@ def attach_time_tokens(config, tokenizer) -> None:
     if config.time_pointer:
         config.time_token_ids = time_token_ids(tokenizer)
 
+
+# --- the glue to PiteModel: keys per clip, what the pointer reads, and its term added to the logits ---------------
+
+
+def pointer_keys(model, input_ids: torch.Tensor, video_features) -> list[Optional[torch.Tensor]]:
+    """The time pointer's keys of each row's clip ((n, S, d), None for a row with fewer than 2 frames)."""
+    is_video = input_ids == model.video_token_id
+    frames = stack_frames(video_features, is_video)
+    out: list[Optional[torch.Tensor]] = [None] * input_ids.shape[0]
+    if frames is None:
+        return out
+    ref = model.localization_projector.weight
+    with torch.autocast(device_type=ref.device.type, enabled=False):
+        keypoints = model.vision_adapter.keypoints(frames.to(ref.dtype))
+        first = 0
+        for b, n in enumerate(is_video.sum(dim=1).tolist()):
+            if n >= 2:
+                out[b] = model.time_pointer.keys(keypoints[first:first + n])
+            first += n
+    return out
+
+
+def pointer_context(model, token_ids: torch.Tensor, embeds: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """What the time pointer reads at each position (model.time_pointer_reads)."""
+    reads = model.config.time_pointer_reads
+    if reads == "words":  # video positions are never read; their id may lie outside the table
+        return model.time_pointer.words(token_ids.masked_fill(token_ids == model.video_token_id, 0))
+    return embeds if reads == "embeddings" else hidden
+
+
+def add_pointer_term(model, logits: torch.Tensor, hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
+                     keys: list, context: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Next-token logits (M, V) of states `hidden` (M, H) plus the time pointer's term, for rows with a clip. Per
+    state: its batch row `rows` (M,) and position `positions` (M,); `context` = (what the pointer reads (B, C, H),
+    which positions are text (B, C), the token ids (B, C), video positions holding the video id): the pointer
+    reads the text at or before each state."""
+    out = logits.float().clone()
+    states, is_text, ids = context
+    window = torch.arange(-5, 1, device=ids.device)  # the state's own token and the 5 before it
+    at = positions[:, None] + window[None]
+    recent = torch.where(at >= 0, ids[rows[:, None], at.clamp(min=0)], -1)
+    token_ids = recent[:, -1]
+    pointer = model.time_pointer
+    floor = pointer.span_floor(recent)
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        for b in torch.unique(rows).tolist():
+            if keys[b] is None:
+                continue
+            pick = rows == b
+            text = is_text[b]
+            rank = is_text[b].long().cumsum(0) - 1  # each position's index among the row's text tokens
+            distance = rank[positions[pick]][:, None] - rank[text][None]  # text tokens back (< 0: ahead)
+            out[pick] = pointer.mix(out[pick], hidden[pick], token_ids[pick], keys[b], states[b, text], distance,
+                                    floor[pick], replace=model.config.time_pointer_mix == "replace")
+    return out
