@@ -277,8 +277,7 @@ class PiteModel(nn.Module):
                    position_ids=position_ids_from_mask(attention_mask),
                    output_hidden_states=not selective, use_cache=False, return_dict=True)
         hidden = out.last_hidden_state if selective else out.hidden_states[-1]
-        counts = counts or {}
-        sums, local = {}, {}
+        counts, sums, local = counts or {}, {}, {}
         logits = None if selective else out.logits
         if labels is not None:
             logits, (sums["lm"], local["lm"]) = self._lm_sum(logits, labels, hidden, embeds, token_ids,
