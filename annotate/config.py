@@ -83,7 +83,7 @@ class TrackConfig:
     win_size: int = 21  # lk window
     max_level: int = 3  # lk pyramid levels
     device: str = "auto"  # cotracker: auto (the GPU Ray assigned, else the CPU) | cpu | cuda | cuda:N | mps
-    # Tracking frames per tracker call: a longer clip is tracked in overlapping windows, stitched (track_windows),
+    # Tracking frames per tracker call: a longer clip is tracked in overlapping windows, stitched (track/windows.py),
     # and its frames are decoded a window at a time; a clip of at most `window` frames is tracked in one call and
     # its frames stay in memory. 0 = always the whole clip in one call, all frames in memory.
     window: int = 200
