@@ -4,7 +4,7 @@ No Ray and no file layouts here (docs/design.md, "Layout"): every function takes
 
 The chain, in the order a clip flows through it (`pipeline.STAGE_NAMES`); a stage with more than one module is a
 package whose `__init__` is its public face, with one module per backend named by its config value:
-- `decode/`: PyAV decoding of the T samples and the tracking frames (`video.py`, `open.py`);
+- `decode/`: PyAV decoding of the T samples and the tracking frames (`video.py`, `container.py`);
 - `nouns/`: the caption's noun phrases (spaCy, `rules.py`);
 - `ground/`: a box per phrase (`given.py`, `groundingdino.py`; shared `base.py`);
 - `segment/`: a mask per box (`grabcut.py`, `sam.py`, `sam_build.py`; shared `base.py`);

@@ -125,6 +125,15 @@ def test_every_stage_is_a_module_or_a_package_and_nothing_beside_it():
     assert stray == [], f"a stage's module belongs in its package (annotate/<stage>/<backend>.py): {stray}"
 
 
+def test_no_module_is_named_like_a_builtin():
+    """A submodule becomes an attribute of its package once imported: `annotate/decode/open.py` made every `open(...)`
+    in `annotate/decode/__init__.py` call the module."""
+    import builtins
+
+    clash = [m for m in modules() if m.rsplit(".", 1)[-1] in dir(builtins)]
+    assert clash == [], f"modules named like a builtin (they shadow it in their package's __init__): {clash}"
+
+
 def test_no_private_name_is_imported_from_another_module():
     assert private_imports(modules()) == []
 

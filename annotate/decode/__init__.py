@@ -1,7 +1,7 @@
 """The first stage: decode the clip's T samples and its tracking frames, one backend (PyAV).
 
 Modules: `video.py` (the decoding: a demux scan for timestamps, then the frames wanted, seeking where it pays),
-`open.py` (opening a path or a file object with one clear DecodeError per kind of bad input). This module: the stage,
+`container.py` (opening a path or a file object with one clear DecodeError per kind of bad input). This module: the stage,
 and reading a video out of a tar member or a bucket.
 """
 

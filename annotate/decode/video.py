@@ -24,7 +24,7 @@ import av
 import numpy as np
 
 from annotate.clip import DecodedClip, VideoInfo
-from annotate.decode.open import Source, open_video, source_name
+from annotate.decode.container import Source, open_video, source_name
 from annotate.errors import DecodeError
 from annotate.frames import FrameFiler, FrameSize, LazyFrames
 
