@@ -257,6 +257,11 @@ class ShardWriter:
         self._rejects.append({"video_id": str(video_id), "row": int(row), "stage": str(stage), "error": str(error)})
 
     @property
+    def index_rows(self) -> list[dict]:
+        """The index rows of the samples added so far (key, caption, n_objects, confidence, ...)."""
+        return list(self._rows)
+
+    @property
     def n_samples(self) -> int:
         return len(self._rows)
 

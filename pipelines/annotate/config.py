@@ -26,6 +26,16 @@ class SynthSettings:
 
 
 @dataclass
+class CardSettings:
+    """What the dataset card (OUT/README.md) cannot know from the run; left out of the card when empty."""
+
+    license: str = ""  # the annotations' licence as the Hub spells it (cc-by-4.0, apache-2.0, ...); "" says not set
+    pretty_name: str = ""
+    source: str = ""  # where the videos and captions come from (e.g. "InternVid-10M-FLT")
+    source_license: str = ""
+
+
+@dataclass
 class AnnotateJobConfig(AnnotateConfig):
     name: str = "annotate"  # run name: the default output dir is runs/annotate/<name>
     input: str = ""  # manifest (.jsonl/.csv/.parquet) or video2dataset tars, brace patterns allowed
@@ -51,6 +61,7 @@ class AnnotateJobConfig(AnnotateConfig):
     max_reject_share: float = 1.0
     progress: bool = True
     synth: SynthSettings = field(default_factory=SynthSettings)
+    card: CardSettings = field(default_factory=CardSettings)
     # Stage names to fail on purpose (tests of the fault model): "<stage>:<video_id>:raise|exit".
     fault_injection: list[str] = field(default_factory=list)
 
@@ -59,7 +70,7 @@ class AnnotateJobConfig(AnnotateConfig):
 # resume check), so they may differ on resume. max_attempts and fault_injection only decide which rows are rejects.
 NOT_HASHED = ("input", "out", "staging", "executor", "progress", "ray_address", "num_cpus", "num_gpus", "cpu_workers",
               "gpu_workers", "gpus_per_actor", "decode_threads", "actor_memory_gb", "report_samples", "synth", "name",
-              "batch_size", "max_attempts", "fault_injection", "max_reject_share")
+              "batch_size", "max_attempts", "fault_injection", "max_reject_share", "card")
 
 
 def resolve_out(cfg: AnnotateJobConfig) -> Path | str:

@@ -85,7 +85,7 @@ def _run_locked(cfg: AnnotateJobConfig, rundir, stages: list, inputs: list) -> d
                    "pipeline": time.perf_counter() - t_run}
         stats = build_stats(cfg, total, tally, rundir.kept_counts(sorted(done)), seconds, chash,
                             plan if pending else None)
-        _finish(rundir, stats, tally, total)
+        _finish(rundir, stats, tally, total, cfg.name)
     finally:
         if started_ray:
             import ray
@@ -120,8 +120,10 @@ def _prepare(cfg: AnnotateJobConfig, rundir, inputs: list):
     return counts, chash, total, done, pending
 
 
-def _finish(rundir, stats: dict, tally: RunTally, total: int) -> None:
-    """Check that every row is a sample or a reject, then the report and stats.json (last: a finished run)."""
+def _finish(rundir, stats: dict, tally: RunTally, total: int, name: str) -> None:
+    """Check that every row is a sample or a reject, then the report, the dataset card and stats.json (last: a
+    finished run)."""
+    from pipelines.card import write_card
     from pipelines.report import write_report
 
     if stats["written"] + stats["rejected"] != total:  # every row a sample or a reject, never lost or twice
@@ -129,6 +131,8 @@ def _finish(rundir, stats: dict, tally: RunTally, total: int) -> None:
                         f"{rundir.where}: the run is inconsistent (was a shard file replaced by hand?)")
     write_report(rundir.path, stats, tally.report_previews())
     rundir.publish("report.html")
+    write_card(rundir.path, stats, name)
+    rundir.publish("README.md")
     rundir.clear_ledger()  # every row is a sample or a reject now: nothing to retry
     write_atomic(rundir.path / "stats.json", json.dumps(stats, indent=1, default=str))
     rundir.publish("stats.json")

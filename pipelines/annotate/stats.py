@@ -24,6 +24,41 @@ def reason_class(msg: str) -> str:
     return re.sub(r"\d+", "N", msg)[:80]
 
 
+class SampleShapes:
+    """Objects per sample and each object's confidence as running histograms (10 bins over [0, 1]): what the
+    dataset card shows, without a list per row."""
+
+    BINS = 10
+
+    def __init__(self):
+        self.objects: Counter = Counter()
+        self.confidence = [0] * self.BINS
+        self.unscored = 0  # objects without a confidence (samples made without the confidence stage)
+
+    def add(self, n_objects: int, confidences) -> None:
+        self.objects[int(n_objects)] += 1
+        for c in confidences or []:
+            if c is None or not math.isfinite(c):
+                self.unscored += 1
+            else:
+                self.confidence[min(self.BINS - 1, max(0, int(c * self.BINS)))] += 1
+
+    def merge(self, other: "SampleShapes") -> "SampleShapes":
+        out = SampleShapes()
+        out.objects = self.objects + other.objects
+        out.confidence = [a + b for a, b in zip(self.confidence, other.confidence)]
+        out.unscored = self.unscored + other.unscored
+        return out
+
+    def to_stats(self) -> dict:
+        n = sum(self.objects.values())
+        mean = sum(k * v for k, v in self.objects.items()) / n if n else None
+        return {"objects_per_sample": {"mean": None if mean is None else round(mean, 3),
+                                       "counts": {str(k): v for k, v in sorted(self.objects.items())}},
+                "confidence_histogram": {"bins": [round(i / self.BINS, 1) for i in range(self.BINS + 1)],
+                                         "objects": list(self.confidence), "unscored": self.unscored}}
+
+
 def counts_from_done(out, done: list[int], filesystem=None, threads: int = 1) -> dict:
     """Counts of shards kept from an earlier (interrupted) run, so stats cover the whole manifest: rows from the
     index's footer, reject stages and quality figures from their own columns (never whole files). `out` is a
@@ -31,34 +66,37 @@ def counts_from_done(out, done: list[int], filesystem=None, threads: int = 1) ->
     (a request is tens of ms; 150k shards one at a time would take hours)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    written, by_stage, quality = 0, Counter(), QualitySums()
+    written, by_stage, quality, shapes = 0, Counter(), QualitySums(), SampleShapes()
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for rows, stages, sums in pool.map(lambda s: _shard_counts(out, s, filesystem), done):
+        for rows, stages, sums, objects in pool.map(lambda s: _shard_counts(out, s, filesystem), done):
             written += rows
             by_stage.update(stages)
             for col, (total, n) in sums.items():
                 quality.add_many(col, total, n)
+            for n_objects, confidences in objects:
+                shapes.add(n_objects, confidences)
     return {"written": written, "rejected": sum(by_stage.values()), "by_stage": by_stage, "quality": quality,
-            "shards": len(done)}
+            "shards": len(done), "shapes": shapes}
 
 
-def _shard_counts(out, s: int, filesystem) -> tuple[int, list[str], dict[str, tuple[float, int]]]:
+def _shard_counts(out, s: int, filesystem) -> tuple[int, list[str], dict[str, tuple[float, int]], list]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     index = f"{out}/index/pite-{s:06d}.parquet"
     meta = pq.read_metadata(index, filesystem=filesystem)
     columns = [c for c in QUALITY_COLUMNS if c in meta.schema.names]
-    sums = {}
-    if columns and meta.num_rows:
-        table = pq.read_table(index, columns=columns, filesystem=filesystem)
+    sums, objects = {}, []
+    if meta.num_rows:
+        table = pq.read_table(index, columns=columns + ["n_objects", "confidence"], filesystem=filesystem)
         for col in columns:
             values = table.column(col).drop_null()
             if len(values):
                 sums[col] = (pc.sum(values).as_py(), len(values))
+        objects = list(zip(table.column("n_objects").to_pylist(), table.column("confidence").to_pylist()))
     stages = pq.read_table(f"{out}/rejects/pite-{s:06d}.parquet", columns=["stage"],
                            filesystem=filesystem).column("stage").to_pylist()
-    return meta.num_rows, stages, sums
+    return meta.num_rows, stages, sums, objects
 
 
 def package_version(name: str) -> str | None:
@@ -122,6 +160,7 @@ class RunTally:
         self.driver_wait = 0.0  # seconds the driver waited for the actors
         self.driver_write = 0.0  # seconds the writer thread spent writing shards
         self.shards = 0  # shards the writer committed
+        self.shapes = SampleShapes()  # written by the writer thread only
         self.driver_write_blocked = 0.0  # seconds the driver waited for the writer (it was the bottleneck)
 
     def count_input(self, table) -> None:
@@ -146,11 +185,14 @@ class RunTally:
                              first=int(rec["row"]) < report_samples)
         rec["preview"] = b""  # drawn into the report; the shard does not need it
 
-    def add_written(self, written: int, rejects: list[tuple[str, str, str]], figures: list[dict]) -> None:
-        """A shard the writer committed: its samples, its rejects (stage, message, video_id) and the quality
-        figures of the samples it holds."""
+    def add_written(self, written: int, rejects: list[tuple[str, str, str]], figures: list[dict],
+                    shapes: list[tuple[int, list]]) -> None:
+        """A shard the writer committed: its samples, its rejects (stage, message, video_id), the quality figures
+        of the samples it holds and their (objects, confidences)."""
         self.written += written
         self.shards += 1
+        for n_objects, confidences in shapes:
+            self.shapes.add(n_objects, confidences)
         for quality in figures:
             for k, v in quality.items():
                 if v is not None and math.isfinite(v):
@@ -208,6 +250,7 @@ def build_stats(cfg, total: int, tally: RunTally, prev: dict, seconds: dict, cha
                          "bytes_per_clip": round((tally.bytes_in + tally.bytes_out) / processed) if processed else None},
         "plan": None if plan is None else {"actors": plan.workers, "cpus_per_actor": plan.num_cpus,
                                            "gpus_per_actor": plan.num_gpus, "memory_gb_per_actor": plan.memory_gb},
+        **tally.shapes.merge(prev["shapes"]).to_stats(),
         "quality": quality.means(),
         "quality_clips": dict(sorted(quality.counts.items())),
         "notes": tally.notes,

@@ -23,10 +23,10 @@ QUEUE = 2  # shards waiting for the writer; the driver holds at most this many f
 
 
 def write_shard(writer_cls, out: Path, shard: int, recs: list[dict], cfg,
-                quality_columns) -> tuple[int, list, list]:
+                quality_columns) -> tuple[int, list, list, list]:
     """One shard's tar, index and rejects from its output rows; returns (samples written, [(stage, reason,
-    video_id)], [quality figures of each sample written]) where a sample the shard cannot hold (its key twice)
-    became a reject."""
+    video_id)], [quality figures of each sample written], [(objects, [confidence of each]) of each sample]) where a
+    sample the shard cannot hold (its key twice) became a reject."""
     rejects, figures = [], []
     with writer_cls(out, shard, quality_columns=quality_columns, num_frames=cfg.num_frames,
                     num_points=cfg.num_points) as writer:
@@ -45,7 +45,8 @@ def write_shard(writer_cls, out: Path, shard: int, recs: list[dict], cfg,
             writer.reject(r["video_id"], int(r["row"]), stage, msg)
             rejects.append((stage, msg, r["video_id"]))
         n = writer.n_samples
-    return n, rejects, figures
+        shapes = [(r["n_objects"], r["confidence"]) for r in writer.index_rows]
+    return n, rejects, figures, shapes
 
 
 class ShardSink:
