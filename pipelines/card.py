@@ -118,7 +118,14 @@ def card_text(stats: dict, name: str) -> str:
             "index = ds.dataset('index').to_table().to_pandas()", "",
             "import webdataset as wds  # the samples: json + traj.npy + vis.npy + feat.npy per key",
             "samples = wds.WebDataset('shards/pite-{000000..%06d}.tar', shardshuffle=False).decode()"
-            % max(0, stats["shards"] - 1), "```", "",
+            % max(0, stats["shards"] - 1), "",
+            "from datasets import load_dataset  # the .npy members come as nested lists",
+            "ds = load_dataset('webdataset', data_files={'train': 'shards/*.tar'}, split='train')", "",
+            "import duckdb  # pick samples by confidence and caption; shard and key say where they are",
+            "duckdb.sql(\"SELECT shard, key, list_min(confidence) AS least FROM 'index/*.parquet' \"",
+            "           \"WHERE list_min(confidence) >= 0.5 ORDER BY least DESC\").show()", "```", "",
+            "With this repository's code, `pipelines.readers.from_datasets_row` and `from_webdataset` turn a sample "
+            "into numpy arrays of the schema's dtypes and shapes.", "",
             "`pite inspect . --validate` reads every sample and checks it against the schema.", ""]
     limits = [text for (stage, backend), text in LIMITS.items() if (cfg.get(stage) or {}).get("backend") == backend]
     min_conf = (cfg.get("filter") or {}).get("min_confidence", 0.0)
