@@ -197,13 +197,7 @@ def clip_cfg(weights: str, **features) -> AnnotateConfig:
 
 def segment_item(frames: np.ndarray, boxes: list[tuple[int, list[float]]]) -> ClipItem:
     """An item whose clip tracks `frames`, with one phrase + grounding per (track frame, xyxy box)."""
-    f = len(frames)
-    info = VideoInfo(path="x.mp4", width=frames.shape[2], height=frames.shape[1], fps=10.0, num_frames=f,
-                     duration=f / 10.0)
-    idx = np.arange(f)
-    clip = DecodedClip(info=info, scale=1.0, sample_indices=idx, sample_times=idx / 10.0, sample_frames=frames,
-                       track_indices=idx, track_times=idx / 10.0, track_frames=frames)
-    item = ClipItem(row=0, video_id="v", video="x.mp4", caption="", clip=clip)
+    item = item_with_frames(frames)
     for i, (t, box) in enumerate(boxes):
         item.phrases.append(Phrase(text=f"object {i}", start=0, end=1))
         item.groundings.append(Grounding(phrase_index=i, track_frame=t, source_frame=t, box=np.array(box, float)))
@@ -277,3 +271,19 @@ def textured(i: int, h: int, w: int) -> np.ndarray:
     rng = np.random.default_rng(i)
     noise = rng.integers(-6, 7, (h, w, 1))
     return np.clip(np.array(index_colour(i)) + noise, 0, 255).astype(np.uint8)
+
+
+# --- a manifest of synthetic clips, as the job's tests feed it
+
+
+def write_manifest(root: Path, seed: int, n: int, params) -> Path:
+    """n clips of the synthetic world `seed` written under `root`, and their manifest.jsonl (paths relative to it)."""
+    import json
+
+    from annotate.synthetic import make_clip
+    from pipelines.synth import write_clip
+
+    rows = [write_clip(make_clip(seed, i, params), root, params) for i in range(n)]
+    path = root / "manifest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

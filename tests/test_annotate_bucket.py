@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from annotate.synthetic import WorldParams, make_clip
+from annotate.synthetic import WorldParams
 from pipelines.shards import iter_members
-from pipelines.synth import write_clip
+from tests.annotate_helpers import write_manifest
 
 pytest.importorskip("s3fs")
 REPO = Path(__file__).resolve().parents[1]
@@ -77,8 +77,7 @@ def bucket_fs(env: dict):
 def clips_in_bucket(s3_env, tmp_path_factory) -> tuple[Path, str]:
     """N synthetic clips (ground truth, given boxes): a local folder with its manifest, and the same in a bucket."""
     root = tmp_path_factory.mktemp("clips")
-    rows = [write_clip(make_clip(7, i, PARAMS), root, PARAMS) for i in range(N)]
-    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_manifest(root, 7, N, PARAMS)
     fs = bucket_fs(s3_env)
     fs.mkdir("pite-in")
     fs.mkdir("pite-out")

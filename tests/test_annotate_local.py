@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from annotate.synthetic import WorldParams, make_clip
+from annotate.synthetic import WorldParams
 from pipelines.shards import shard_paths
-from pipelines.synth import write_clip
+from tests.annotate_helpers import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "annotate" / "demo.yaml"
@@ -25,11 +25,7 @@ NO_RAY = ("import sys; sys.modules['ray'] = None; from pipelines.annotate import
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("clips")
-    rows = [write_clip(make_clip(11, i, PARAMS), root, PARAMS) for i in range(5)]
-    path = root / "manifest.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_manifest(tmp_path_factory.mktemp("clips"), 11, 5, PARAMS)
 
 
 def run(args: list[str], no_ray: bool) -> subprocess.CompletedProcess:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from annotate.synthetic import WorldParams, make_clip
+from annotate.synthetic import WorldParams
 from pipelines.card import size_category
 from pipelines.shards import shard_paths
-from pipelines.synth import write_clip
+from tests.annotate_helpers import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "annotate" / "demo.yaml"
@@ -26,11 +26,7 @@ PARAMS = WorldParams(width=128, height=128, frames=30)
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("clips")
-    rows = [write_clip(make_clip(5, i, PARAMS), root, PARAMS) for i in range(5)]
-    path = root / "manifest.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_manifest(tmp_path_factory.mktemp("clips"), 5, 5, PARAMS)
 
 
 def annotate(manifest: Path, out: Path, *extra: str) -> None:

@@ -5,7 +5,6 @@ reads."""
 from __future__ import annotations
 
 import glob
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotate.synthetic import WorldParams, make_clip
+from annotate.synthetic import WorldParams
 from pipelines.readers import from_datasets_row, from_webdataset, index_query
 from pipelines.shards import iter_members, iter_samples
-from pipelines.synth import write_clip
+from tests.annotate_helpers import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "annotate" / "demo.yaml"
@@ -26,8 +25,7 @@ PARAMS = WorldParams(width=128, height=128, frames=30)
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("clips")
-    rows = [write_clip(make_clip(9, i, PARAMS), root, PARAMS) for i in range(5)]
-    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_manifest(root, 9, 5, PARAMS)
     out = root / "run"
     r = subprocess.run([sys.executable, "-m", "pipelines.annotate", "--config", str(CONFIG),
                         f"input={root / 'manifest.jsonl'}", f"out={out}", "synth.n=0", "num_frames=16",
