@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from annotate.config import AnnotateConfig
@@ -11,6 +12,26 @@ from annotate.schema import Sample, build_sample
 from annotate.track import read_off_samples
 
 STAGE = "assemble"
+OUTLINE_POINTS = 48  # vertices kept per object outline: enough for a browser to draw the mask's shape, ~0.5 KB of json
+OUTLINE_PARTS = 3  # largest separate parts of a mask kept (an occluded object splits in two)
+
+
+def mask_outline(mask: np.ndarray, max_points: int = OUTLINE_POINTS, parts: int = OUTLINE_PARTS) -> list:
+    """A bool (h, w) mask -> its outline as polygons of [x, y] in [0, 1] of the frame (largest parts first, each
+    simplified with Douglas-Peucker until the polygons together have at most `max_points` vertices); [] if empty."""
+    h, w = mask.shape
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contours = sorted(contours, key=cv2.contourArea, reverse=True)[:parts]
+    if not contours:
+        return []
+    eps = 0.5
+    while True:
+        polys = [cv2.approxPolyDP(c, eps, True).reshape(-1, 2) for c in contours]
+        if sum(len(p) for p in polys) <= max_points:
+            break
+        eps *= 1.5
+    scale = np.array([w, h], dtype=np.float64)
+    return [[[round(float(x), 4), round(float(y), 4)] for x, y in (p + 0.5) / scale] for p in polys if len(p) >= 3]
 
 
 def assemble(item: ClipItem, cfg: AnnotateConfig, config_hash: str = "") -> Sample:
@@ -39,6 +60,8 @@ def assemble(item: ClipItem, cfg: AnnotateConfig, config_hash: str = "") -> Samp
             "score": float(g.score),
             "mask_area": float(g.mask_area if g.mask_area is not None else item.masks[i].mean()),  # share of frame
         }
+        if i < len(item.masks) and item.masks[i] is not None:
+            obj["outline"] = mask_outline(item.masks[i])  # the mask's shape at `frame`, for viewers
         if g.confidence is not None:
             obj["confidence"] = round(float(g.confidence), 4)
             obj["confidence_signals"] = {k: (round(float(v), 4) if np.isfinite(v) else None)

@@ -261,6 +261,8 @@ def _check_object(obj: dict, where: str, caption: str, t: int, fail) -> None:
         fail(f"{where}.score", f"expected a finite number, got {obj['score']!r}")
     if not _is_finite(obj["mask_area"]) or obj["mask_area"] < 0:
         fail(f"{where}.mask_area", f"expected a number >= 0, got {obj['mask_area']!r}")
+    if "outline" in obj and not _is_outline(obj["outline"]):
+        fail(f"{where}.outline", "expected polygons of >= 3 [x, y] points in [0, 1]")
     if "confidence" in obj and not (_is_finite(obj["confidence"]) and 0 <= obj["confidence"] <= 1):
         fail(f"{where}.confidence", f"expected a number in [0, 1], got {obj['confidence']!r}")
 
@@ -290,6 +292,12 @@ def _check_arrays(sample: Sample, n: int, t: int, num_points: Optional[int], fai
         fail("traj", f"{int((~np.isfinite(traj)).sum())} values are not finite")
     if not np.isfinite(feat).all():
         fail("feat", f"{int((~np.isfinite(feat)).sum())} values are not finite")
+
+
+def _is_outline(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(p, list) and len(p) >= 3 and all(isinstance(xy, list) and len(xy) == 2 and all(
+            _is_finite(c) and 0 <= c <= 1 for c in xy) for xy in p) for p in v)
 
 
 def _is_int(v: Any) -> bool:

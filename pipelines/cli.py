@@ -16,6 +16,7 @@ COMMANDS = {
     "head": ("pipelines.head", "start, inspect or stop a loopback Ray head for this machine (token auth on)"),
     "ablate": ("pipelines.ablate.cli", "train and evaluate a grid of variants x seeds, with error bars"),
     "viz": ("pipelines.viz", "draw a sample's tracks on its frames"),
+    "browse": ("pipelines.browse.cli", "write a static site to sort, filter and look through a run in a browser"),
     "convert": ("pipelines.convert", "convert VTimeLLM/LLaVA data into PiTe shards"),
     "weights": ("pipelines.weights", "write random weights for every production backend, in the on-disk form users "
                 "download"),

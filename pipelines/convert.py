@@ -129,7 +129,7 @@ def sample_to_record(sample: Sample) -> dict:
 def convert_vtimellm(json_path: str | Path, features: str | Path, out: str | Path, rows_per_shard: int = 1000,
                      progress: bool = True) -> dict:
     """Write RUN_DIR/shards, index, rejects and stats.json; returns the stats."""
-    from tqdm import tqdm
+    from pipelines.progress import job_bar
 
     from pipelines.shards import ShardWriter, open_index, open_rejects, shard_done
 
@@ -155,7 +155,7 @@ def convert_vtimellm(json_path: str | Path, features: str | Path, out: str | Pat
         ids.append(rid if seen[rid] == 0 else f"{rid}#{seen[rid]}")
         seen[rid] += 1
     n_shards = (len(records) + rows_per_shard - 1) // rows_per_shard
-    for s in tqdm(range(n_shards), desc="convert", unit="shard", disable=not progress):
+    for s in job_bar(range(n_shards), desc="convert", unit="shard", enabled=progress):
         if shard_done(out, s):
             continue  # resume: a shard whose three files exist is kept
         with ShardWriter(out, s) as writer:

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
+from pipelines.progress import job_bar
 
 from annotate.errors import PiteError, SchemaError
 from annotate.schema import Sample, validate_sample
@@ -133,7 +133,7 @@ def validate_run(
     run = Path(run_dir)
     checked, problems = 0, []
     first_seen: dict[str, str] = {}  # key -> tar name, to catch a key in two shards
-    for i in tqdm(list_done_shards(run), desc="validate", unit="shard", disable=not progress):
+    for i in job_bar(list_done_shards(run), desc="validate", unit="shard", enabled=progress):
         paths = shard_paths(run, i)
         tar_name, index_name = paths["tar"].name, paths["index"].name
         rows: Optional[dict] = {}

@@ -19,7 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import yaml
-from tqdm import tqdm
+from pipelines.progress import job_bar
 
 from annotate.errors import ConfigError
 from annotate.synthetic import SynthClip, WorldParams, encode_mp4, make_clip, params_dict
@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(args.seed, i, params, str(out)) for i in range(args.start, args.start + args.n)]
     bar = dict(total=len(jobs), desc="synth", unit="clip")
     if args.workers == 1:
-        rows = [_one(j) for j in tqdm(jobs, **bar)]
+        rows = [_one(j) for j in job_bar(jobs, **bar)]
     else:
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            rows = list(tqdm(pool.map(_one, jobs), **bar))
+            rows = list(job_bar(pool.map(_one, jobs), **bar))
     # The manifest goes last, so a manifest on disk means every file it lists is there.
     write_atomic(out / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     return 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from collections import defaultdict
 
@@ -188,9 +187,6 @@ def actor_start_failure(exc: BaseException):
 
 
 def _progress(cfg: AnnotateJobConfig, total: int):
-    from tqdm import tqdm
+    from pipelines.progress import job_bar
 
-    # In a job log (stderr not a terminal: `ray job submit`, a file) one line a minute, not ten a second.
-    interval = 0.1 if sys.stderr.isatty() else 60.0
-    return tqdm(total=total, desc="annotate", unit="clip", disable=not cfg.progress, dynamic_ncols=True,
-                file=sys.stderr, mininterval=interval, maxinterval=max(10.0, interval))
+    return job_bar(total=total, desc="annotate", unit="clip", enabled=cfg.progress)

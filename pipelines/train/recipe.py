@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -188,13 +187,13 @@ class StageRecipe:
         """The loop. Host syncs: one per step, reading whether every rank has finished its pass (from the
         collective issued before the forward, so it waits for nothing else); losses, grad norm and counts are read
         only on the steps that log a row."""
-        from tqdm import tqdm
+        from pipelines.progress import job_bar
 
         cfg, dist, o = self.cfg, self.dist, self.stage.optim
         self.net.train()
         batches = iter(self.stream)
-        bar = tqdm(total=self.max_steps, initial=self.step, desc=self.stage.name, unit="step", dynamic_ncols=True,
-                   disable=not (cfg.progress and dist.is_main), file=sys.stderr)
+        bar = job_bar(total=self.max_steps, initial=self.step, desc=self.stage.name, unit="step",
+                      enabled=cfg.progress and dist.is_main)
         self.data_stats, self.since_row = {}, torch.zeros(2, dtype=torch.float64)  # examples, tokens
         while not self.finished():
             t0 = time.perf_counter()
