@@ -126,7 +126,9 @@ def card_text(stats: dict, name: str) -> str:
             "           \"WHERE list_min(confidence) >= 0.5 ORDER BY least DESC\").show()", "```", "",
             "With this repository's code, `pipelines.readers.from_datasets_row` and `from_webdataset` turn a sample "
             "into numpy arrays of the schema's dtypes and shapes.", "",
-            "`pite inspect . --validate` reads every sample and checks it against the schema.", ""]
+            "`pite inspect . --validate` reads every sample and checks it against the schema; `pite browse . --out "
+            "site` writes a static site to sort and filter every row and look at samples with their masks and "
+            "tracks drawn.", ""]
     limits = [text for (stage, backend), text in LIMITS.items() if (cfg.get(stage) or {}).get("backend") == backend]
     min_conf = (cfg.get("filter") or {}).get("min_confidence", 0.0)
     limits.append(f"objects below confidence {min_conf:g} were dropped" if min_conf

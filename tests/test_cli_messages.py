@@ -58,3 +58,17 @@ def test_report_tiles_are_drawn_at_a_readable_size_whatever_the_source():
     for width in (128, 256, 368, 400, 720, 1296, 1920):
         assert MIN_TILE <= round(width * tile_scale(width)) <= MAX_TILE, width
     assert tile_scale(128) == 3.0  # whole factors upward: pixels stay square
+
+
+def test_progress_in_a_job_log_is_a_line_a_minute_and_the_summary_stays_last(tmp_path):
+    """Under `ray job submit` stderr is a pipe: `pite synth` of 40 clips (several seconds) writes its bar at the
+    start and the end only, where a terminal would get ten redraws a second."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "pipelines.synth", "--out", str(tmp_path / "clips"), "--n", "40",
+                        "--workers", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    redraws = [part for part in r.stderr.replace("\r", "\n").splitlines() if part.startswith("synth:")]
+    assert 1 <= len(redraws) <= 3, redraws
+    assert "40/40" in redraws[-1]

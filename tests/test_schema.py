@@ -215,6 +215,8 @@ CASES = [
     (_set(["objects", 0, "box"], [float("nan"), 0.2, 0.3, 0.9]), r"objects\[0\]\.box: expected 4 finite"),
     (_set(["objects", 0, "score"], True), r"objects\[0\]\.score"),
     (_set(["objects", 0, "mask_area"], -3), r"objects\[0\]\.mask_area"),
+    (_set(["objects", 0, "outline"], [[[0.1, 0.1], [0.2, 0.1]]]), r"objects\[0\]\.outline: expected polygons"),
+    (_set(["objects", 0, "outline"], [[[0.1, 0.1], [1.2, 0.1], [0.2, 0.3]]]), r"objects\[0\]\.outline"),
     (_set(["dropped"], [{"phrase": "the wind"}]), "dropped: entry 0"),
     (_set(["unmatched"], ["a kite"]), "unmatched"),
     (_set(["events"], [{"start": 2.0, "end": 1.0, "text": "x"}]), "events: entry 0"),
@@ -282,3 +284,19 @@ def test_message_names_a_sanitised_key():
     s.meta["fps"] = -1.0
     with pytest.raises(SchemaError, match=rf"^sample '{sanitize_key('dir/clip 1.mp4')}': fps"):
         validate_sample(s)
+
+
+def test_a_mask_outline_is_normalised_polygons_of_its_largest_parts():
+    from annotate.assemble import mask_outline
+
+    mask = np.zeros((100, 200), bool)
+    mask[10:30, 20:60] = True  # a rectangle: four corners
+    mask[60:90, 100:190] = True  # a larger one, listed first
+    mask[95:97, 5:7] = True  # a speck, the third part
+    polys = mask_outline(mask, parts=2)
+    assert len(polys) == 2 and [len(p) for p in polys] == [4, 4]
+    xs, ys = zip(*polys[0])
+    assert (min(xs), max(xs), min(ys), max(ys)) == pytest.approx((100.5 / 200, 189.5 / 200, 60.5 / 100, 89.5 / 100))
+    disc = np.hypot(*np.mgrid[-50:50, -50:50]) < 40
+    assert sum(len(p) for p in mask_outline(disc, max_points=12)) <= 12
+    assert mask_outline(np.zeros((8, 8), bool)) == []

@@ -61,11 +61,11 @@ def _hex(c: Sequence[int]) -> str:
 
 def page_payload(sample: Sample, shard: str, shown: list[int], frames: Optional[np.ndarray], cols: int,
                  frames_note: str) -> dict:
-    """What sample.js draws: the meta the page shows, colours, and the arrays as typed arrays (traj quantised to
-    1/65535 of the frame: finer than a pixel of any video, a third of the bytes of float32 JSON text)."""
+    """What sample.js draws: the meta the page shows, colours, and the arrays as typed arrays (traj as float32:
+    exact for the float16 it is stored in, and points that leave the frame keep their place outside it)."""
     meta = sample.meta
     objects = meta.get("objects") or []
-    traj = np.nan_to_num(sample.traj.astype(np.float32), nan=0.0).clip(0, 1)
+    traj = np.nan_to_num(sample.traj.astype(np.float32), nan=-1.0)
     if frames is not None and len(objects):
         h, w = frames.shape[1:3]
         pixels = traj[:, :, shown] * np.array([w, h], np.float32)
@@ -85,7 +85,7 @@ def page_payload(sample: Sample, shard: str, shown: list[int], frames: Optional[
         "dropped": meta.get("dropped") or [], "events": meta.get("events") or [],
         "provenance": meta.get("provenance") or {},
         "shape": list(sample.traj.shape),
-        "traj": b64(np.round(traj * 65535), "<u2"),
+        "traj": b64(traj, "<f4"),
         "vis": b64(sample.vis, "u1"),
     }
 

@@ -5,7 +5,7 @@
 (function () {
   var TAIL = 10; // sampled frames of history drawn behind a point
   var S = null; // the sample
-  var traj = null, vis = null; // Uint16 quantised (N, K, T, 2), Uint8 (N, K, T)
+  var traj = null, vis = null; // Float32 (N, K, T, 2) in [0, 1] of the frame (outside when off it), Uint8 (N, K, T)
   var sheet = null;
   var current = 0; // position in S.shown
   var solo = -1; // object shown alone, or -1
@@ -24,7 +24,7 @@
   function point(i, k, t) {
     var K = S.shape[1], T = S.shape[2];
     var at = ((i * K + k) * T + t) * 2;
-    return [traj[at] / 65535, traj[at + 1] / 65535, vis[(i * K + k) * T + t] === 1];
+    return [traj[at], traj[at + 1], vis[(i * K + k) * T + t] === 1];
   }
 
   function captionNode() {
@@ -279,7 +279,7 @@
 
   function show(sample) {
     S = sample;
-    traj = PITE.typed(S.traj, Uint16Array);
+    traj = PITE.typed(S.traj, Float32Array);
     vis = PITE.typed(S.vis, Uint8Array);
     document.title = S.key + " \u00b7 PiTe";
     document.getElementById("title").textContent = S.key;
