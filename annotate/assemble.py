@@ -1,4 +1,5 @@
-"""Turn a fully processed ClipItem into a sample (docs/design.md, "Sample schema") (normalised coordinates, contract dtypes)."""
+"""Turn a fully processed ClipItem into a sample (docs/design.md, "Sample schema"): normalised coordinates, contract
+dtypes."""
 
 from __future__ import annotations
 
@@ -34,6 +35,32 @@ def mask_outline(mask: np.ndarray, max_points: int = OUTLINE_POINTS, parts: int 
     return [[[round(float(x), 4), round(float(y), 4)] for x, y in (p + 0.5) / scale] for p in polys if len(p) >= 3]
 
 
+def object_entry(item: ClipItem, i: int, ground: np.ndarray) -> dict:
+    """Grounding i of a processed item as the json's object; `ground` is (w, h, w, h) of the grounding frames."""
+    clip, g = item.clip, item.groundings[i]
+    phrase = item.phrases[g.phrase_index]
+    t_ground = clip.track_times[g.track_frame]
+    obj = {
+        "phrase": phrase.text,
+        "char_span": [phrase.start, phrase.end],
+        # The T sample nearest in time to where the object was grounded.
+        "frame": int(np.argmin(np.abs(clip.sample_times - t_ground))),
+        "source_frame": int(g.source_frame),
+        "box": [float(v) for v in np.asarray(g.box, np.float64) / ground],
+        "score": float(g.score),
+        "mask_area": float(g.mask_area if g.mask_area is not None else item.masks[i].mean()),  # share of frame
+    }
+    if i < len(item.masks) and item.masks[i] is not None:
+        obj["outline"] = mask_outline(item.masks[i])  # the mask's shape at `frame`, for viewers
+    if g.confidence is not None:
+        obj["confidence"] = round(float(g.confidence), 4)
+        obj["confidence_signals"] = {k: (round(float(v), 4) if np.isfinite(v) else None)
+                                     for k, v in g.signals.items()}
+    if g.note:
+        obj["note"] = g.note
+    return obj
+
+
 def assemble(item: ClipItem, cfg: AnnotateConfig, config_hash: str = "") -> Sample:
     """The sample of an item that went through every stage; StageError when it has no object left."""
     clip = item.clip
@@ -46,29 +73,7 @@ def assemble(item: ClipItem, cfg: AnnotateConfig, config_hash: str = "") -> Samp
     # pixels, boxes in grounding-frame pixels.
     traj = traj_px / np.array([w, h], dtype=np.float64)
     ground = np.array(clip.ground_size * 2, dtype=np.float64)
-    objects = []
-    for i, g in enumerate(item.groundings):
-        phrase = item.phrases[g.phrase_index]
-        t_ground = clip.track_times[g.track_frame]
-        obj = {
-            "phrase": phrase.text,
-            "char_span": [phrase.start, phrase.end],
-            # The T sample nearest in time to where the object was grounded.
-            "frame": int(np.argmin(np.abs(clip.sample_times - t_ground))),
-            "source_frame": int(g.source_frame),
-            "box": [float(v) for v in np.asarray(g.box, np.float64) / ground],
-            "score": float(g.score),
-            "mask_area": float(g.mask_area if g.mask_area is not None else item.masks[i].mean()),  # share of frame
-        }
-        if i < len(item.masks) and item.masks[i] is not None:
-            obj["outline"] = mask_outline(item.masks[i])  # the mask's shape at `frame`, for viewers
-        if g.confidence is not None:
-            obj["confidence"] = round(float(g.confidence), 4)
-            obj["confidence_signals"] = {k: (round(float(v), 4) if np.isfinite(v) else None)
-                                         for k, v in g.signals.items()}
-        if g.note:
-            obj["note"] = g.note
-        objects.append(obj)
+    objects = [object_entry(item, i, ground) for i in range(len(item.groundings))]
     info = clip.info
     provenance = {
         "backends": dict(sorted(item.versions.items())),

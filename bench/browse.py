@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         write_run(run, args.rows)
         result["seconds"]["write_run"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        build_site(run, site, Choice(pages=0))
+        build_site(run, site, Choice(pages=0), workers=args.workers)
         result["seconds"]["build_table"] = round(time.perf_counter() - t0, 1)
         rows_mb = sum(p.stat().st_size for p in (site / "data" / "rows").iterdir()) / 2**20
         result["site_mb"] = {"columns_js": round((site / "data" / "columns.js").stat().st_size / 2**20, 2),

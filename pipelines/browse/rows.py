@@ -1,8 +1,8 @@
 """Every row of a run, kept or rejected, as the columns the browser's table filters and sorts on.
 
 Kept rows come from each committed shard's index and the `json` members of its tar (the phrases are only there);
-rejected rows from the shard's rejects file, grouped by reason as `stats.json` groups them. Shards are read by a
-few threads at once: on local disk a tar is read header by header, skipping the array members.
+rejected rows from the shard's rejects file, grouped by reason as `stats.json` groups them. A tar is read header by
+header, seeking past the array members; parsing headers and json is Python work, so shards go to processes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import math
 import tarfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +20,6 @@ import pyarrow.parquet as pq
 from annotate.errors import PiteError, SchemaError
 from pipelines.annotate.stats import reason_class
 from pipelines.shards import list_done_shards, shard_paths
-
-READ_THREADS = 8
-
 
 @dataclass
 class RunRows:
@@ -100,14 +98,17 @@ def shard_rows(run: Path, shard: int) -> RunRows:
     return rows
 
 
-def read_rows(run: str | Path) -> RunRows:
+def read_rows(run: str | Path, workers: int = 1) -> RunRows:
     """Every row of every committed shard of a run folder; kept rows first, then rejects, each in shard order."""
     run = Path(run)
     if not (run / "index").is_dir():
         raise PiteError(f"{run}: not a run folder (no index/); give the out= folder of `pite annotate`")
     shards = list_done_shards(run)
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        parts = list(pool.map(lambda s: shard_rows(run, s), shards))
+    if workers <= 1 or len(shards) <= 1:
+        parts = [shard_rows(run, s) for s in shards]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(partial(shard_rows, run), shards, chunksize=4))
     kept, rejects = RunRows(), RunRows()
     for part in parts:
         n_kept = part.reason.count("")

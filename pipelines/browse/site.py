@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -109,13 +110,15 @@ def build_site(run: str | Path, out: str | Path, choice: Choice = Choice(), *, m
     """Write the site of a run into `out`; returns a summary (rows, kept, rejects, pages, pages without frames)."""
     t0 = time.perf_counter()
     run, out = Path(run), Path(out)
-    rows = read_rows(run)
+    rows = read_rows(run, workers)
     chosen = choose(rows, run, choice)
     out.mkdir(parents=True, exist_ok=True)
     tasks = page_tasks(rows, run, chosen, out, max_frames, max_side)
     done = write_pages(tasks, workers)
-    has_page = np.array([r == "" and (out / "samples" / s / f"{k}.js").is_file()
-                         for k, s, r in zip(rows.key, rows.shard, rows.reason)], dtype=np.uint8)
+    pages = {(d.name, f.name) for d in (out / "samples").iterdir() if d.is_dir() for f in os.scandir(d)} \
+        if (out / "samples").is_dir() else set()
+    has_page = np.array([r == "" and (s, f"{k}.js") in pages for k, s, r in zip(rows.key, rows.shard, rows.reason)],
+                        dtype=np.uint8)
     kept = rows.reason.count("")
     run_info = {"name": run.resolve().name, "kept": kept, "rejects": len(rows) - kept}
     write_columns(rows, out, has_page, run_info)

@@ -124,7 +124,8 @@
     var text = o.phrase.length > 28 ? o.phrase.slice(0, 27) + "\u2026" : o.phrase;
     ctx.font = Math.round(12 * scale) + "px system-ui, sans-serif";
     var w = ctx.measureText(text).width + 8 * scale, h = 17 * scale;
-    var x = Math.min(Math.max(0, p[0] * W + 8 * scale), W - w), y = Math.min(Math.max(0, p[1] * H - h - 6 * scale), H - h);
+    var x = Math.min(Math.max(0, p[0] * W + 8 * scale), W - w);
+    var y = Math.min(Math.max(0, p[1] * H - h - 6 * scale), H - h);
     ctx.fillStyle = o.colour;
     ctx.fillRect(x, y, w, h);
     ctx.strokeStyle = "rgba(0,0,0,0.7)";
@@ -159,7 +160,8 @@
     var grounded = S.objects.filter(function (o) { return o.frame === t; }).map(function (o) { return o.phrase; });
     document.getElementById("frame-info").textContent = "frame " + (j + 1) + " of " + S.shown.length +
       " shown \u00b7 sample " + (t + 1) + " of " + S.shape[2] + " \u00b7 t = " + S.frame_times[t].toFixed(2) +
-      " s \u00b7 source frame " + S.frame_indices[t] + (grounded.length ? " \u00b7 grounded here: " + grounded.join(", ") : "");
+      " s \u00b7 source frame " + S.frame_indices[t] +
+      (grounded.length ? " \u00b7 grounded here: " + grounded.join(", ") : "");
     document.getElementById("scrubber").value = String(j);
     document.body.dataset.frame = String(j);
     document.body.dataset.drawn = "1";

@@ -94,7 +94,8 @@
     var keyCell = C.page[i]
       ? PITE.el("a", {href: "sample.html#shard=" + encodeURIComponent(shard) + "&key=" + encodeURIComponent(key),
         text: key})
-      : PITE.el("span", {text: key, title: reason ? "a reject has no sample" : "no page: pite browse RUN --out DIR --keys " + key});
+      : PITE.el("span", {text: key,
+        title: reason ? "a reject has no sample" : "no page: pite browse RUN --out DIR --keys " + key});
     var caption = reason
       ? PITE.el("span", {class: "reject"}, [PITE.el("b", {text: C.reasons[reason - 1]}), " " + text[3]])
       : PITE.el("span", {text: text[2]});
