@@ -47,6 +47,7 @@ SIGNAL_RANGES = {
     "coherence": (0.5, 0.95),
     "score": (0.3, 0.6),
     "redetect": (0.3, 0.9),
+    "mask_agreement": (0.5, 0.9),  # set by the propagate stage (annotate/propagate) when confidence.propagation is on
 }
 SIGNALS = tuple(SIGNAL_RANGES)
 

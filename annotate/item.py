@@ -42,6 +42,9 @@ class Grounding:
     # Set when another phrase's box is this object's (IoU > ground.same_object_iou on the same frame): that phrase's
     # index. The object is segmented, sampled and tracked once; each phrase keeps its own row.
     same_as: Optional[int] = None
+    # A grounder that segments too (SAM 3) sets the object's bool mask on its grounding frame; `segment.backend:
+    # auto` takes it (annotate/segment/auto.py), which then clears it here.
+    mask: Optional[np.ndarray] = None
     confidence: Optional[float] = None  # set by the confidence stage, in [0, 1]
     signals: dict = field(default_factory=dict)  # what the confidence is made of (annotate.confidence)
 

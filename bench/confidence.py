@@ -67,6 +67,28 @@ def object_deltas(item) -> list[float]:
     return out
 
 
+def true_mask_agreement(item) -> list[float]:
+    """Each object's `mask_agreement` with a perfect propagator: the world's true visible-pixel masks at the tracking
+    frames, resized to the tracking size, fed through the signal code a real propagator's masks go through."""
+    import cv2
+
+    from annotate.propagate.agreement import agreement_counts
+    from annotate.synthetic import GroundTruth
+
+    gt = GroundTruth.load(item.gt)
+    clip = item.clip
+    w, h = clip.size
+    out = []
+    for i, g in enumerate(item.groundings):
+        phrase = item.phrases[g.phrase_index].text.lower()
+        j = [k for k, p in enumerate(gt.phrases) if p.lower() in phrase][0]
+        masks = np.stack([cv2.resize(gt.mask(j, int(s)).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+                          for s in clip.track_indices]).astype(bool)
+        present = masks.reshape(len(masks), -1).any(axis=1)
+        out.append(agreement_counts(masks, present, item.tracks[i], item.track_vis[i]).signal())
+    return out
+
+
 def make_world(out: Path, clips: int, seed: int, params) -> list[dict]:
     from annotate.synthetic import make_clip, params_dict
     from pipelines.synth import write_clip
@@ -102,15 +124,20 @@ def run(clips: int, seed: int, settings: dict, out: Path) -> dict:
     for item in items:
         if item.ok:
             deltas += object_deltas(item)
-            signals += [g.signals for g in item.groundings]
+            signals += [{**g.signals, "true_mask_agreement": m} for g, m in zip(item.groundings,
+                                                                                 true_mask_agreement(item))]
     deltas = np.array(deltas)
     with open(out / "objects.jsonl", "w") as f:
         for d, sig in zip(deltas, signals):
             f.write(json.dumps({"delta_avg": None if not np.isfinite(d) else float(d), **sig}) + "\n")
     finite = np.isfinite(deltas)  # an object whose points are never visible in truth has no δavg
     good_mask, bad_mask = finite & (deltas >= BAD_DELTA), finite & (deltas < BAD_DELTA)
-    table = {name: np.array([s[name] for s in signals], float) for name in SIGNALS}
+    table = {name: np.array([s.get(name, np.nan) for s in signals], float) for name in SIGNALS}
+    table["true_mask_agreement"] = np.array([s["true_mask_agreement"] for s in signals], float)
     table["confidence"] = np.array([combine(s) for s in signals])
+    # The confidence as it would be with a perfect propagator: the same rule with mask_agreement among the signals.
+    table["confidence_with_true_masks"] = np.array([combine({**s, "mask_agreement": s["true_mask_agreement"]})
+                                                    for s in signals])
     result = {"world": settings, "clips": clips, "seed": seed, "objects": int(finite.sum()),
               "bad": int(bad_mask.sum()), "good": int(good_mask.sum()), "bad_delta_below": BAD_DELTA,
               "annotate_s": round(annotate_s, 1),

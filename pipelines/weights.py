@@ -12,22 +12,20 @@ disk; the outputs mean nothing). Every file is read back by the loader the pipel
     DIR/clip-vit-large-patch14/   CLIPVisionModelWithProjection HF dir + CLIPImageProcessor
 
 stdout: the `key=value` overrides that point the recipe at them; progress goes to stderr. Each model is built
-right after `torch.manual_seed(seed)`, so a file depends on (size, seed) and the library versions alone.
+right after `torch.manualseed_torch(seed)`, so a file depends on (size, seed) and the library versions alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import os
-import shutil
 import string
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from annotate.errors import ConfigError
+from pipelines.weights_files import n_params, say, seed_torch, staged
 
 SIZES = ("tiny", "real")
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
@@ -40,42 +38,6 @@ WORDS = (
     "red blue green yellow orange purple pink brown black white grey gray striped checkered dotted "
     "square rectangle triangle diamond star hexagon circle small large big"
 ).split()
-
-
-# --- files ------------------------------------------------------------------------------------------------------
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-@contextmanager
-def _staged(final: Path):
-    """Yield a temporary sibling to write; move it to `final` only when done, so an interrupted run never leaves a
-    half-written checkpoint under the name a loader reads (a stale `.partial` is cleared by the next run)."""
-    tmp = final.with_name(f".{final.name}.partial")
-    _remove(tmp)
-    yield tmp
-    _remove(final)
-    os.replace(tmp, final)
-
-
-def _say(message: str) -> None:
-    print(f"pite weights: {message}", file=sys.stderr, flush=True)
-
-
-def _seed(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
-
-
-def _n_params(model) -> str:
-    n = sum(p.numel() for p in model.parameters())
-    return f"{n / 1e6:.1f} M params" if n >= 1e6 else f"{n / 1e3:.1f} K params"
 
 
 # --- Grounding DINO ---------------------------------------------------------------------------------------------
@@ -126,7 +88,7 @@ def write_grounding_dino(out: Path, size: str, seed: int, variant: str = "base")
     from transformers.models.grounding_dino.image_processing_grounding_dino import GroundingDinoImageProcessor
 
     final = out / "grounding-dino"
-    with _staged(final) as tmp:
+    with staged(final) as tmp:
         tmp.mkdir(parents=True)
         vocab = bert_vocab(size)
         (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -135,11 +97,11 @@ def write_grounding_dino(out: Path, size: str, seed: int, variant: str = "base")
         sizes = {"shortest_edge": 64, "longest_edge": 96} if size == "tiny" else None
         processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size=sizes),
                                            tokenizer=tokenizer)
-        _seed(seed)
+        seed_torch(seed)
         model = GroundingDinoForObjectDetection(gdino_config(size, len(vocab), variant))
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        _say(f"grounding-dino ({size}{'' if size == 'tiny' else ' ' + variant}, {_n_params(model)})")
+        say(f"grounding-dino ({size}{'' if size == 'tiny' else ' ' + variant}, {n_params(model)})")
         del model
     return final
 
@@ -165,11 +127,11 @@ def write_sam(out: Path, size: str, sam_type: str, seed: int) -> tuple[Path, str
 
     name, model_type = ("tiny", "auto") if size == "tiny" else (sam_type, sam_type)
     final = out / f"sam_{name}.pth"
-    with _staged(final) as tmp:
-        _seed(seed)
+    with staged(final) as tmp:
+        seed_torch(seed)
         sam = build_sam(tiny_sam_arch()) if size == "tiny" else sam_model_registry[sam_type](checkpoint=None)
         torch.save(sam.state_dict(), tmp)  # a plain state dict of tensors, as the published .pth files
-        _say(f"sam ({name}, {_n_params(sam)})")
+        say(f"sam ({name}, {n_params(sam)})")
         del sam
     return final, model_type
 
@@ -183,17 +145,17 @@ def write_cotracker(out: Path, seed: int) -> Path | None:
     try:
         from cotracker.predictor import CoTrackerPredictor  # imports seed torch: import before our seed
     except ImportError:
-        _say("cotracker is not installed: no cotracker3_offline.pth (install it from a co-tracker checkout with "
+        say("cotracker is not installed: no cotracker3_offline.pth (install it from a co-tracker checkout with "
              "`pip install -e .`, or run with track.backend=lk)")
         return None
     import torch
 
     final = out / "cotracker3_offline.pth"
-    with _staged(final) as tmp:
-        _seed(seed)
+    with staged(final) as tmp:
+        seed_torch(seed)
         model = CoTrackerPredictor(checkpoint=None).model  # CoTracker3 offline, the predictor's defaults
         torch.save(model.state_dict(), tmp)
-        _say(f"cotracker3 offline ({_n_params(model)})")
+        say(f"cotracker3 offline ({n_params(model)})")
         del model
     return final
 
@@ -214,12 +176,12 @@ def write_clip(out: Path, size: str, seed: int) -> Path:
                                   image_size=32, patch_size=8, projection_dim=768)
         processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     final = out / "clip-vit-large-patch14"
-    with _staged(final) as tmp:
-        _seed(seed)
+    with staged(final) as tmp:
+        seed_torch(seed)
         model = CLIPVisionModelWithProjection(config)
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        _say(f"clip ({size}, {_n_params(model)})")
+        say(f"clip ({size}, {n_params(model)})")
         del model
     return final
 
@@ -271,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:
         print(f"pite weights: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    _say(f"{args.size} weights in {out} ({time.perf_counter() - t0:.1f} s)")
+    say(f"{args.size} weights in {out} ({time.perf_counter() - t0:.1f} s)")
     print("\n".join(overrides))
     return 0
 

@@ -90,10 +90,11 @@ def unmatched_hint(text: str, phrases: Sequence[Phrase]) -> str:
     return f"the caption's noun phrases: {listed}"
 
 
-def check_weights_dir(path: Optional[str]) -> str:
-    """The Grounding DINO weights dir, or a one-line ConfigError saying what to set."""
-    hint = ("set ground.weights to a local HF-format Grounding DINO dir (config.json, model.safetensors, "
-            "processor and tokenizer files), e.g. a save_pretrained copy of IDEA-Research/grounding-dino-tiny")
+def check_weights_dir(path: Optional[str], model: str = "Grounding DINO",
+                      example: str = "IDEA-Research/grounding-dino-tiny") -> str:
+    """The grounder's weights dir (a local HF-format dir), or a one-line ConfigError saying what to set."""
+    hint = (f"set ground.weights to a local HF-format {model} dir (config.json, model.safetensors, "
+            f"processor and tokenizer files), e.g. a save_pretrained copy of {example}")
     if not path:
         raise ConfigError(f"ground.weights: not set; {hint}")
     p = Path(path).expanduser()
