@@ -6,10 +6,12 @@ The chain, in the order a clip flows through it (`pipeline.STAGE_NAMES`); a stag
 package whose `__init__` is its public face, with one module per backend named by its config value:
 - `decode/`: PyAV decoding of the T samples and the tracking frames (`video.py`, `container.py`);
 - `nouns/`: the caption's noun phrases (spaCy, `rules.py`);
-- `ground/`: a box per phrase (`given.py`, `groundingdino.py`; shared `base.py`);
-- `segment/`: a mask per box (`grabcut.py`, `sam.py`, `sam_build.py`; shared `base.py`);
+- `ground/`: a box per phrase (`given.py`, `groundingdino.py`, `sam3.py`; shared `base.py`);
+- `segment/`: a mask per box (`grabcut.py`, `sam.py`, `sam_build.py`, `auto.py`; shared `base.py`);
 - `points.py`: K points per object inside its mask;
 - `track/`: the points over the tracking frames (`lk.py`, `cotracker.py`, `windows.py`; shared `base.py`);
+- `propagate/`: with `confidence.propagation`, each object's mask carried through the tracking frames by a video
+  segmenter (`video.py`), checked against the points (`agreement.py`);
 - `confidence.py`: how far each object's annotation can be trusted, from signals of the stages;
 - `features.py`: per-frame features for the model (thumbnails, CLIP).
 

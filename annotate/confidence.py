@@ -17,6 +17,8 @@ Signals, each in [0, 1] (NaN when the clip has no evidence for it):
 - `score`: the grounding score (1 for a given box).
 - `redetect`: the share of the object's re-detections (later grounding frames where its phrase was found again)
   whose box holds the object's visible points there.
+- `mask_agreement` (with `confidence.propagation`): how far the points agree with an independent mask track of the
+  object (annotate/propagate/agreement.py).
 fb, appearance and coherence are shrunk towards 0.5 by their amount of evidence (`shrunk`). `confidence` is the mean of
 the available signals, each first mapped through its own floor and ceiling
 (SIGNAL_RANGES) so that one weak signal weighs as much as another. The ranges and the rule were chosen on the
@@ -202,7 +204,8 @@ class ConfidenceStage(Stage):
         return Resources(num_cpus=1.0, memory_gb=0.1)  # grey tracking frames, CHUNK at a time
 
     def version(self) -> str:
-        return f"confidence/{'+'.join(SIGNALS)}"
+        used = [s for s in SIGNALS if s != "mask_agreement" or self.cfg.confidence.propagation != "none"]
+        return f"confidence/{'+'.join(used)}"
 
     def setup(self) -> None:
         low = self.cfg.filter.min_confidence
@@ -213,6 +216,8 @@ class ConfidenceStage(Stage):
         if item.tracks is None or len(item.tracks) != len(item.groundings):
             raise StageError(self.name, "tracks missing or not one row per object (run track first)")
         for g, signals in zip(item.groundings, object_signals(item)):
+            if g.mask_agreement is not None:  # the propagate stage ran
+                signals["mask_agreement"] = g.mask_agreement
             g.signals, g.confidence = signals, combine(signals)
         low = self.cfg.filter.min_confidence
         for i in reversed(range(len(item.groundings))):

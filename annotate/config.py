@@ -109,6 +109,18 @@ class FeaturesConfig:
 
 
 @dataclass
+class ConfidenceConfig:
+    # A video segmenter that propagates each object's mask from its grounding frame through the tracking frames: an
+    # independent track to check the points against (signal `mask_agreement`, annotate/propagate).
+    # none | sam2_video | edgetam_video | sam3_tracker
+    propagation: str = "none"
+    weights: Optional[str] = None  # the propagator's local HF-format dir (save_pretrained of its Hub repo)
+    prompt: str = "mask"  # mask | box: what the propagator starts from on the grounding frame
+    device: str = "auto"  # auto (the GPU Ray assigned, else the CPU) | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bfloat16 on a GPU, float32 on the CPU) | float32 | float16 | bfloat16
+
+
+@dataclass
 class FilterConfig:
     # Objects whose confidence (annotate/confidence.py) is below this are dropped ("low confidence"); a clip left
     # with none is rejected. 0 keeps every object (each still carries its confidence).
@@ -130,4 +142,5 @@ class AnnotateConfig:
     points: PointsConfig = field(default_factory=PointsConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)

@@ -45,6 +45,7 @@ class Grounding:
     # A grounder that segments too (SAM 3) sets the object's bool mask on its grounding frame; `segment.backend:
     # auto` takes it (annotate/segment/auto.py), which then clears it here.
     mask: Optional[np.ndarray] = None
+    mask_agreement: Optional[float] = None  # set by the propagate stage (annotate/propagate/agreement.py)
     confidence: Optional[float] = None  # set by the confidence stage, in [0, 1]
     signals: dict = field(default_factory=dict)  # what the confidence is made of (annotate.confidence)
 

@@ -14,7 +14,12 @@ from annotate.errors import ConfigError
 from annotate.item import ClipItem
 from annotate.stage import Stage
 
-STAGE_NAMES = ("decode", "nouns", "ground", "segment", "points", "track", "confidence", "features")
+STAGE_NAMES = ("decode", "nouns", "ground", "segment", "points", "track", "propagate", "confidence", "features")
+
+
+def stage_names(cfg: AnnotateConfig) -> tuple[str, ...]:
+    """The stages a config runs: `propagate` only with a propagator (confidence.propagation)."""
+    return tuple(n for n in STAGE_NAMES if n != "propagate" or cfg.confidence.propagation != "none")
 
 
 def build_stage(name: str, cfg: AnnotateConfig) -> Stage:
@@ -43,6 +48,10 @@ def build_stage(name: str, cfg: AnnotateConfig) -> Stage:
         from annotate.track import make_tracker
 
         return make_tracker(cfg)
+    if name == "propagate":
+        from annotate.propagate import make_propagator
+
+        return make_propagator(cfg)
     if name == "confidence":
         from annotate.confidence import ConfidenceStage
 
@@ -55,14 +64,14 @@ def build_stage(name: str, cfg: AnnotateConfig) -> Stage:
 
 
 def build_stages(cfg: AnnotateConfig) -> list[Stage]:
-    return [build_stage(name, cfg) for name in STAGE_NAMES]
+    return [build_stage(name, cfg) for name in stage_names(cfg)]
 
 
 def checked_stages(cfg: AnnotateConfig) -> list[Stage]:
     """Every stage built (no model loaded) and asked for its `problems`: all of them at once as one ConfigError of
     a line each, so a recipe's missing packages and weights are fixed in one go before anything starts."""
     stages, found = [], []
-    for name in STAGE_NAMES:
+    for name in stage_names(cfg):
         try:
             stage = build_stage(name, cfg)
         except ConfigError as exc:

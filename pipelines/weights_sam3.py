@@ -76,3 +76,104 @@ def write_sam3(out: Path, size: str, seed: int) -> Path:
         say(f"sam3 ({size}, {n_params(model)})")
         del model
     return final
+
+
+# --- the video propagators ------------------------------------------------------------------------------------
+
+TINY_VIDEO = 128  # tiny propagators' input side (SAM 3's tracker: 112, a multiple of its 14-px patch)
+SAM2_LARGE = dict(hidden=144, blocks=[2, 6, 36, 4], heads=[2, 4, 8, 16], windows=[8, 4, 16, 8],
+                  global_blocks=[23, 33, 43], background=[7, 7])  # facebook/sam2.1-hiera-large's Hiera
+
+
+def hiera(hidden: int, blocks, heads, windows, global_blocks, background, image: int = 1024, fpn: int = 256):
+    """A SAM 2 vision config: Hiera with these stages, its FPN at `fpn` channels."""
+    from transformers import Sam2HieraDetConfig, Sam2VisionConfig
+
+    dims = [hidden * 2 ** i for i in range(4)]
+    backbone = Sam2HieraDetConfig(hidden_size=hidden, image_size=[image, image], blocks_per_stage=blocks,
+                                  embed_dim_per_stage=dims, num_attention_heads_per_stage=heads,
+                                  window_size_per_stage=windows, global_attention_blocks=global_blocks,
+                                  window_positional_embedding_background_size=background)
+    return Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=dims[::-1], fpn_hidden_size=fpn,
+                            backbone_feature_sizes=[[image // 4] * 2, [image // 8] * 2, [image // 16] * 2])
+
+
+def tiny_memory(image: int, feat: int, edgetam: bool = False) -> dict:
+    """The memory, prompt and mask-decoder settings of a tiny propagator. The memory encoder's output stays at 64
+    channels (the memory attention's key size is fixed at 64) and the hidden size at twice that."""
+    h = 128
+    out = dict(prompt_encoder_config=dict(hidden_size=h, image_size=image, patch_size=image // feat,
+                                          mask_input_channels=8),
+               mask_decoder_config=dict(hidden_size=h, mlp_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                                        iou_head_hidden_dim=32),
+               memory_attention_hidden_size=h, memory_attention_num_layers=1, memory_encoder_hidden_size=h,
+               memory_encoder_output_channels=64, mask_downsampler_embed_dim=h, memory_fuser_embed_dim=h,
+               memory_fuser_intermediate_dim=64, memory_attention_rope_feat_sizes=[feat, feat])
+    out["memory_attention_mlp_hidden_size" if edgetam else "memory_attention_feed_forward_hidden_size"] = 64
+    return out
+
+
+def video_config(family: str, size: str):
+    """The propagator's architecture: published (`real`) or tiny."""
+    from transformers import EdgeTamVideoConfig, Sam2VideoConfig, Sam3TrackerVideoConfig, Sam3VisionConfig
+
+    if family == "sam2_video":
+        if size == "real":
+            return Sam2VideoConfig(vision_config=hiera(**SAM2_LARGE))
+        tiny = hiera(12, [1, 1, 2, 1], [1, 1, 2, 2], [4, 4, 4, 4], [3], [2, 2], image=TINY_VIDEO, fpn=128)
+        return Sam2VideoConfig(vision_config=tiny, image_size=TINY_VIDEO, **tiny_memory(TINY_VIDEO, 8))
+    if family == "edgetam_video":
+        if size == "real":  # RepViT-M1 through timm, as the published EdgeTAM
+            from transformers.models.edgetam.configuration_edgetam import EdgeTamVisionConfig
+
+            return EdgeTamVideoConfig(vision_config=EdgeTamVisionConfig())
+        tiny = hiera(12, [1, 1, 2, 1], [1, 1, 2, 2], [4, 4, 4, 4], [3], [2, 2], image=TINY_VIDEO, fpn=128)
+        return EdgeTamVideoConfig(vision_config=tiny, image_size=TINY_VIDEO, perceiver_resampler_num_latents=16,
+                                  perceiver_resampler_num_latents_2d=16, perceiver_resampler_hidden_size=64,
+                                  perceiver_resampler_mlp_intermediate_size=128,
+                                  perceiver_resampler_attention_head_dim=64, perceiver_resampler_num_layers=1,
+                                  memory_attention_rope_k_sizes=[4, 4], **tiny_memory(TINY_VIDEO, 8, edgetam=True))
+    if size == "real":
+        return Sam3TrackerVideoConfig()
+    vision = Sam3VisionConfig(backbone_config=dict(
+        model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=TINY_IMAGE, patch_size=14, window_size=4, global_attn_indexes=[1], pretrain_image_size=TINY_IMAGE),
+        fpn_hidden_size=128)
+    return Sam3TrackerVideoConfig(vision_config=vision, image_size=TINY_IMAGE, **tiny_memory(TINY_IMAGE, 8))
+
+
+def video_processor(family: str, size: str):
+    from transformers import (Sam2ImageProcessor, Sam2VideoProcessor, Sam2VideoVideoProcessor, Sam3ImageProcessor,
+                              Sam3TrackerVideoProcessor)
+
+    side = (TINY_IMAGE if family == "sam3_tracker" else TINY_VIDEO) if size == "tiny" else None
+    square = {"height": side, "width": side} if side else None
+    masks = {"height": side // 4, "width": side // 4} if side else None
+    if family == "sam3_tracker":  # SAM 3 normalises with mean = std = 0.5, its video frames too
+        frames = Sam2VideoVideoProcessor(size=square or {"height": 1008, "width": 1008}, image_mean=[0.5] * 3,
+                                         image_std=[0.5] * 3)
+        return Sam3TrackerVideoProcessor(image_processor=Sam3ImageProcessor(size=square, mask_size=masks),
+                                         video_processor=frames)
+    return Sam2VideoProcessor(image_processor=Sam2ImageProcessor(size=square, mask_size=masks),
+                              video_processor=Sam2VideoVideoProcessor(size=square))
+
+
+VIDEO_DIRS = {"sam2_video": "sam2-video", "edgetam_video": "edgetam-video", "sam3_tracker": "sam3-tracker-video"}
+
+
+def write_video_propagator(out: Path, family: str, size: str, seed: int) -> Path:
+    """DIR/<family dir>: the propagator model and its processor."""
+    import transformers
+
+    from annotate.propagate import FAMILIES
+
+    final = out / VIDEO_DIRS[family]
+    with staged(final) as tmp:
+        tmp.mkdir(parents=True)
+        seed_torch(seed)
+        model = getattr(transformers, FAMILIES[family][0])(video_config(family, size))
+        model.save_pretrained(tmp)
+        video_processor(family, size).save_pretrained(tmp)
+        say(f"{VIDEO_DIRS[family]} ({size}, {n_params(model)})")
+        del model
+    return final

@@ -30,10 +30,10 @@ class ClipChain:
     """The pool's actor: manifest rows in, one output row per input row out (also callable on a batch)."""
 
     def __init__(self, cfg, ledger_dir: str, sample_hash: str, decode_threads: int = 1):
-        from annotate.pipeline import STAGE_NAMES, build_stage
+        from annotate.pipeline import STAGE_NAMES, build_stage, stage_names
 
         self.cfg, self.sample_hash = cfg, sample_hash
-        self.stages = [build_stage(n, cfg) for n in STAGE_NAMES]
+        self.stages = [build_stage(n, cfg) for n in stage_names(cfg)]
         for s in self.stages:
             s.ready()
         threads = max(1, int(decode_threads))
