@@ -1,6 +1,6 @@
 """`pite weights random`: random weights for every production backend, on disk in the form users download.
 
-    pite weights random --size tiny|real --out DIR [--seed 0] [--sam-type vit_b|vit_l|vit_h]
+    pite weights random --size tiny|real --out DIR [--seed 0] [--sam-type vit_b|vit_l|vit_h] [--recipe sam3]
 
 With them the production recipe (configs/annotate/pite143k.yaml) runs end to end where the real checkpoints cannot
 be fetched: `tiny` for CPU tests (seconds), `real` for benchmarks of time and memory (the published sizes, GBs on
@@ -10,6 +10,7 @@ disk; the outputs mean nothing). Every file is read back by the loader the pipel
     DIR/sam_<type>.pth            segment-anything state dict (tiny: a small Sam, segment.model_type=auto)
     DIR/cotracker3_offline.pth    CoTracker3 offline state dict (only when `cotracker` imports; no size knob)
     DIR/clip-vit-large-patch14/   CLIPVisionModelWithProjection HF dir + CLIPImageProcessor
+    --recipe sam3: SAM 3 and the mask propagators instead of Grounding DINO and SAM (pipelines/weights_sam3.py)
 
 stdout: the `key=value` overrides that point the recipe at them; progress goes to stderr. Each model is built
 right after `torch.manualseed_torch(seed)`, so a file depends on (size, seed) and the library versions alone.
@@ -26,8 +27,10 @@ from pathlib import Path
 
 from annotate.errors import ConfigError
 from pipelines.weights_files import n_params, say, seed_torch, staged
+from pipelines.weights_sam3 import sam3_models
 
 SIZES = ("tiny", "real")
+RECIPES = ("pite143k", "sam3")
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
 BERT_BASE_VOCAB = 30522  # bert-base-uncased, the text side of IDEA-Research/grounding-dino-base
 # Words the tokenizer keeps whole; anything else falls back to single characters, which a WordPiece vocab allows.
@@ -204,15 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     rnd.add_argument("--sam-type", choices=SAM_TYPES, help="SAM size for --size real (default vit_h)")
     rnd.add_argument("--gdino", choices=tuple(GDINO_SWIN), default="base",
                      help="Grounding DINO for --size real: base (Swin-B, the GPU recipe) or tiny (Swin-T, cpu.yaml)")
+    rnd.add_argument("--recipe", choices=RECIPES, default="pite143k",
+                     help="pite143k: Grounding DINO, SAM, CoTracker3, CLIP; sam3: SAM 3, the three mask "
+                          "propagators (the recipe uses sam2_video), CoTracker3, CLIP")
     return ap
 
 
-def write_all(out: Path, size: str, seed: int, sam_type: str, gdino: str = "base") -> list[str]:
-    """Write every backend's weights under `out`; the overrides that point the recipe at them."""
-    overrides = [f"ground.weights={write_grounding_dino(out, size, seed, gdino)}"]
-    gc.collect()  # real sizes: let one model go before the next is built
-    sam, model_type = write_sam(out, size, sam_type, seed)
-    overrides += [f"segment.weights={sam}", f"segment.model_type={model_type}"]
+def write_all(out: Path, size: str, seed: int, sam_type: str, gdino: str = "base",
+              recipe: str = "pite143k") -> list[str]:
+    """Write every backend's weights of a recipe under `out`; the overrides that point the recipe at them."""
+    if recipe == "sam3":
+        overrides = sam3_models(out, size, seed)
+    else:
+        overrides = [f"ground.weights={write_grounding_dino(out, size, seed, gdino)}"]
+        gc.collect()  # real sizes: let one model go before the next is built
+        sam, model_type = write_sam(out, size, sam_type, seed)
+        overrides += [f"segment.weights={sam}", f"segment.model_type={model_type}"]
     gc.collect()
     cotracker = write_cotracker(out, seed)
     if cotracker is not None:
@@ -229,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out).expanduser().resolve()
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        overrides = write_all(out, args.size, args.seed, args.sam_type or "vit_h", args.gdino)
+        overrides = write_all(out, args.size, args.seed, args.sam_type or "vit_h", args.gdino, args.recipe)
     except (ConfigError, OSError) as exc:
         print(f"pite weights: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

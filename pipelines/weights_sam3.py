@@ -177,3 +177,15 @@ def write_video_propagator(out: Path, family: str, size: str, seed: int) -> Path
         say(f"{VIDEO_DIRS[family]} ({size}, {n_params(model)})")
         del model
     return final
+
+
+def sam3_models(out: Path, size: str, seed: int) -> list[str]:
+    """SAM 3 and the three propagators under `out`; the overrides of configs/annotate/sam3.yaml (sam2_video)."""
+    import gc
+
+    overrides = [f"ground.weights={write_sam3(out, size, seed)}"]
+    written = {}
+    for family in VIDEO_DIRS:
+        gc.collect()
+        written[family] = write_video_propagator(out, family, size, seed)
+    return overrides + [f"confidence.weights={written['sam2_video']}"]

@@ -69,6 +69,7 @@ class VideoPropagator(Stage):
         self.family = FAMILIES[c.propagation]
         self.weights = c.weights
         self.model = self.processor = None
+        self.peak_held = 0  # most frames a session held at once (flat however long the clip: the tests check)
 
     def resources(self) -> Resources:
         on_gpu = str(self.cfg.confidence.device) != "cpu"
@@ -191,6 +192,7 @@ class VideoPropagator(Stage):
         """Drop what the model will not read again: the frame `keep` steps back and its per-object outputs (the
         prompt frames' outputs stay), and the full-resolution masks of every stored output."""
         old = i + self.keep if reverse else i - self.keep
+        self.peak_held = max(self.peak_held, len(session.processed_frames))
         session.processed_frames.pop(old, None)
         for per_obj in session.output_dict_per_obj.values():
             per_obj["non_cond_frame_outputs"].pop(old, None)

@@ -16,8 +16,10 @@ GIB = 2**30
 # What one actor process holds before any stage works: Python, torch, OpenCV, PyAV, spaCy and Ray's worker. The
 # embedded path's whole process peaked at 0.7 GiB on a 10-s clip (bench/annotate_job.py, peak_rss).
 PROCESS_BASE_GB = 0.75
-# Stages whose backend is a learned model, with the config section that chooses its device.
-MODEL_BACKENDS = {"ground": "groundingdino", "segment": "sam", "track": "cotracker", "features": "clip"}
+# The settings that put a learned model in the chain: (config section, its backend key, the model backends).
+MODEL_BACKENDS = [("ground", "backend", ("groundingdino", "sam3")), ("segment", "backend", ("sam",)),
+                  ("track", "backend", ("cotracker",)), ("features", "backend", ("clip",)),
+                  ("confidence", "propagation", ("sam2_video", "edgetam_video", "sam3_tracker"))]
 
 
 @dataclass
@@ -48,10 +50,11 @@ class NodeResources:
 def gpu_stage_names(cfg) -> list[str]:
     """The model stages that would run on a GPU: their backend is a model and their device is not `cpu`."""
     found = []
-    for stage, backend in MODEL_BACKENDS.items():
+    for stage, key, backends in MODEL_BACKENDS:
         section = getattr(cfg, stage)
-        if section.backend == backend and str(getattr(section, "device", "cpu")) != "cpu":
-            found.append(f"{stage}.backend={backend} on {stage}.device={section.device}")
+        backend = getattr(section, key)
+        if backend in backends and str(getattr(section, "device", "cpu")) != "cpu":
+            found.append(f"{stage}.{key}={backend} on {stage}.device={section.device}")
     return found
 
 
