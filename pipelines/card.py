@@ -15,12 +15,18 @@ BACKENDS = {
     ("nouns", "spacy"): ("spaCy en_core_web_sm noun chunks", "MIT"),
     ("ground", "given"): ("boxes given in the manifest", None),
     ("ground", "groundingdino"): ("Grounding DINO (IDEA-Research), transformers", "Apache-2.0"),
+    ("ground", "sam3"): ("SAM 3 (Meta), transformers: a detection and its mask per phrase", "SAM License (Meta)"),
+    ("segment", "auto"): ("the grounder's own mask (no second model)", None),
     ("segment", "grabcut"): ("OpenCV GrabCut from each box", "Apache-2.0 (OpenCV)"),
     ("segment", "sam"): ("Segment Anything (Meta)", "Apache-2.0"),
     ("track", "lk"): ("OpenCV pyramidal Lucas-Kanade", "Apache-2.0 (OpenCV)"),
     ("track", "cotracker"): ("CoTracker3 offline (Meta)", "CC-BY-NC-4.0: non-commercial"),
     ("features", "thumbnail"): ("16x16 colour thumbnails (embedded)", None),
     ("features", "clip"): ("CLIP ViT-L/14 image embeddings (OpenAI)", "MIT"),
+    ("confidence", "sam2_video"): ("SAM 2.1 video mask propagation (Meta), checking each track", "Apache-2.0"),
+    ("confidence", "edgetam_video"): ("EdgeTAM video mask propagation (Meta), checking each track", "Apache-2.0"),
+    ("confidence", "sam3_tracker"): ("SAM 3 tracker mask propagation (Meta), checking each track",
+                                     "SAM License (Meta)"),
 }
 # What an embedded backend cannot do, for the card's limits.
 LIMITS = {
@@ -59,9 +65,11 @@ def card_header(stats: dict) -> dict:
 def stage_lines(stats: dict) -> list[str]:
     cfg = stats["config"]
     lines = []
-    for stage in ("nouns", "ground", "segment", "track", "features"):
+    for stage in ("nouns", "ground", "segment", "track", "confidence", "features"):
         section = cfg.get(stage) or {}
-        backend = section.get("backend", "")
+        backend = section.get("propagation" if stage == "confidence" else "backend", "")
+        if stage == "confidence" and backend in ("", "none"):
+            continue  # no propagator: the confidence is computed, not a model
         what, licence = BACKENDS.get((stage, backend), (backend, None))
         weights = section.get("weights")
         parts = [f"- **{stage}**: `{backend}`, {what}"]
