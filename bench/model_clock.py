@@ -8,7 +8,7 @@ import threading
 import time
 from collections import defaultdict
 
-MODEL_STAGES = ("ground", "segment", "track", "features")
+MODEL_STAGES = ("ground", "segment", "track", "propagate", "features")
 H100_BF16_FLOPS = 989e12  # dense bf16 tensor-core peak of an H100 SXM (NVIDIA's datasheet, without sparsity)
 ROOFLINE_SHARES = (1.0, 0.4)  # of that peak: the bound, and what well-fed inference kernels reach
 

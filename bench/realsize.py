@@ -3,6 +3,8 @@ CoTracker's backward pass; prints one JSON object (progress goes to stderr).
 
     .venv/bin/python bench/realsize.py --device cuda --clips 8 --seconds 30          # a GPU node, as production
     .venv/bin/python bench/realsize.py --device cpu --clips 1 --seconds 3            # this CPU, subsampled (below)
+    .venv/bin/python bench/realsize.py --device cpu --clips 1 --seconds 3 --compare configs/annotate/sam3.yaml
+                                       # both recipes, each in its own process, and the SAM 3 recipe's ratios
 
 What runs: `pipelines.annotate.actor.ClipChain`, the Ray actor itself (called in-process, without Ray), built from
 configs/annotate/pite143k.yaml plus the overrides that `pite weights random` prints (random weights at the
@@ -37,7 +39,9 @@ from model_clock import (H100_BF16_FLOPS, MODEL_STAGES, FlopTally, ModelClock, c
 REPO = Path(__file__).resolve().parents[1]
 
 RECIPE = REPO / "configs" / "annotate" / "pite143k.yaml"
-STAGES = ("decode", "nouns", "ground", "segment", "points", "track", "confidence", "features")
+STAGES = ("decode", "nouns", "ground", "segment", "points", "track", "propagate", "confidence", "features")
+# The config keys that put each model stage on a device.
+DEVICE_KEYS = ("ground.device", "segment.device", "track.device", "confidence.device", "features.device")
 CORPUS_CLIPS, CLUSTER_GPUS = 143_000, 8
 BACKWARD_GOAL = 1.8  # the issue's goal: the one-pass track stage at least this much faster than with backward_pass
 # --device cpu: what is cut so that one short clip runs in minutes on 2 cores (reported in the JSON).
@@ -54,6 +58,20 @@ def log(message: str) -> None:
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
+
+
+def ensure_sam3_weights(folder: Path, size: str) -> list[str]:
+    """The same for configs/annotate/sam3.yaml: SAM 3, SAM 2.1 video (the recipe's propagator), CoTracker3, CLIP."""
+    if not (folder / "sam3" / "config.json").is_file():
+        log(f"writing {size} random weights to {folder} (pite weights random --recipe sam3)")
+        cmd = [sys.executable, "-m", "pipelines.cli", "weights", "random", "--size", size, "--out", str(folder),
+               "--recipe", "sam3"]
+        subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    track = folder / "cotracker3_offline.pth"
+    if not track.is_file():
+        raise SystemExit(f"realsize: {folder} has no cotracker3_offline.pth (`make cotracker`); delete it to rewrite")
+    return [f"ground.weights={folder / 'sam3'}", f"confidence.weights={folder / 'sam2-video'}",
+            f"track.weights={track}", f"features.weights={folder / 'clip-vit-large-patch14'}"]
 
 
 def ensure_weights(folder: Path, size: str, extra: tuple[str, ...] = ()) -> list[str]:
@@ -280,7 +298,40 @@ def parse_args(argv):
     return args
 
 
+def is_sam3(recipe: str) -> bool:
+    import yaml
+
+    return (yaml.safe_load(Path(recipe).read_text()).get("ground") or {}).get("backend") == "sam3"
+
+
+def compare(argv: list[str], recipes: list[str]) -> int:
+    """Each recipe in a process of its own (its own peak memory), same clips and settings; both reports and the
+    ratios of the second to the first, per stage."""
+    reports = []
+    for recipe in recipes:
+        log(f"--- {recipe}")
+        done = subprocess.run([sys.executable, __file__, *argv, "--recipe", recipe], cwd=REPO, check=True,
+                              stdout=subprocess.PIPE, text=True)
+        reports.append(json.loads(done.stdout))
+    a, b = reports
+
+    def ratio(x, y):
+        return round(y / x, 2) if x else None
+
+    out = {"recipes": recipes, "reports": reports, f"ratio_{Path(recipes[1]).stem}_over_{Path(recipes[0]).stem}": {
+        "seconds_per_clip": ratio(a["seconds_per_clip"], b["seconds_per_clip"]),
+        "stages": {s: ratio(a["stages"].get(s) or 0, b["stages"].get(s) or 0) for s in STAGES},
+        "flops_per_clip_total": ratio(a["flops_per_clip_total"], b["flops_per_clip_total"]),
+        "peak_memory_gb": ratio(a["peak_memory_gb"], b["peak_memory_gb"])}}
+    print(json.dumps(out, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--compare" in argv:
+        at = argv.index("--compare")
+        return compare(argv[:at] + argv[at + 2:], [str(RECIPE), argv[at + 1]])
     args = parse_args(argv)
     import torch
 
@@ -296,10 +347,13 @@ def main(argv: list[str] | None = None) -> int:
                      f"synth-{args.width}x{args.height}-{frames}f-{args.fps:g}fps-{args.clips}")
     manifest = ensure_clips(clips_dir, args.clips, args.width, args.height, frames, args.fps)
     extra = ("--gdino", args.gdino, *(["--sam-type", args.sam_type] if args.sam_type else []))
-    weights = ensure_weights(Path(args.weights).resolve(), args.weights_size,
-                             extra if args.weights_size == "real" else ())
+    if is_sam3(args.recipe):
+        weights = ensure_sam3_weights(Path(args.weights).resolve() / "sam3-recipe", args.weights_size)
+    else:
+        weights = ensure_weights(Path(args.weights).resolve(), args.weights_size,
+                                 extra if args.weights_size == "real" else ())
     subsampled = dict(CPU_SUBSAMPLE) if not cuda and not args.no_subsample else {}
-    devices = [f"{s}.device={args.device}" for s in MODEL_STAGES]
+    devices = [f"{key}={args.device}" for key in DEVICE_KEYS]
     overrides = weights + ["ground.box_threshold=0", "ground.text_threshold=0", "report_samples=0", *devices,
                            *subsampled, *args.set]
     cfg = load_config(AnnotateJobConfig, args.recipe, overrides)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from annotate.errors import ConfigError
 from pipelines.weights_files import n_params, say, seed_torch, staged
-from pipelines.weights_sam3 import sam3_models
+from pipelines.weights_sam3 import VIDEO_DIRS, sam3_models
 
 SIZES = ("tiny", "real")
 RECIPES = ("pite143k", "sam3")
@@ -210,14 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     rnd.add_argument("--recipe", choices=RECIPES, default="pite143k",
                      help="pite143k: Grounding DINO, SAM, CoTracker3, CLIP; sam3: SAM 3, the three mask "
                           "propagators (the recipe uses sam2_video), CoTracker3, CLIP")
+    rnd.add_argument("--propagators", default="",
+                     help="--recipe sam3: comma-separated sam2_video, edgetam_video, sam3_tracker (default: all three "
+                          "at --size tiny, sam2_video at --size real)")
     return ap
 
 
 def write_all(out: Path, size: str, seed: int, sam_type: str, gdino: str = "base",
-              recipe: str = "pite143k") -> list[str]:
+              recipe: str = "pite143k", propagators: str = "") -> list[str]:
     """Write every backend's weights of a recipe under `out`; the overrides that point the recipe at them."""
     if recipe == "sam3":
-        overrides = sam3_models(out, size, seed)
+        overrides = sam3_models(out, size, seed, [p for p in propagators.split(",") if p])
     else:
         overrides = [f"ground.weights={write_grounding_dino(out, size, seed, gdino)}"]
         gc.collect()  # real sizes: let one model go before the next is built
@@ -239,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out).expanduser().resolve()
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        overrides = write_all(out, args.size, args.seed, args.sam_type or "vit_h", args.gdino, args.recipe)
+        unknown = set(p for p in args.propagators.split(",") if p) - set(VIDEO_DIRS)
+        if unknown:
+            raise ConfigError(f"--propagators: unknown {sorted(unknown)} (expected {', '.join(VIDEO_DIRS)})")
+        overrides = write_all(out, args.size, args.seed, args.sam_type or "vit_h", args.gdino, args.recipe,
+                              args.propagators)
     except (ConfigError, OSError) as exc:
         print(f"pite weights: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
