@@ -66,9 +66,9 @@ def write_sam3(out: Path, size: str, seed: int) -> Path:
         tmp.mkdir(parents=True)
         vocab = byte_vocab(CLIP_VOCAB if size == "real" else 0)
         tokenizer = CLIPTokenizer(vocab=vocab, merges=[], unk_token="<|endoftext|>", pad_token="<|endoftext|>")
-        image = {"height": TINY_IMAGE, "width": TINY_IMAGE} if size == "tiny" else None
-        masks = {"height": 32, "width": 32} if size == "tiny" else None
-        processor = Sam3Processor(image_processor=Sam3ImageProcessor(size=image, mask_size=masks),
+        # tiny: a small input and mask size; real: the processor's defaults, facebook/sam3's (1008, masks 288)
+        small = dict(size={"height": TINY_IMAGE, "width": TINY_IMAGE}, mask_size={"height": 32, "width": 32})
+        processor = Sam3Processor(image_processor=Sam3ImageProcessor(**(small if size == "tiny" else {})),
                                   tokenizer=tokenizer)
         seed_torch(seed)
         model = Sam3Model(sam3_config(size, len(vocab)))
@@ -147,16 +147,15 @@ def video_processor(family: str, size: str):
     from transformers import (Sam2ImageProcessor, Sam2VideoProcessor, Sam2VideoVideoProcessor, Sam3ImageProcessor,
                               Sam3TrackerVideoProcessor)
 
-    side = (TINY_IMAGE if family == "sam3_tracker" else TINY_VIDEO) if size == "tiny" else None
-    square = {"height": side, "width": side} if side else None
-    masks = {"height": side // 4, "width": side // 4} if side else None
+    # tiny: small inputs; real: each processor's defaults (SAM 2: 1024; SAM 3: 1008, set on the video side too)
+    side = (TINY_IMAGE if family == "sam3_tracker" else TINY_VIDEO) if size == "tiny" else 1008
+    square = {"size": {"height": side, "width": side}}
+    image = dict(square, mask_size={"height": side // 4, "width": side // 4}) if size == "tiny" else {}
     if family == "sam3_tracker":  # SAM 3 normalises with mean = std = 0.5, its video frames too
-        frames = Sam2VideoVideoProcessor(size=square or {"height": 1008, "width": 1008}, image_mean=[0.5] * 3,
-                                         image_std=[0.5] * 3)
-        return Sam3TrackerVideoProcessor(image_processor=Sam3ImageProcessor(size=square, mask_size=masks),
-                                         video_processor=frames)
-    return Sam2VideoProcessor(image_processor=Sam2ImageProcessor(size=square, mask_size=masks),
-                              video_processor=Sam2VideoVideoProcessor(size=square))
+        frames = Sam2VideoVideoProcessor(**square, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        return Sam3TrackerVideoProcessor(image_processor=Sam3ImageProcessor(**image), video_processor=frames)
+    return Sam2VideoProcessor(image_processor=Sam2ImageProcessor(**image),
+                              video_processor=Sam2VideoVideoProcessor(**(square if size == "tiny" else {})))
 
 
 VIDEO_DIRS = {"sam2_video": "sam2-video", "edgetam_video": "edgetam-video", "sam3_tracker": "sam3-tracker-video"}

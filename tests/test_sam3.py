@@ -175,3 +175,11 @@ def test_the_sam3_recipe_runs_on_a_head_with_logical_gpus(tmp_path):
             assert backends["ground"].startswith("sam3/") and backends["propagate"].startswith("sam2_video/mask/")
             assert backends["segment"].startswith("auto/") and "cotracker" in backends["track"]
             assert all("mask_agreement" in o["confidence_signals"] for o in sample.meta["objects"])
+
+
+def test_real_size_processors_have_the_published_input_sizes():
+    from pipelines.weights_sam3 import video_processor
+
+    sides = {f: (video_processor(f, "real").image_processor.size.height,
+                 video_processor(f, "real").video_processor.size.height) for f in VIDEO_DIRS}
+    assert sides == {"sam2_video": (1024, 1024), "edgetam_video": (1024, 1024), "sam3_tracker": (1008, 1008)}
