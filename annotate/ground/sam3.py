@@ -11,7 +11,10 @@ as re-detections, `earliest` the first; then the same-object merge. Only the kep
 frame's size.
 
 Precision: float32 weights, the forward under torch.autocast at `ground.dtype` (bfloat16 on a GPU by default); the
-boxes and the score come out float32. Random-weight parity at real size: bench/precision.py --stage sam3.
+boxes and the score come out float32. Measured on the CPU at facebook/sam3's size with random weights
+(bench/parity_sam3.py: one 1280x720 frame, 4 phrases, 200 queries each), bfloat16 against float32: scores |diff|
+mean 1.3e-4, max 3.8e-4; boxes p99 0.26 px, max 0.39 px; the best query the same in 3 rows of 4 (random weights
+leave near-ties), its mask IoU 0.995-0.997 where it was the same.
 """
 
 from __future__ import annotations
