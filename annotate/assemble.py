@@ -52,6 +52,8 @@ def object_entry(item: ClipItem, i: int, ground: np.ndarray) -> dict:
     }
     if i < len(item.masks) and item.masks[i] is not None:
         obj["outline"] = mask_outline(item.masks[i])  # the mask's shape at `frame`, for viewers
+    if g.propagated_outline is not None:
+        obj["propagated_outline"] = g.propagated_outline  # per T sample, from the propagate stage
     if g.confidence is not None:
         obj["confidence"] = round(float(g.confidence), 4)
         obj["confidence_signals"] = {k: (round(float(v), 4) if np.isfinite(v) else None)

@@ -116,6 +116,9 @@ class ConfidenceConfig:
     propagation: str = "none"
     weights: Optional[str] = None  # the propagator's local HF-format dir (save_pretrained of its Hub repo)
     prompt: str = "mask"  # mask | box: what the propagator starts from on the grounding frame
+    # Keep the propagated mask's outline at each of the T samples in the sample (objects[].propagated_outline, about
+    # 0.3 KB per object and frame of json), for `pite viz` and `pite browse` to draw beside the points.
+    outlines: bool = False
     device: str = "auto"  # auto (the GPU Ray assigned, else the CPU) | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bfloat16 on a GPU, float32 on the CPU) | float32 | float16 | bfloat16
 

@@ -46,6 +46,8 @@ class Grounding:
     # auto` takes it (annotate/segment/auto.py), which then clears it here.
     mask: Optional[np.ndarray] = None
     mask_agreement: Optional[float] = None  # set by the propagate stage (annotate/propagate/agreement.py)
+    # With confidence.outlines: per T sample, the propagated mask's outline there ([] where absent or not tracked).
+    propagated_outline: Optional[list] = None
     confidence: Optional[float] = None  # set by the confidence stage, in [0, 1]
     signals: dict = field(default_factory=dict)  # what the confidence is made of (annotate.confidence)
 

@@ -263,6 +263,9 @@ def _check_object(obj: dict, where: str, caption: str, t: int, fail) -> None:
         fail(f"{where}.mask_area", f"expected a number >= 0, got {obj['mask_area']!r}")
     if "outline" in obj and not _is_outline(obj["outline"]):
         fail(f"{where}.outline", "expected polygons of >= 3 [x, y] points in [0, 1]")
+    per_frame = obj.get("propagated_outline", [[]] * t)
+    if not (isinstance(per_frame, list) and len(per_frame) == t and all(_is_outline(o) for o in per_frame)):
+        fail(f"{where}.propagated_outline", f"expected {t} outlines (one per frame, [] where none)")
     if "confidence" in obj and not (_is_finite(obj["confidence"]) and 0 <= obj["confidence"] <= 1):
         fail(f"{where}.confidence", f"expected a number in [0, 1], got {obj['confidence']!r}")
 

@@ -46,11 +46,14 @@ def decode_at(video: str | Path, indices: Sequence[int], max_side: int = 480) ->
 
 
 def draw_tracks(frames: np.ndarray, traj: np.ndarray, vis: Optional[np.ndarray] = None,
-                labels: Sequence[str] = (), tail: int = 10, boxes: Optional[Sequence] = None) -> list[np.ndarray]:
+                labels: Sequence[str] = (), tail: int = 10, boxes: Optional[Sequence] = None,
+                outlines: Optional[Sequence] = None) -> list[np.ndarray]:
     """Each frame t with the tracks drawn at t (a dot with a tail; hollow where not visible) and a legend.
 
     traj (N, K, T, 2) normalised x/width, y/height; vis (N, K, T) or None (all visible); T = len(frames).
     boxes: optional per object (frame index, normalised xyxy) drawn on that frame (where it was grounded).
+    outlines: optional per object its propagated mask's outline per frame (polygons of normalised [x, y], the
+    sample's `propagated_outline`), drawn thin under the points: where the two disagree the track is suspect.
     """
     frames = np.asarray(frames)
     traj = np.asarray(traj, np.float64)
@@ -65,6 +68,7 @@ def draw_tracks(frames: np.ndarray, traj: np.ndarray, vis: Optional[np.ndarray] 
     for t in range(t_count):
         under = np.ascontiguousarray(frames[t].copy())
         _legend(under, labels, colours)  # first, so that dots and boxes stay visible over it
+        draw_outlines(under, outlines, t, colours)
         img = draw_frame(under, tracks=pixels, vis=vis, t=t, tail=tail, colours=colours)
         for i, box in enumerate(boxes or []):
             if box is not None and int(box[0]) == t:
@@ -74,6 +78,17 @@ def draw_tracks(frames: np.ndarray, traj: np.ndarray, vis: Optional[np.ndarray] 
                               cv2.LINE_AA)
         out.append(img)
     return out
+
+
+def draw_outlines(img: np.ndarray, outlines: Optional[Sequence], t: int, colours) -> None:
+    """Each object's propagated outline at frame t, thin in its colour over a dark edge (nothing where absent)."""
+    h, w = img.shape[:2]
+    for i, per_frame in enumerate(outlines or []):
+        if not per_frame or t >= len(per_frame) or not per_frame[t]:
+            continue
+        polys = [np.round(np.asarray(p, np.float64) * [w, h] - 0.5).astype(np.int32) for p in per_frame[t]]
+        cv2.polylines(img, polys, True, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.polylines(img, polys, True, colours[i % len(colours)], 1, cv2.LINE_AA)
 
 
 def _legend(img: np.ndarray, labels: Sequence[str], colours: Sequence[tuple[int, int, int]]) -> None:
@@ -186,7 +201,8 @@ def render_sample(sample: Sample, video: str | Path, max_side: int = 480) -> lis
     if traj.shape[0] == 0:
         traj = np.zeros((0, 1, len(frames), 2), np.float32)
     return draw_tracks(frames, traj, sample.vis if sample.vis.size else None,
-                       labels=[o["phrase"] for o in objects], boxes=boxes)
+                       labels=[o["phrase"] for o in objects], boxes=boxes,
+                       outlines=[o.get("propagated_outline") for o in objects])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -213,7 +229,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sample = find_sample(args.run_dir, args.key)
             video = args.video or video_of(args.run_dir, sample.meta["video_id"])
         images = render_sample(sample, video, max_side=args.max_side)
-        out = Path(args.out) if args.out else Path(args.run_dir) / "viz" / f"{sanitize_key(sample.meta['video_id'])}.png"
+        key = sanitize_key(sample.meta["video_id"])
+        out = Path(args.out) if args.out else Path(args.run_dir) / "viz" / f"{key}.png"
         save_frames(images, out, fps=args.fps, tiles=args.tiles)
     except PiteError as exc:
         print(f"pite viz: {exc}", file=sys.stderr)

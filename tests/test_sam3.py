@@ -183,3 +183,21 @@ def test_real_size_processors_have_the_published_input_sizes():
     sides = {f: (video_processor(f, "real").image_processor.size.height,
                  video_processor(f, "real").video_processor.size.height) for f in VIDEO_DIRS}
     assert sides == {"sam2_video": (1024, 1024), "edgetam_video": (1024, 1024), "sam3_tracker": (1008, 1008)}
+
+
+def test_kept_propagated_outlines_are_valid_and_drawn(weights, clips, tmp_path):
+    from annotate.schema import validate_sample
+    from pipelines.viz import draw_tracks
+
+    cfg = sam3_cfg(weights, "edgetam_video", outlines=True)
+    item = annotate(cfg, clips)[0]
+    assert item.ok, item.error
+    sample = assemble(item, cfg)
+    validate_sample(sample)
+    per_frame = [o["propagated_outline"] for o in sample.meta["objects"]]
+    assert all(len(p) == cfg.num_frames for p in per_frame) and any(any(p) for p in per_frame)
+    frames = np.zeros((cfg.num_frames, 48, 64, 3), np.uint8)
+    plain = draw_tracks(frames, sample.traj.astype(np.float32), sample.vis)
+    drawn = draw_tracks(frames, sample.traj.astype(np.float32), sample.vis, outlines=per_frame)
+    t = next(t for t in range(cfg.num_frames) if any(p[t] for p in per_frame))
+    assert (drawn[t] != plain[t]).any()

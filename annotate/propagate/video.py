@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from annotate.assemble import mask_outline
 from annotate.clip import ground_to_track
 from annotate.config import AnnotateConfig
 from annotate.device import DTYPES, enable_tf32, resolve_device, resolve_dtype
@@ -34,6 +35,7 @@ FAMILIES = {
 }
 PROMPTS = ("mask", "box")
 CHUNK = 32  # tracking frames read at a time (a long clip's frames are decoded lazily)
+OUTLINE_POINTS = 24  # vertices of a kept propagated outline (confidence.outlines): a shape to compare, not a mask
 
 
 def patch_edgetam_score_shape(model_cls) -> None:
@@ -69,6 +71,7 @@ class VideoPropagator(Stage):
         self.family = FAMILIES[c.propagation]
         self.weights = c.weights
         self.model = self.processor = None
+        self.samples_at: dict[int, list[int]] = {}
         self.peak_held = 0  # most frames a session held at once (flat however long the clip: the tests check)
 
     def resources(self) -> Resources:
@@ -115,6 +118,13 @@ class VideoPropagator(Stage):
             raise StageError(self.name, "tracks missing or not one row per object (run track first)")
         prompts = self._prompts(item)
         counts = [AgreementCounts() for _ in item.groundings]
+        self.samples_at: dict[int, list[int]] = {}  # tracking frame -> the T samples taken there
+        if self.cfg.confidence.outlines:
+            for t, pos in enumerate(item.clip.sample_track_positions()):
+                if pos >= 0:
+                    self.samples_at.setdefault(int(pos), []).append(t)
+            for g in item.groundings:
+                g.propagated_outline = [[] for _ in range(len(item.clip.sample_indices))]
         for reverse in (False, True):
             self._pass(item, prompts, counts, reverse)
         for g, c in zip(item.groundings, counts):
@@ -185,6 +195,10 @@ class VideoPropagator(Stage):
                                                           binarize=True)[0][:, 0].numpy()
             g = obj - 1
             mask = masks[j] if present else np.zeros(size, bool)
+            if present and i in self.samples_at:
+                outline = mask_outline(mask, max_points=OUTLINE_POINTS, parts=2)
+                for t in self.samples_at[i]:
+                    item.groundings[g].propagated_outline[t] = outline
             counts[g] = counts[g].add(agreement_counts(mask[None], np.array([present]), item.tracks[g][:, i:i + 1],
                                                        item.track_vis[g][:, i:i + 1]))
 

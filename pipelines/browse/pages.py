@@ -73,7 +73,7 @@ def page_payload(sample: Sample, shard: str, shown: list[int], frames: Optional[
     else:
         colours = [PALETTE[i % len(PALETTE)] for i in range(len(objects))]
     keep = ("phrase", "char_span", "frame", "box", "score", "mask_area", "confidence", "confidence_signals",
-            "note", "outline")
+            "note", "outline", "propagated_outline")
     return {
         "key": sample.key, "shard": shard, "video_id": meta["video_id"], "caption": meta["caption"],
         "width": meta["width"], "height": meta["height"], "fps": meta["fps"], "duration": meta["duration"],

@@ -85,6 +85,23 @@
     ctx.setLineDash([]);
   }
 
+  // The propagated mask's outline at this frame (the propagate stage's independent mask track), thin and dashed.
+  function drawPropagated(ctx, o, t, W, H, scale) {
+    var polys = o.propagated_outline[t] || [];
+    ctx.setLineDash([4 * scale, 3 * scale]);
+    [["rgba(0,0,0,0.7)", 3], [o.colour, 1.5]].forEach(function (pen) {
+      ctx.strokeStyle = pen[0];
+      ctx.lineWidth = pen[1] * scale;
+      polys.forEach(function (poly) {
+        ctx.beginPath();
+        poly.forEach(function (xy, j) { (j ? ctx.lineTo : ctx.moveTo).call(ctx, xy[0] * W, xy[1] * H); });
+        ctx.closePath();
+        ctx.stroke();
+      });
+    });
+    ctx.setLineDash([]);
+  }
+
   function drawPoints(ctx, i, t, W, H, scale, tails) {
     var o = S.objects[i];
     for (var k = 0; k < S.shape[1]; k++) {
@@ -151,9 +168,11 @@
     var outline = document.getElementById("show-outline").checked;
     var tails = document.getElementById("show-tails").checked;
     var labels = document.getElementById("show-labels").checked;
+    var propagated = document.getElementById("show-propagated").checked;
     S.objects.forEach(function (o, i) {
       if (solo >= 0 && solo !== i) return;
       if (outline && o.frame === t) drawOutline(ctx, o, W, H, scale);
+      if (propagated && o.propagated_outline) drawPropagated(ctx, o, t, W, H, scale);
       drawPoints(ctx, i, t, W, H, scale, tails);
     });
     if (labels) S.objects.forEach(function (o, i) { if (solo < 0 || solo === i) drawLabel(ctx, i, t, W, H, scale); });
@@ -267,7 +286,7 @@
     document.getElementById("play").addEventListener("click", play);
     document.getElementById("step-back").addEventListener("click", function () { goTo(current - 1); });
     document.getElementById("step-on").addEventListener("click", function () { goTo(current + 1); });
-    ["show-outline", "show-tails", "show-labels"].forEach(function (id) {
+    ["show-outline", "show-tails", "show-labels", "show-propagated"].forEach(function (id) {
       document.getElementById(id).addEventListener("change", draw);
     });
     document.addEventListener("keydown", function (e) {
@@ -293,6 +312,9 @@
       var note = document.getElementById("frames-note");
       note.textContent = S.frames_note;
       note.hidden = false;
+    }
+    if (S.objects.some(function (o) { return o.propagated_outline; })) {
+      document.getElementById("propagated-toggle").hidden = false;
     }
     captionNode();
     objectsTable();
