@@ -154,27 +154,32 @@ def test_the_sam3_recipe_runs_on_a_head_with_logical_gpus(tmp_path):
     assert synth_main(["--n", "4", "--seed", "5", "--out", str(tmp_path / "clips"), "--width", "128", "--height",
                        "96", "--frames", "24"]) == 0
     head = start_head(num_cpus=4, num_gpus=2, dashboard=False)
+    runs = {}
     try:
-        out = tmp_path / "run"
-        done = subprocess.run(
-            [sys.executable, "-m", "pipelines.annotate", "--config", str(REPO / "configs" / "annotate" / "sam3.yaml"),
-             f"input={tmp_path / 'clips' / 'manifest.jsonl'}", f"out={out}", f"ray_address={head.gcs_address}",
-             "progress=false", "rows_per_shard=2", "batch_size=2", "gpu_workers=2", "decode_threads=2",
-             "actor_memory_gb=1", "ground.box_threshold=0", "track.interp_shape=[96,128]", "features.batch_size=8",
-             *overrides], cwd=REPO, env=head.env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-5000:]
+        for family, folder in VIDEO_DIRS.items():  # the recipe's sam2_video, then the other two on the same head
+            out = runs[family] = tmp_path / f"run-{family}"
+            done = subprocess.run(
+                [sys.executable, "-m", "pipelines.annotate", "--config",
+                 str(REPO / "configs" / "annotate" / "sam3.yaml"), f"input={tmp_path / 'clips' / 'manifest.jsonl'}",
+                 f"out={out}", f"ray_address={head.gcs_address}", "progress=false", "rows_per_shard=2",
+                 "batch_size=2", "gpu_workers=2", "decode_threads=2", "actor_memory_gb=1", "ground.box_threshold=0",
+                 "track.interp_shape=[96,128]", "features.batch_size=8", *overrides,
+                 f"confidence.propagation={family}", f"confidence.weights={tmp_path / 'w' / folder}"],
+                cwd=REPO, env=head.env, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, done.stderr[-5000:]
     finally:
         head.stop()
         shutil.rmtree(head.temp_dir, ignore_errors=True)
-    stats = json.loads((out / "stats.json").read_text())
-    assert stats["plan"]["actors"] == 2 and stats["plan"]["gpus_per_actor"] == 1.0
-    assert stats["written"] + stats["rejected"] == stats["input_rows"] == 4 and stats["written"] >= 1
-    for tar in sorted((out / "shards").glob("pite-*.tar")):
-        for sample in iter_samples(tar):
-            backends = sample.meta["provenance"]["backends"]
-            assert backends["ground"].startswith("sam3/") and backends["propagate"].startswith("sam2_video/mask/")
-            assert backends["segment"].startswith("auto/") and "cotracker" in backends["track"]
-            assert all("mask_agreement" in o["confidence_signals"] for o in sample.meta["objects"])
+    for family, out in runs.items():
+        stats = json.loads((out / "stats.json").read_text())
+        assert stats["plan"]["actors"] == 2 and stats["plan"]["gpus_per_actor"] == 1.0
+        assert stats["written"] + stats["rejected"] == stats["input_rows"] == 4 and stats["written"] >= 1
+        for tar in sorted((out / "shards").glob("pite-*.tar")):
+            for sample in iter_samples(tar):
+                backends = sample.meta["provenance"]["backends"]
+                assert backends["ground"].startswith("sam3/") and backends["propagate"].startswith(f"{family}/mask/")
+                assert backends["segment"].startswith("auto/") and "cotracker" in backends["track"]
+                assert all("mask_agreement" in o["confidence_signals"] for o in sample.meta["objects"])
 
 
 def test_real_size_processors_have_the_published_input_sizes():
