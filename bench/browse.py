@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from screenshots import chromium  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("red", "blue", "green", "striped", "dotted", "small", "big", "checkered")
@@ -68,7 +69,7 @@ def write_run(out: Path, rows: int, per_shard: int = 1000) -> None:
 def in_chromium(site: Path) -> dict:
     from playwright.sync_api import sync_playwright
 
-    browser_path = next(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n))
+    browser_path = chromium()
     queries = {"confidence < 0.5": ("#conf_max", "0.5"), "phrase 'red dog'": ("#phrase", "red dog"),
                "duration >= 30 s": ("#dur_min", "30")}
     out = {"queries": {}}

@@ -3,7 +3,7 @@
 A page is `samples/<shard>/<key>.js` (`PITE.put("sample", {...})`) beside `<key>.jpg`, the shown frames tiled in a
 grid. Frames are decoded from the sample's video at its `frame_indices`, as `pite viz` does; a video that cannot be
 read leaves a page without frames that says why (the tracks are still drawn). Pages are built in worker processes,
-a few samples of one shard per task so each tar is read once per task.
+a few samples of one shard per task, each reading only its samples' members from the tar.
 """
 
 from __future__ import annotations
@@ -11,21 +11,48 @@ from __future__ import annotations
 import base64
 import json
 import math
+import tarfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
 
 from annotate.draw import PALETTE, contrasting_colours, object_means
-from annotate.errors import PiteError
-from annotate.schema import Sample
+from annotate.errors import PiteError, SchemaError
+from annotate.schema import MEMBERS, Sample
 from pipelines.files import write_atomic
-from pipelines.shards import iter_samples
 
 PER_TASK = 16  # samples per worker task: one read of their shard's tar
 JPEG_QUALITY = 85
+
+
+def data_script(name: str, value) -> bytes:
+    """A data file of the site: a script that hands `value` to the page (`PITE.put`), which file:// allows where
+    fetch() is refused."""
+    return f"PITE.put({json.dumps(name)}, {json.dumps(value, ensure_ascii=False, allow_nan=False)});\n".encode()
+
+
+def wanted_samples(tar: Path, keys) -> Iterator[Sample]:
+    """The samples `keys` of one shard tar, in tar order: headers are walked with seeks past every other sample's
+    bytes, and the walk ends at the last one wanted (a task reads its few samples, not the whole shard)."""
+    left, members = set(keys), {}
+    try:
+        with tarfile.open(tar, mode="r:") as tf:
+            for info in tf:
+                base, _, suffix = info.name.partition(".")
+                if base not in left:
+                    continue
+                got = members.setdefault(base, {})
+                got[suffix] = tf.extractfile(info).read()
+                if all(m in got for m in MEMBERS):
+                    yield Sample.from_members(members.pop(base), base)
+                    left.discard(base)
+                    if not left:
+                        return
+    except (tarfile.TarError, OSError) as exc:
+        raise SchemaError(f"{tar}: unreadable tar ({exc})") from exc
 
 
 def b64(arr: np.ndarray, dtype: str) -> str:
@@ -108,9 +135,7 @@ def build_pages(task: tuple) -> list[tuple[str, str]]:
     folder = Path(out) / "samples" / shard
     folder.mkdir(parents=True, exist_ok=True)
     done = []
-    for sample in iter_samples(tar):
-        if sample.key not in videos:
-            continue
+    for sample in wanted_samples(tar, videos):
         meta = sample.meta
         shown = shown_frames(len(meta["frame_indices"]), meta.get("objects") or [], max_frames)
         frames, note = _decode(videos[sample.key], [meta["frame_indices"][t] for t in shown], max_side)
@@ -118,9 +143,8 @@ def build_pages(task: tuple) -> list[tuple[str, str]]:
         if frames is not None:
             jpeg, cols = frame_sheet(frames)
             write_atomic(folder / f"{sample.key}.jpg", jpeg)
-        payload = page_payload(sample, shard, shown, frames, cols, note)
-        text = "PITE.put(\"sample\", " + json.dumps(payload, ensure_ascii=False, allow_nan=False) + ");\n"
-        write_atomic(folder / f"{sample.key}.js", text.encode("utf-8"))
+        write_atomic(folder / f"{sample.key}.js", data_script("sample", page_payload(sample, shard, shown, frames,
+                                                                                         cols, note)))
         done.append((sample.key, note))
     return done
 

@@ -11,7 +11,6 @@ file:// where browsers refuse fetch(). Pages already in DIR are kept, so a secon
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -23,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from annotate.errors import PiteError
-from pipelines.browse.pages import PER_TASK, b64, write_pages
+from pipelines.browse.pages import PER_TASK, b64, data_script, write_pages
 from pipelines.browse.rows import RunRows, read_rows
 from pipelines.files import write_atomic
 from pipelines.shards import SUBDIRS
@@ -39,10 +38,6 @@ class Choice:
     pages: int = 500  # at most this many, spread over the confidence range when more match
     where: Optional[str] = None  # a DuckDB condition over the index's columns
     keys: Sequence[str] = ()  # exactly these (plus what `where` picks)
-
-
-def _script(name: str, value) -> bytes:
-    return f"PITE.put({json.dumps(name)}, {json.dumps(value, ensure_ascii=False, allow_nan=False)});\n".encode()
 
 
 def where_keys(run: Path, where: str) -> set[str]:
@@ -101,8 +96,8 @@ def write_columns(rows: RunRows, out: Path, has_page: np.ndarray, run_info: dict
     for start in range(0, len(rows), CHUNK):
         chunk = [[rows.key[i], rows.shard[i], rows.caption[i], rows.message[i]]
                  for i in range(start, min(len(rows), start + CHUNK))]
-        write_atomic(data / "rows" / f"{start // CHUNK:06d}.js", _script(f"rows/{start // CHUNK}", chunk))
-    write_atomic(data / "columns.js", _script("columns", columns))
+        write_atomic(data / "rows" / f"{start // CHUNK:06d}.js", data_script(f"rows/{start // CHUNK}", chunk))
+    write_atomic(data / "columns.js", data_script("columns", columns))
 
 
 def build_site(run: str | Path, out: str | Path, choice: Choice = Choice(), *, max_frames: int = 100,
